@@ -1,0 +1,557 @@
+//! Configuration: serde structs with defaults in one place, the annotated default file
+//! embedded in the binary, and validation whose errors name the file, the line and the
+//! field.
+//!
+//! Loading is two passes: serde (types, unknown fields) and [`Config::validate`]
+//! (meaning: durations, thresholds, channel names). Both report through
+//! [`ConfigError`], which carries a position found from the TOML source.
+
+mod duration;
+mod rules;
+
+pub use duration::Duration;
+pub use rules::{Agg, RuleConfig, RuleKind};
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The annotated default configuration, printed by `centinela config`.
+pub const DEFAULT_TOML: &str = include_str!("../../config/centinela.toml");
+
+/// Where `--config` points when it is not given and `CENTINELA_CONFIG` is not set.
+pub const SYSTEM_PATH: &str = "/etc/centinela/centinela.toml";
+pub const LOCAL_PATH: &str = "config/centinela.toml";
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub broker: BrokerConfig,
+    #[serde(default)]
+    pub ingest: IngestConfig,
+    #[serde(default)]
+    pub storage: StorageConfig,
+    #[serde(default)]
+    pub engine: EngineConfig,
+    #[serde(default)]
+    pub rules: Vec<RuleConfig>,
+    #[serde(default)]
+    pub notify: NotifyConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum BrokerMode {
+    #[default]
+    Embedded,
+    External,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerConfig {
+    pub mode: BrokerMode,
+    /// Embedded listener address.
+    pub listen: SocketAddr,
+    /// External broker, `mqtt://host:port`.
+    pub url: Option<String>,
+    pub username: Option<String>,
+    /// Name of the environment variable that holds the password.
+    pub password_env: String,
+    /// Listening on a non-loopback address without credentials must be asked for.
+    pub allow_anonymous: bool,
+    /// Client id used with an external broker; fixed so the session survives reconnects.
+    pub client_id: String,
+    /// Largest payload accepted, in bytes.
+    pub max_payload: usize,
+    /// Size of the embedded broker's commit log between publishers and the pipeline,
+    /// in messages: what a burst may reach before the slowest stage catches up.
+    pub buffer_messages: usize,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            mode: BrokerMode::Embedded,
+            listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
+            url: None,
+            username: None,
+            password_env: "CENTINELA_MQTT_PASSWORD".into(),
+            allow_anonymous: false,
+            client_id: "centinela".into(),
+            max_payload: 64 * 1024,
+            buffer_messages: 1_000_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    pub topics: Vec<String>,
+    pub prefix: String,
+    /// How often a warning about bad input is logged per reason at most.
+    pub warn_interval: Duration,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            topics: vec!["sensors/#".into()],
+            prefix: "sensors".into(),
+            warn_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    pub sqlite: SqliteConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SqliteConfig {
+    pub path: PathBuf,
+    pub flush_interval: Duration,
+    /// Raw readings older than this are deleted.
+    pub retention: Duration,
+    /// Per-minute rollups are kept this long.
+    pub rollup_retention: Duration,
+}
+
+impl Default for SqliteConfig {
+    fn default() -> Self {
+        Self {
+            path: "/var/lib/centinela/centinela.db".into(),
+            flush_interval: Duration::from_secs(1),
+            retention: Duration::from_secs(30 * 86_400),
+            rollup_retention: Duration::from_secs(365 * 86_400),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineConfig {
+    /// More than `flap_transitions` transitions within `flap_window` make an alert flap.
+    pub flap_transitions: u32,
+    pub flap_window: Duration,
+    /// How often time-driven checks (deadman, repeat, `for`) run.
+    pub tick: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            flap_transitions: 6,
+            flap_window: Duration::from_secs(600),
+            tick: Duration::from_secs(1),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct NotifyConfig {
+    pub email: Option<toml::Table>,
+    pub telegram: Option<toml::Table>,
+    pub webhook: Option<toml::Table>,
+    pub mqtt: Option<toml::Table>,
+}
+
+impl NotifyConfig {
+    /// Names of the configured channels, as rules refer to them in `notify`.
+    pub fn channels(&self) -> Vec<&'static str> {
+        let mut v = Vec::new();
+        if self.email.is_some() {
+            v.push("email");
+        }
+        if self.telegram.is_some() {
+            v.push("telegram");
+        }
+        if self.webhook.is_some() {
+            v.push("webhook");
+        }
+        if self.mqtt.is_some() {
+            v.push("mqtt");
+        }
+        v
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A `tracing` filter: `info`, `centinela=debug`, …; `RUST_LOG` wins when set.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { level: "info".into() }
+    }
+}
+
+/// A configuration problem, with where it is.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigError {
+    pub file: String,
+    /// 1-based line and column, when the position is known.
+    pub line: Option<usize>,
+    pub col: Option<usize>,
+    /// Dotted path of the field: `rules[1].clear`.
+    pub field: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file)?;
+        if let (Some(l), Some(c)) = (self.line, self.col) {
+            write!(f, ":{l}:{c}")?;
+        }
+        f.write_str(": ")?;
+        if let Some(field) = &self.field {
+            write!(f, "{field}: ")?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// A validation problem before it is placed in the file: the field path as a list of
+/// keys and indices, and what is wrong.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Invalid {
+    pub path: Vec<PathPart>,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum PathPart {
+    Key(String),
+    Index(usize),
+}
+
+impl Invalid {
+    pub fn new(path: &[PathPart], message: impl Into<String>) -> Self {
+        Self { path: path.to_vec(), message: message.into() }
+    }
+}
+
+pub fn key(k: &str) -> PathPart {
+    PathPart::Key(k.to_string())
+}
+
+fn dotted(path: &[PathPart]) -> String {
+    let mut s = String::new();
+    for p in path {
+        match p {
+            PathPart::Key(k) => {
+                if !s.is_empty() {
+                    s.push('.');
+                }
+                s.push_str(k);
+            }
+            PathPart::Index(i) => s.push_str(&format!("[{i}]")),
+        }
+    }
+    s
+}
+
+impl Config {
+    /// Parses and validates `text`, read from `file` (used in messages only).
+    pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| from_toml_error(&e, text, file))?;
+        if let Some(problem) = cfg.validate().into_iter().next() {
+            return Err(place(problem, text, file));
+        }
+        Ok(cfg)
+    }
+
+    /// Every validation problem, in file order of the sections.
+    pub fn validate(&self) -> Vec<Invalid> {
+        let mut out = Vec::new();
+        if self.broker.mode == BrokerMode::External {
+            match &self.broker.url {
+                None => out.push(Invalid::new(
+                    &[key("broker"), key("mode")],
+                    "mode = \"external\" needs broker.url (mqtt://host:port)",
+                )),
+                Some(u) => {
+                    if let Err(e) = parse_mqtt_url(u) {
+                        out.push(Invalid::new(&[key("broker"), key("url")], e));
+                    }
+                }
+            }
+        }
+        if self.broker.mode == BrokerMode::Embedded
+            && !self.broker.listen.ip().is_loopback()
+            && self.broker.username.is_none()
+            && !self.broker.allow_anonymous
+        {
+            out.push(Invalid::new(
+                &[key("broker"), key("listen")],
+                format!(
+                    "{} is reachable from the network and no username is set: set broker.username \
+                     (password from ${}) or allow_anonymous = true",
+                    self.broker.listen, self.broker.password_env
+                ),
+            ));
+        }
+        if self.broker.max_payload == 0 {
+            out.push(Invalid::new(&[key("broker"), key("max_payload")], "must be at least 1 byte"));
+        }
+        if self.ingest.topics.is_empty() {
+            out.push(Invalid::new(&[key("ingest"), key("topics")], "at least one topic filter is needed"));
+        }
+        for (i, t) in self.ingest.topics.iter().enumerate() {
+            if let Err(e) = check_filter(t) {
+                out.push(Invalid::new(&[key("ingest"), key("topics"), PathPart::Index(i)], e));
+            }
+        }
+        if self.ingest.prefix.contains(['+', '#']) {
+            out.push(Invalid::new(&[key("ingest"), key("prefix")], "the prefix is a plain topic path, without wildcards"));
+        }
+        let s = &self.storage.sqlite;
+        for (name, d) in [("flush_interval", s.flush_interval), ("retention", s.retention), ("rollup_retention", s.rollup_retention)] {
+            if d.is_zero() {
+                out.push(Invalid::new(&[key("storage"), key("sqlite"), key(name)], "must be longer than zero"));
+            }
+        }
+        if self.engine.tick.is_zero() {
+            out.push(Invalid::new(&[key("engine"), key("tick")], "must be longer than zero"));
+        }
+        if self.engine.flap_window.is_zero() {
+            out.push(Invalid::new(&[key("engine"), key("flap_window")], "must be longer than zero"));
+        }
+        let channels = self.notify.channels();
+        let mut names = std::collections::HashSet::new();
+        for (i, r) in self.rules.iter().enumerate() {
+            let at = [key("rules"), PathPart::Index(i)];
+            if !names.insert(r.name.as_str()) {
+                out.push(Invalid::new(&[at[0].clone(), at[1].clone(), key("name")], format!("duplicate rule name {:?}", r.name)));
+            }
+            out.extend(r.validate(&at, &channels, &self.ingest));
+        }
+        out
+    }
+
+    /// The MQTT filter a series pattern becomes under the prefix.
+    pub fn topic_for(&self, series_pattern: &str) -> String {
+        if self.ingest.prefix.is_empty() {
+            series_pattern.to_string()
+        } else {
+            format!("{}/{}", self.ingest.prefix, series_pattern)
+        }
+    }
+}
+
+/// Reads and validates the file at `path`.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: file.clone(),
+        line: None,
+        col: None,
+        field: None,
+        message: format!("cannot read: {e}"),
+    })?;
+    Config::parse(&text, &file)
+}
+
+/// `--config`, else `$CENTINELA_CONFIG` (clap fills it), else the system file when it
+/// exists, else `./config/centinela.toml`; `None` means the embedded default.
+pub fn resolve_path(given: Option<&Path>) -> Option<PathBuf> {
+    if let Some(p) = given {
+        return Some(p.to_path_buf());
+    }
+    [SYSTEM_PATH, LOCAL_PATH].iter().map(PathBuf::from).find(|p| p.exists())
+}
+
+/// Loads the resolved file, or the embedded default when there is none.
+pub fn load_or_default(given: Option<&Path>) -> Result<(Config, String), ConfigError> {
+    match resolve_path(given) {
+        Some(p) => Ok((load(&p)?, p.display().to_string())),
+        None => Ok((Config::parse(DEFAULT_TOML, "<embedded default>")?, "<embedded default>".into())),
+    }
+}
+
+/// `mqtt://host:port` → (host, port). Port defaults to 1883.
+pub fn parse_mqtt_url(url: &str) -> Result<(String, u16), String> {
+    let rest = url
+        .strip_prefix("mqtt://")
+        .or_else(|| url.strip_prefix("tcp://"))
+        .ok_or_else(|| format!("{url:?} is not an mqtt://host:port address"))?;
+    let rest = rest.trim_end_matches('/');
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) => (h, p.parse::<u16>().map_err(|_| format!("{url:?}: port {p:?} is not a number"))?),
+        None => (rest, 1883),
+    };
+    if host.is_empty() {
+        return Err(format!("{url:?} has no host"));
+    }
+    Ok((host.trim_start_matches('[').trim_end_matches(']').to_string(), port))
+}
+
+fn check_filter(f: &str) -> Result<(), String> {
+    if f.is_empty() {
+        return Err("empty topic filter".into());
+    }
+    let levels: Vec<&str> = f.split('/').collect();
+    for (i, l) in levels.iter().enumerate() {
+        if l.contains('#') && (*l != "#" || i != levels.len() - 1) {
+            return Err(format!("{f:?}: '#' must be a whole level and the last one"));
+        }
+        if l.contains('+') && *l != "+" {
+            return Err(format!("{f:?}: '+' must be a whole level"));
+        }
+    }
+    Ok(())
+}
+
+fn from_toml_error(e: &toml::de::Error, text: &str, file: &str) -> ConfigError {
+    let (line, col) = match e.span() {
+        Some(span) => {
+            let (l, c) = line_col(text, span.start);
+            (Some(l), Some(c))
+        }
+        None => (None, None),
+    };
+    ConfigError { file: file.into(), line, col, field: None, message: e.message().to_string() }
+}
+
+/// 1-based line and column of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+/// Finds where `problem.path` is in the TOML source; falls back to its nearest parent.
+fn place(problem: Invalid, text: &str, file: &str) -> ConfigError {
+    let span = toml_edit::ImDocument::parse(text.to_string()).ok().and_then(|doc| {
+        let mut best = None;
+        let mut item: &toml_edit::Item = doc.as_item();
+        for part in &problem.path {
+            let next = match part {
+                PathPart::Key(k) => item.get(k.as_str()),
+                PathPart::Index(i) => match item {
+                    toml_edit::Item::ArrayOfTables(a) => {
+                        if let Some(t) = a.get(*i) {
+                            best = t.span().or(best);
+                        }
+                        item.get(*i)
+                    }
+                    toml_edit::Item::Value(toml_edit::Value::Array(a)) => {
+                        // Values inside an array are not items: take the value's span and stop.
+                        if let Some(v) = a.get(*i) {
+                            best = v.span().or(best);
+                        }
+                        None
+                    }
+                    _ => None,
+                },
+            };
+            match next {
+                Some(n) => {
+                    item = n;
+                    if let Some(s) = item.span() {
+                        best = Some(s);
+                    } else if let toml_edit::Item::Table(t) = item {
+                        best = t.span().or(best);
+                    }
+                }
+                None => break,
+            }
+        }
+        best
+    });
+    let (line, col) = match span {
+        Some(s) => {
+            let (l, c) = line_col(text, s.start);
+            (Some(l), Some(c))
+        }
+        None => (None, None),
+    };
+    ConfigError { file: file.into(), line, col, field: Some(dotted(&problem.path)), message: problem.message }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_is_valid() {
+        let cfg = Config::parse(DEFAULT_TOML, "default").unwrap();
+        assert_eq!(cfg.ingest.prefix, "sensors");
+        assert_eq!(cfg.storage.sqlite.flush_interval, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn unknown_field_names_line_and_column() {
+        let text = "[broker]\nmode = \"embedded\"\nlisten_on = \"0.0.0.0:1\"\n";
+        let e = Config::parse(text, "c.toml").unwrap_err();
+        assert_eq!((e.line, e.col), (Some(3), Some(1)), "{e}");
+        assert!(e.to_string().starts_with("c.toml:3:1: "), "{e}");
+        assert!(e.message.contains("listen_on"), "{e}");
+    }
+
+    #[test]
+    fn bad_duration_is_placed_on_its_value() {
+        let text = "[storage.sqlite]\nflush_interval = \"soon\"\n";
+        let e = Config::parse(text, "c.toml").unwrap_err();
+        assert_eq!(e.line, Some(2), "{e}");
+        assert!(e.message.contains("soon"), "{e}");
+    }
+
+    #[test]
+    fn zero_duration_names_the_field() {
+        let text = "[storage.sqlite]\npath = \"x.db\"\nflush_interval = \"0s\"\n";
+        let e = Config::parse(text, "c.toml").unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("storage.sqlite.flush_interval"));
+        assert_eq!(e.line, Some(3), "{e}");
+    }
+
+    #[test]
+    fn open_listener_without_auth_is_refused() {
+        let text = "[broker]\nlisten = \"0.0.0.0:1883\"\n";
+        let e = Config::parse(text, "c.toml").unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("broker.listen"));
+        assert_eq!(e.line, Some(2));
+        let ok = "[broker]\nlisten = \"0.0.0.0:1883\"\nallow_anonymous = true\n";
+        assert!(Config::parse(ok, "c.toml").is_ok());
+    }
+
+    #[test]
+    fn external_mode_needs_a_url() {
+        let e = Config::parse("[broker]\nmode = \"external\"\n", "c.toml").unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("broker.mode"));
+        let e = Config::parse("[broker]\nmode = \"external\"\nurl = \"http://x\"\n", "c.toml").unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("broker.url"));
+        assert_eq!(e.line, Some(3));
+    }
+
+    #[test]
+    fn bad_topic_filter_is_placed_in_the_array() {
+        let e = Config::parse("[ingest]\ntopics = [\"a/#\", \"b/#/c\"]\n", "c.toml").unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("ingest.topics[1]"));
+        assert_eq!((e.line, e.col), (Some(2), Some(18)), "{e}");
+    }
+
+    #[test]
+    fn mqtt_urls_parse() {
+        assert_eq!(parse_mqtt_url("mqtt://localhost:1884").unwrap(), ("localhost".into(), 1884));
+        assert_eq!(parse_mqtt_url("mqtt://10.0.0.2").unwrap(), ("10.0.0.2".into(), 1883));
+        assert!(parse_mqtt_url("localhost:1883").is_err());
+    }
+}
