@@ -144,6 +144,21 @@ impl AlertEvent {
     }
 }
 
+/// A request from a person (Telegram bot, TUI, `centinela/control/…` topic) to the
+/// engine. `by` says who, for the history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "lowercase")]
+pub enum Control {
+    /// Acknowledge the alert `rule/series` (or every firing alert of a rule when
+    /// `alert` is a rule name).
+    Ack { alert: String, by: String },
+    /// Hold notifications of alerts whose rule or series matches `pattern` (MQTT
+    /// wildcards) until `until`.
+    Silence { pattern: String, until: Timestamp, reason: String, by: String },
+    /// Lift the silences whose pattern is `pattern` (all when `None`).
+    Unsilence { pattern: Option<String>, by: String },
+}
+
 /// Formats a timestamp as RFC 3339 UTC with milliseconds: `2026-11-26T05:00:00.000Z`.
 pub fn format_ts(ts: Timestamp) -> String {
     match chrono::DateTime::from_timestamp_millis(ts) {

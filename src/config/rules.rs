@@ -22,6 +22,8 @@ pub enum Agg {
     Max,
     Sum,
     Count,
+    /// max − min: a stuck sensor has a spread of (nearly) zero.
+    Spread,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -147,7 +149,7 @@ impl RuleConfig {
                     bad("kind", "a window rule needs `window`".into());
                 }
                 if self.agg.is_none() {
-                    bad("kind", "a window rule needs `agg` (avg, min, max, sum or count)".into());
+                    bad("kind", "a window rule needs `agg` (avg, min, max, sum, count or spread)".into());
                 }
             }
             RuleKind::Rate => {
