@@ -159,6 +159,47 @@ pub enum Control {
     Unsilence { pattern: Option<String>, by: String },
 }
 
+/// What the live bus carries to viewers (the in-process TUI; remote viewers get the
+/// same through `centinela/…` topics).
+#[derive(Debug, Clone)]
+pub enum LiveEvent {
+    /// A batch of decoded readings, in arrival order.
+    Readings(Arc<[Reading]>),
+    /// An alert transition (also stored and notified).
+    Alert(AlertEvent),
+    /// Pipeline figures, about once a second.
+    Status(PipelineStatus),
+    /// A line for the event log: ingest errors, notification outcomes and failures.
+    Log { ts: Timestamp, level: LogLevel, text: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Info,
+    Warn,
+    Error,
+}
+
+/// Health and throughput of the stages, as the header of the TUI and `/healthz` show it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PipelineStatus {
+    /// "embedded 127.0.0.1:1883", "external mqtt://…", with "(down)" when lost.
+    pub broker: String,
+    pub broker_up: bool,
+    /// "sqlite /var/lib/centinela/centinela.db".
+    pub storage: String,
+    pub storage_ok: bool,
+    pub readings_per_s: f64,
+    pub received_total: u64,
+    pub stored_total: u64,
+    pub decode_errors_total: u64,
+    pub outbox_pending: u64,
+    pub outbox_dead: u64,
+    /// `None` when no InfluxDB is configured.
+    pub influx_backlog: Option<u64>,
+}
+
 /// Formats a timestamp as RFC 3339 UTC with milliseconds: `2026-11-26T05:00:00.000Z`.
 pub fn format_ts(ts: Timestamp) -> String {
     match chrono::DateTime::from_timestamp_millis(ts) {
