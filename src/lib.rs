@@ -24,6 +24,8 @@
 //! - [`service`]: the topology: tasks, bounded channels, shutdown.
 //! - [`cli`]: the `centinela` command.
 
+pub mod broker;
 pub mod config;
 pub mod model;
 pub mod source;
+pub mod store;

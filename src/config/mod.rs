@@ -69,9 +69,10 @@ pub struct BrokerConfig {
     pub client_id: String,
     /// Largest payload accepted, in bytes.
     pub max_payload: usize,
-    /// Size of the embedded broker's commit log between publishers and the pipeline,
-    /// in messages: what a burst may reach before the slowest stage catches up.
-    pub buffer_messages: usize,
+    /// Size of the embedded broker's buffer between publishers and the pipeline, in
+    /// MiB: what a burst may reach before the pipeline catches up. Memory use grows to
+    /// this size under a steady stream.
+    pub buffer_mib: usize,
 }
 
 impl Default for BrokerConfig {
@@ -85,7 +86,7 @@ impl Default for BrokerConfig {
             allow_anonymous: false,
             client_id: "centinela".into(),
             max_payload: 64 * 1024,
-            buffer_messages: 1_000_000,
+            buffer_mib: 32,
         }
     }
 }
@@ -306,6 +307,9 @@ impl Config {
                     self.broker.listen, self.broker.password_env
                 ),
             ));
+        }
+        if self.broker.buffer_mib == 0 {
+            out.push(Invalid::new(&[key("broker"), key("buffer_mib")], "must be at least 1 MiB"));
         }
         if self.broker.max_payload == 0 {
             out.push(Invalid::new(&[key("broker"), key("max_payload")], "must be at least 1 byte"));

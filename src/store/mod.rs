@@ -1,0 +1,4 @@
+//! Storage stages: SQLite (always on) and its pure chunk codec.
+
+pub mod chunk;
+pub mod sqlite;
