@@ -32,10 +32,12 @@ pub struct Link {
     pub rx: LinkRx,
 }
 
-/// Starts rumqttd on `cfg.listen`, opens one in-process link per name in `links`
-/// (before the broker thread takes the broker), and waits until the listener accepts
-/// connections. The broker runs on its own threads until the process exits.
-pub fn start(cfg: &BrokerConfig, links: &[&str]) -> Result<Vec<Link>, BrokerError> {
+/// Starts rumqttd on `cfg.listen`, opens one in-process link per (name, filters) in
+/// `links` and subscribes it to its filters before the listener opens — so no message
+/// published by a sensor can arrive before the pipeline listens — and waits until the
+/// listener accepts connections. The broker runs on its own threads until the process
+/// exits.
+pub fn start(cfg: &BrokerConfig, links: &[(&str, Vec<String>)]) -> Result<Vec<Link>, BrokerError> {
     let addr = cfg.listen;
     // Fails fast and clearly when the port is taken; released before rumqttd binds.
     drop(TcpListener::bind(addr).map_err(|source| BrokerError::Bind { addr, source })?);
@@ -87,8 +89,11 @@ pub fn start(cfg: &BrokerConfig, links: &[&str]) -> Result<Vec<Link>, BrokerErro
     };
     let mut broker = Broker::new(config);
     let mut out = Vec::with_capacity(links.len());
-    for name in links {
-        let (tx, rx) = broker.link(name).map_err(|e| BrokerError::Link(e.to_string()))?;
+    for (name, filters) in links {
+        let (mut tx, rx) = broker.link(name).map_err(|e| BrokerError::Link(e.to_string()))?;
+        for f in filters {
+            tx.subscribe(f.clone()).map_err(|e| BrokerError::Link(format!("subscribe {f}: {e}")))?;
+        }
         out.push(Link { tx, rx });
     }
     std::thread::Builder::new()

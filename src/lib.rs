@@ -24,8 +24,11 @@
 //! - [`service`]: the topology: tasks, bounded channels, shutdown.
 //! - [`cli`]: the `centinela` command.
 
+pub mod bench;
 pub mod broker;
+pub mod cli;
 pub mod config;
 pub mod model;
+pub mod service;
 pub mod source;
 pub mod store;

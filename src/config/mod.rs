@@ -21,6 +21,10 @@ use serde::Deserialize;
 /// The annotated default configuration, printed by `centinela config`.
 pub const DEFAULT_TOML: &str = include_str!("../../config/centinela.toml");
 
+/// The configuration `centinela demo` runs with: the defaults plus rules made for the
+/// simulators' faults.
+pub const DEMO_TOML: &str = include_str!("../../config/examples/demo.toml");
+
 /// Where `--config` points when it is not given and `CENTINELA_CONFIG` is not set.
 pub const SYSTEM_PATH: &str = "/etc/centinela/centinela.toml";
 pub const LOCAL_PATH: &str = "config/centinela.toml";
@@ -499,6 +503,12 @@ mod tests {
         let cfg = Config::parse(DEFAULT_TOML, "default").unwrap();
         assert_eq!(cfg.ingest.prefix, "sensors");
         assert_eq!(cfg.storage.sqlite.flush_interval, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn demo_config_is_valid() {
+        let cfg = Config::parse(DEMO_TOML, "demo").unwrap();
+        assert!(!cfg.rules.is_empty());
     }
 
     #[test]

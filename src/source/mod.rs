@@ -2,3 +2,4 @@
 //! from the embedded broker's in-process link or from an external broker.
 
 pub mod decode;
+pub mod mqtt;

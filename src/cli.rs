@@ -1,0 +1,429 @@
+//! The `centinela` command: argument parsing and the subcommands' top level. Exit
+//! codes: 0 ok, 1 runtime failure, 2 usage or invalid config.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::config::{self, Config};
+use crate::model::{format_ts, now_ms, AlertState, LiveEvent};
+use crate::service::{Options, Service};
+use crate::store::sqlite;
+
+#[derive(Debug, Parser)]
+#[command(name = "centinela", version, about = "IoT monitoring and alerting: MQTT in, rules, SQLite, alerts out")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ConfigArg {
+    /// Configuration file (default: /etc/centinela/centinela.toml, else ./config/centinela.toml,
+    /// else the embedded default).
+    #[arg(long, short = 'c', env = "CENTINELA_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the service: broker, pipeline, storage (what systemd starts).
+    Run {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Everything in one process on the embedded defaults, with simulated sensors.
+    Demo(DemoArgs),
+    /// Publish simulated sensor data to an MQTT broker.
+    Simulate(centinela_sim::SimulateArgs),
+    /// Check a configuration file; exit 2 with file:line:col and the field when invalid.
+    Validate {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Print the annotated default configuration.
+    Config,
+    /// Print stored readings.
+    Readings(ReadingsArgs),
+    /// Print the alerts history.
+    Alerts(AlertsArgs),
+    /// Measure the pipeline end to end: MQTT over TCP → broker → decode → SQLite.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Messages to publish (QoS 0, flat out).
+    #[arg(long, default_value_t = 2_000_000)]
+    pub messages: u64,
+    /// Distinct series.
+    #[arg(long, default_value_t = 1_000)]
+    pub series: usize,
+    /// Publishing TCP connections.
+    #[arg(long, default_value_t = 4)]
+    pub publishers: usize,
+    /// Messages per second in all (flat out when not given).
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Only logs, no live summary.
+    #[arg(long)]
+    pub headless: bool,
+    /// Stop after this long (e.g. 30s, 5m), everything flushed.
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Keep the database here (DIR/centinela.db); a temporary directory otherwise.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Scenario name or file (see `centinela simulate --list`).
+    #[arg(long, default_value = "demo")]
+    pub scenario: String,
+    /// Seed for the simulated sensors.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Broker address for the demo (default 127.0.0.1:1883, or a free port when taken).
+    #[arg(long)]
+    pub listen: Option<std::net::SocketAddr>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+    Csv,
+}
+
+#[derive(Debug, Args)]
+pub struct ReadingsArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Database file (default: storage.sqlite.path of the config).
+    #[arg(long, value_name = "PATH")]
+    pub db: Option<PathBuf>,
+    /// Series pattern with MQTT wildcards.
+    #[arg(long, default_value = "#")]
+    pub series: String,
+    /// Only readings newer than this (e.g. 10m, 24h).
+    #[arg(long, value_parser = parse_duration)]
+    pub since: Option<Duration>,
+    /// One JSON object a line.
+    #[arg(long, conflicts_with = "csv")]
+    pub json: bool,
+    /// CSV with a header: series,ts,value.
+    #[arg(long)]
+    pub csv: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct AlertsArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    #[arg(long, value_name = "PATH")]
+    pub db: Option<PathBuf>,
+    /// Only events newer than this (e.g. 1h, 7d).
+    #[arg(long, value_parser = parse_duration)]
+    pub since: Option<Duration>,
+    /// Only events of this state (pending, firing, resolved, acknowledged, repeat, flapping).
+    #[arg(long, value_parser = parse_state)]
+    pub state: Option<AlertState>,
+    /// One JSON object a line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    s.parse::<config::Duration>().map(|d| d.std())
+}
+
+fn parse_state(s: &str) -> Result<AlertState, String> {
+    AlertState::parse(s).ok_or_else(|| format!("{s:?} is not a state (pending, firing, resolved, acknowledged, repeat, flapping)"))
+}
+
+/// Runs the parsed command and maps failures to exit codes.
+pub fn main(cli: Cli) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(dispatch(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            if let Some(ce) = e.downcast_ref::<config::ConfigError>() {
+                eprintln!("error: {ce}");
+                return ExitCode::from(2);
+            }
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Config => {
+            print!("{}", config::DEFAULT_TOML);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Validate { config } => validate(config.config.as_deref()),
+        Command::Run { config } => {
+            let (cfg, source) = load(config.config.as_deref())?;
+            init_logging(&cfg, false);
+            tracing::info!(config = %source, "starting");
+            run_until_signal(cfg, Options::default(), None).await
+        }
+        Command::Demo(args) => demo(args).await,
+        Command::Simulate(args) => {
+            init_logging(&Config::default(), false);
+            centinela_sim::run(args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Readings(args) => readings(args).await,
+        Command::Alerts(args) => alerts(args).await,
+        Command::Bench(args) => bench(args).await,
+    }
+}
+
+fn load(path: Option<&Path>) -> anyhow::Result<(Config, String)> {
+    Ok(config::load_or_default(path)?)
+}
+
+fn validate(path: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let Some(path) = config::resolve_path(path) else {
+        Config::parse(config::DEFAULT_TOML, "<embedded default>")?;
+        println!("ok: embedded default configuration");
+        return Ok(ExitCode::SUCCESS);
+    };
+    let cfg = config::load(&path)?;
+    println!("ok: {} ({} rules, channels: {})", path.display(), cfg.rules.len(), {
+        let c = cfg.notify.channels();
+        if c.is_empty() { "none".to_string() } else { c.join(", ") }
+    });
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Logs go to stderr: compact, no colours unless stderr is a terminal (journald-friendly).
+pub fn init_logging(cfg: &Config, quiet: bool) {
+    use std::io::IsTerminal;
+    let level = if quiet { "warn" } else { cfg.log.level.as_str() };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},rumqttd=warn,rumqttc=warn,sqlx=warn")));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .compact()
+        .try_init();
+}
+
+/// Runs the service until SIGINT/SIGTERM (or `limit`), then shuts it down cleanly.
+async fn run_until_signal(cfg: Config, opts: Options, limit: Option<Duration>) -> anyhow::Result<ExitCode> {
+    let mut service = Service::start(cfg, opts).await?;
+    let outcome = wait_for_stop(&mut service, limit).await;
+    service.shutdown().await?;
+    outcome.map(|()| ExitCode::SUCCESS)
+}
+
+async fn wait_for_stop(service: &mut Service, limit: Option<Duration>) -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("while installing the SIGTERM handler")?;
+    let sleep = async {
+        match limit {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted"),
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = sleep => {}
+        e = service.failed() => return Err(e),
+    }
+    Ok(())
+}
+
+async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
+    let mut cfg = Config::parse(config::DEMO_TOML, "<demo config>")?;
+    init_logging(&cfg, !args.headless);
+    let tmp;
+    let dir = match &args.data_dir {
+        Some(d) => {
+            std::fs::create_dir_all(d).with_context(|| format!("while creating {}", d.display()))?;
+            d.clone()
+        }
+        None => {
+            tmp = tempfile::tempdir().context("while creating a temporary directory")?;
+            tmp.path().to_path_buf()
+        }
+    };
+    cfg.broker.listen = match args.listen {
+        Some(a) => a,
+        None if std::net::TcpListener::bind(cfg.broker.listen).is_ok() => cfg.broker.listen,
+        None => std::net::SocketAddr::from(([127, 0, 0, 1], crate::broker::free_port()?)),
+    };
+    let db = dir.join("centinela.db");
+    let mut service = Service::start(cfg.clone(), Options { db_path: Some(db.clone()) }).await?;
+    let addr = service.broker_addr.context("the demo needs the embedded broker")?;
+    eprintln!("centinela demo: broker mqtt://{addr}, database {}", db.display());
+    eprintln!("  try: mosquitto_sub -h {} -p {} -t 'sensors/#' -v", addr.ip(), addr.port());
+
+    let scenario = centinela_sim::Scenario::load(&args.scenario).with_context(|| format!("while loading scenario {:?}", args.scenario))?;
+    let (sim_stop_tx, sim_stop_rx) = tokio::sync::watch::channel(false);
+    let mut sim_opts = centinela_sim::PublishOptions::new(addr.ip().to_string(), addr.port(), scenario);
+    sim_opts.seed = args.seed;
+    sim_opts.client_id = "centinela-demo-sensors".into();
+    sim_opts.shutdown = Some(sim_stop_rx);
+    let sim = tokio::spawn(centinela_sim::publish(sim_opts));
+
+    let summary = (!args.headless).then(|| tokio::spawn(print_summary(service.live.subscribe())));
+    let outcome = wait_for_stop(&mut service, args.duration).await;
+    let _ = sim_stop_tx.send(true);
+    match sim.await {
+        Ok(Ok(stats)) => tracing::info!(published = stats.published, "simulators stopped"),
+        Ok(Err(e)) => tracing::error!(error = %e, "simulators failed"),
+        Err(e) => tracing::error!(error = %e, "simulators panicked"),
+    }
+    // Give the broker a moment to hand over what the simulators just sent.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    if let Some(s) = summary {
+        s.abort();
+    }
+    service.shutdown().await?;
+    outcome?;
+    let pool = sqlite::open_existing(&db).await?;
+    let n: i64 = sqlx::query_scalar("SELECT coalesce(sum(count), 0) FROM chunks").fetch_one(&pool).await?;
+    let s: i64 = sqlx::query_scalar("SELECT count(*) FROM series").fetch_one(&pool).await?;
+    let a: i64 = sqlx::query_scalar("SELECT count(*) FROM alerts").fetch_one(&pool).await?;
+    eprintln!("centinela demo: stored {n} readings of {s} series and {a} alert events in {}", db.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn print_summary(mut rx: tokio::sync::broadcast::Receiver<LiveEvent>) {
+    use tokio::sync::broadcast::error::RecvError;
+    let mut firing = std::collections::BTreeMap::new();
+    let mut last_print = std::time::Instant::now();
+    loop {
+        match rx.recv().await {
+            Ok(LiveEvent::Alert(e)) => {
+                println!("{}  {:<12} {:<9} {}  {}", &format_ts(e.ts)[11..19], e.state, e.severity, e.alert_id(), e.message);
+                match e.state {
+                    AlertState::Firing | AlertState::Repeat | AlertState::Acknowledged => {
+                        firing.insert(e.alert_id(), e.severity);
+                    }
+                    AlertState::Resolved => {
+                        firing.remove(&e.alert_id());
+                    }
+                    _ => {}
+                }
+            }
+            Ok(LiveEvent::Status(s)) if last_print.elapsed() >= Duration::from_secs(5) => {
+                last_print = std::time::Instant::now();
+                println!(
+                    "{}  {:>8.0} readings/s  received {}  stored {}  bad {}  firing {}",
+                    &format_ts(now_ms())[11..19],
+                    s.readings_per_s,
+                    s.received_total,
+                    s.stored_total,
+                    s.decode_errors_total,
+                    firing.len()
+                );
+            }
+            Ok(_) => {}
+            Err(RecvError::Lagged(_)) => {}
+            Err(RecvError::Closed) => break,
+        }
+    }
+}
+
+fn db_path(config: &ConfigArg, db: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    match db {
+        Some(p) => Ok(p),
+        None => Ok(load(config.config.as_deref())?.0.storage.sqlite.path),
+    }
+}
+
+async fn readings(args: ReadingsArgs) -> anyhow::Result<ExitCode> {
+    let path = db_path(&args.config, args.db)?;
+    let pool = sqlite::open_existing(&path).await.with_context(|| format!("while opening {}", path.display()))?;
+    let since = args.since.map_or(i64::MIN, |d| now_ms() - d.as_millis() as i64);
+    let rows = sqlite::query_readings(&pool, &args.series, since).await?;
+    use std::io::Write;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    if args.csv {
+        writeln!(out, "series,ts,value")?;
+    }
+    for (series, ts, value) in &rows {
+        if args.json {
+            let row = sqlite::StoredReading { series: series.clone(), ts: format_ts(*ts), value: *value };
+            writeln!(out, "{}", serde_json::to_string(&row)?)?;
+        } else if args.csv {
+            writeln!(out, "{},{},{}", csv_field(series), format_ts(*ts), value)?;
+        } else {
+            writeln!(out, "{}  {:<40} {}", format_ts(*ts), series, value)?;
+        }
+    }
+    out.flush()?;
+    if rows.is_empty() && !args.json && !args.csv {
+        eprintln!("no readings match {:?} in {}", args.series, path.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+async fn alerts(args: AlertsArgs) -> anyhow::Result<ExitCode> {
+    let path = db_path(&args.config, args.db)?;
+    let pool = sqlite::open_existing(&path).await.with_context(|| format!("while opening {}", path.display()))?;
+    let since = args.since.map_or(i64::MIN, |d| now_ms() - d.as_millis() as i64);
+    let rows = sqlite::query_alerts(&pool, since, args.state).await?;
+    use std::io::Write;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for r in &rows {
+        if args.json {
+            writeln!(out, "{}", serde_json::to_string(r)?)?;
+        } else {
+            let value = r.value.map(|v| format!("{v}{}", r.unit.as_deref().unwrap_or(""))).unwrap_or_default();
+            writeln!(out, "{}  {:<12} {:<8} {:<24} {:<36} {:>10}  {}", r.ts, r.state, r.severity, r.rule, r.series, value, r.message)?;
+        }
+    }
+    out.flush()?;
+    if rows.is_empty() && !args.json {
+        eprintln!("no alert events in {}", path.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    let cfg = Config::parse(config::DEFAULT_TOML, "<embedded default>")?;
+    init_logging(&cfg, true);
+    eprintln!("bench: {} messages over {} series from {} connections…", args.messages, args.series, args.publishers);
+    let r = crate::bench::run(cfg, args.publishers.max(1), args.messages, args.series.max(1), args.rate).await?;
+    if args.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        println!("published        {:>12}   {:>10.0} msg/s (load generator)", r.published, r.publish_rate);
+        println!("received         {:>12}", r.received);
+        println!("stored           {:>12}   {:>10.0} readings/s end to end", r.stored, r.stored_rate);
+        println!("lost in broker   {:>12}", r.lost_in_broker);
+        println!("decode errors    {:>12}", r.decode_errors);
+        println!("elapsed          {:>12.2} s", r.end_to_end_seconds);
+        println!("peak RSS         {:>12.1} MiB", r.peak_rss_mib);
+    }
+    Ok(if r.stored == r.published { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}

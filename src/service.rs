@@ -1,0 +1,232 @@
+//! The topology: every stage as a task (or thread), the bounded channels between them,
+//! created here and nowhere else, and the order of shutdown.
+//!
+//! ```text
+//!  source (link thread | rumqttc task) ─[readings: 256 batches]─► engine task
+//!  engine ─[store: 1024 msgs]─► sqlite writer      engine ─► live bus (broadcast, lossy)
+//!  control (centinela/control, bot, TUI) ─[64]─► engine
+//! ```
+//!
+//! Falling behind: the source waits for the engine, the engine waits for the writer
+//! (back-pressure down to the broker's buffer); the live bus drops for slow viewers,
+//! which count what they missed. Shutdown runs front to back: the source stops taking
+//! messages, each stage drains its input and closes its output, the writer flushes
+//! last.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::config::{BrokerMode, Config};
+use crate::model::{Control, LiveEvent, PipelineStatus, Reading};
+use crate::source::mqtt::{self, SourceStats};
+use crate::store::sqlite::{self, StoreMsg, StoreStats, Writer, WriterConfig};
+
+/// Capacity of the live bus in messages (a readings batch is one): viewers further
+/// behind than this miss events (counted). Kept small: every slot may hold a batch.
+const LIVE_CAPACITY: usize = 256;
+
+/// What the caller may change about a run.
+#[derive(Debug, Default, Clone)]
+pub struct Options {
+    /// Overrides `storage.sqlite.path`.
+    pub db_path: Option<PathBuf>,
+}
+
+/// A running pipeline.
+pub struct Service {
+    /// Where the embedded broker listens (None with an external broker).
+    pub broker_addr: Option<SocketAddr>,
+    pub db_path: PathBuf,
+    pub source_stats: Arc<SourceStats>,
+    pub store_stats: Arc<StoreStats>,
+    pub live: broadcast::Sender<LiveEvent>,
+    pub control: mpsc::Sender<Control>,
+    stop_source: Arc<AtomicBool>,
+    stop_tx: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    source_thread: Option<std::thread::JoinHandle<()>>,
+    external: Option<JoinHandle<Result<(), mqtt::SourceError>>>,
+}
+
+impl Service {
+    /// Opens the database, starts the broker (embedded mode) and every stage.
+    pub async fn start(cfg: Config, opts: Options) -> anyhow::Result<Service> {
+        let db_path = opts.db_path.clone().unwrap_or_else(|| cfg.storage.sqlite.path.clone());
+        let pool = sqlite::open(&db_path).await.with_context(|| format!("while opening {}", db_path.display()))?;
+
+        let (readings_tx, readings_rx) = mpsc::channel::<Vec<Reading>>(256);
+        let (store_tx, store_rx) = mpsc::channel::<StoreMsg>(1024);
+        let (control_tx, control_rx) = mpsc::channel::<Control>(64);
+        let (live, _) = broadcast::channel::<LiveEvent>(LIVE_CAPACITY);
+        let (stop_tx, stop_rx) = watch::channel(false);
+
+        let writer = Writer::new(pool.clone());
+        let store_stats = writer.stats.clone();
+        let sq = &cfg.storage.sqlite;
+        let wcfg = WriterConfig {
+            flush_interval: sq.flush_interval.std(),
+            retention: sq.retention.std(),
+            rollup_retention: sq.rollup_retention.std(),
+            maintenance_interval: Duration::from_secs(300),
+        };
+        let mut tasks = vec![tokio::spawn(sqlite::run_writer(writer, store_rx, wcfg))];
+        tasks.push(tokio::spawn(run_engine(readings_rx, control_rx, store_tx, live.clone())));
+
+        let source_stats = Arc::new(SourceStats::default());
+        let stop_source = Arc::new(AtomicBool::new(false));
+        let mut source_thread = None;
+        let mut external = None;
+        let mut broker_addr = None;
+        let broker_desc;
+        match cfg.broker.mode {
+            BrokerMode::Embedded => {
+                let filters = cfg.ingest.topics.iter().cloned().chain([mqtt::CONTROL_TOPIC.to_string()]).collect();
+                let mut links = crate::broker::start(&cfg.broker, &[("centinela-ingest", filters)])?;
+                let link = links.remove(0);
+                broker_addr = Some(cfg.broker.listen);
+                broker_desc = format!("embedded {}", cfg.broker.listen);
+                let (ingest, max_payload) = (cfg.ingest.clone(), cfg.broker.max_payload);
+                let (stats, stop) = (source_stats.clone(), stop_source.clone());
+                let control = control_tx.clone();
+                source_thread = Some(
+                    std::thread::Builder::new()
+                        .name("ingest".into())
+                        .spawn(move || mqtt::run_embedded(link, &ingest, max_payload, stats, readings_tx, control, stop))
+                        .context("while starting the ingest thread")?,
+                );
+            }
+            BrokerMode::External => {
+                broker_desc = format!("external {}", cfg.broker.url.as_deref().unwrap_or(""));
+                let (bcfg, icfg) = (cfg.broker.clone(), cfg.ingest.clone());
+                let (stats, control) = (source_stats.clone(), control_tx.clone());
+                external = Some(tokio::spawn(async move {
+                    mqtt::run_external(&bcfg, &icfg, stats, readings_tx, control, stop_rx).await
+                }));
+            }
+        }
+        tasks.push(tokio::spawn(run_status(
+            broker_desc,
+            format!("sqlite {}", db_path.display()),
+            source_stats.clone(),
+            store_stats.clone(),
+            live.clone(),
+            stop_tx.subscribe(),
+        )));
+        tracing::info!(db = %db_path.display(), "pipeline started");
+        Ok(Service {
+            broker_addr,
+            db_path,
+            source_stats,
+            store_stats,
+            live,
+            control: control_tx,
+            stop_source,
+            stop_tx,
+            tasks,
+            source_thread,
+            external,
+        })
+    }
+
+    /// Resolves when the external source stops by itself (a refused connection); never
+    /// with the embedded broker.
+    pub async fn failed(&mut self) -> anyhow::Error {
+        match self.external.as_mut() {
+            Some(h) => match h.await {
+                Ok(Err(e)) => anyhow::Error::new(e),
+                Ok(Ok(())) => anyhow::anyhow!("the MQTT source stopped"),
+                Err(e) => anyhow::anyhow!("the MQTT source panicked: {e}"),
+            },
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Stops taking messages, drains every stage and flushes the database.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        tracing::info!("shutting down: draining the pipeline");
+        self.stop_source.store(true, Ordering::Relaxed);
+        let _ = self.stop_tx.send(true);
+        if let Some(t) = self.source_thread.take() {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+        if let Some(h) = self.external.take() {
+            if !h.is_finished() {
+                let _ = h.await;
+            }
+        }
+        drop(self.control);
+        for t in self.tasks {
+            t.await.context("a pipeline task panicked")?;
+        }
+        tracing::info!("pipeline stopped; everything flushed");
+        Ok(())
+    }
+}
+
+/// The engine stage: readings in; readings, alert events and state out.
+async fn run_engine(
+    mut rx: mpsc::Receiver<Vec<Reading>>,
+    mut control: mpsc::Receiver<Control>,
+    store: mpsc::Sender<StoreMsg>,
+    live: broadcast::Sender<LiveEvent>,
+) {
+    loop {
+        tokio::select! {
+            batch = rx.recv() => {
+                let Some(batch) = batch else { break };
+                let shared: Arc<[Reading]> = batch.into();
+                let _ = live.send(LiveEvent::Readings(shared.clone()));
+                if store.send(StoreMsg::Readings(shared)).await.is_err() {
+                    break;
+                }
+            }
+            Some(c) = control.recv() => {
+                tracing::info!(?c, "control request");
+            }
+        }
+    }
+}
+
+/// Publishes pipeline figures on the live bus once a second.
+async fn run_status(
+    broker: String,
+    storage: String,
+    source: Arc<SourceStats>,
+    store: Arc<StoreStats>,
+    live: broadcast::Sender<LiveEvent>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut last = (Instant::now(), 0u64);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => break,
+        }
+        let received = source.readings.load(Ordering::Relaxed);
+        let now = Instant::now();
+        let rate = (received - last.1) as f64 / now.duration_since(last.0).as_secs_f64().max(1e-3);
+        last = (now, received);
+        let status = PipelineStatus {
+            broker: broker.clone(),
+            broker_up: source.connected.load(Ordering::Relaxed),
+            storage: storage.clone(),
+            storage_ok: store.errors.load(Ordering::Relaxed) == 0,
+            readings_per_s: rate,
+            received_total: received,
+            stored_total: store.stored.load(Ordering::Relaxed),
+            decode_errors_total: source.errors_total(),
+            outbox_pending: 0,
+            outbox_dead: 0,
+            influx_backlog: None,
+        };
+        let _ = live.send(LiveEvent::Status(status));
+    }
+}

@@ -1,0 +1,293 @@
+//! MQTT in: reads messages from the embedded broker's in-process link (a thread that
+//! never crosses TCP) or from an external broker (rumqttc with a fixed client id,
+//! `clean_session = false` and QoS 1, so a reconnect loses nothing), decodes them and
+//! sends batches of readings downstream. Control requests on `centinela/control` are
+//! parsed here too and sent to the engine.
+//!
+//! Falling behind: the batch channel is bounded; when it is full this stage waits,
+//! and the embedded broker's commit log (`broker.buffer_mib`) absorbs the burst.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rumqttc::{AsyncClient, ConnectReturnCode, ConnectionError, Event, MqttOptions, Packet, QoS};
+use tokio::sync::mpsc;
+
+use super::decode::{DecodeError, Decoder};
+use crate::broker::Link;
+use crate::config::{parse_mqtt_url, BrokerConfig, IngestConfig};
+use crate::model::{now_ms, Control, Reading};
+
+/// Topic on which `Control` requests (JSON) reach the engine.
+pub const CONTROL_TOPIC: &str = "centinela/control";
+
+/// Readings per batch handed downstream at most.
+const BATCH: usize = 2048;
+
+/// Counters of the source stage.
+#[derive(Debug, Default)]
+pub struct SourceStats {
+    pub messages: AtomicU64,
+    pub readings: AtomicU64,
+    pub errors: [AtomicU64; DecodeError::REASONS.len()],
+    /// Messages the embedded broker dropped before we read them (gaps in its log).
+    pub lost: AtomicU64,
+    pub connected: AtomicBool,
+}
+
+impl SourceStats {
+    pub fn errors_total(&self) -> u64 {
+        self.errors.iter().map(|e| e.load(Ordering::Relaxed)).sum()
+    }
+
+    /// (reason, count) for every reason.
+    pub fn errors_by_reason(&self) -> Vec<(&'static str, u64)> {
+        DecodeError::REASONS.iter().zip(&self.errors).map(|(r, c)| (*r, c.load(Ordering::Relaxed))).collect()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("{url}: the broker refused the connection: {reason}")]
+    Refused { url: String, reason: String },
+    #[error("{url}: {source}")]
+    Connect { url: String, source: ConnectionError },
+    #[error("bad broker address: {0}")]
+    Url(String),
+    #[error("broker.username is set but ${0} (the password) is not")]
+    MissingPassword(String),
+}
+
+/// Decodes messages and keeps the counting and the rate-limited warnings in one place.
+struct Ingest {
+    decoder: Decoder,
+    stats: Arc<SourceStats>,
+    warn_every: Duration,
+    last_warn: [Option<Instant>; DecodeError::REASONS.len()],
+    suppressed: [u64; DecodeError::REASONS.len()],
+    batch: Vec<Reading>,
+    control: mpsc::Sender<Control>,
+}
+
+impl Ingest {
+    fn new(ingest: &IngestConfig, max_payload: usize, stats: Arc<SourceStats>, control: mpsc::Sender<Control>) -> Self {
+        Self {
+            decoder: Decoder::new(&ingest.prefix, max_payload),
+            stats,
+            warn_every: ingest.warn_interval.std(),
+            last_warn: Default::default(),
+            suppressed: [0; DecodeError::REASONS.len()],
+            batch: Vec::with_capacity(BATCH),
+            control,
+        }
+    }
+
+    fn message(&mut self, topic: &str, payload: &[u8], now: i64) {
+        if topic == CONTROL_TOPIC {
+            match serde_json::from_slice::<Control>(payload) {
+                Ok(c) => {
+                    if self.control.try_send(c).is_err() {
+                        tracing::warn!("control request dropped: the engine is busy");
+                    }
+                }
+                Err(e) => tracing::warn!(topic, error = %e, "ignoring a malformed control request"),
+            }
+            return;
+        }
+        self.stats.messages.fetch_add(1, Ordering::Relaxed);
+        let before = self.batch.len();
+        match self.decoder.decode(topic, payload, now, &mut self.batch) {
+            Ok(()) => {
+                self.stats.readings.fetch_add((self.batch.len() - before) as u64, Ordering::Relaxed);
+            }
+            Err(e) => {
+                let i = e.index();
+                self.stats.errors[i].fetch_add(1, Ordering::Relaxed);
+                let now = Instant::now();
+                if self.last_warn[i].is_none_or(|t| now.duration_since(t) >= self.warn_every) {
+                    let suppressed = std::mem::take(&mut self.suppressed[i]);
+                    tracing::warn!(topic, reason = e.reason(), suppressed, "bad message skipped: {e}");
+                    self.last_warn[i] = Some(now);
+                } else {
+                    self.suppressed[i] += 1;
+                }
+            }
+        }
+    }
+
+    fn take(&mut self) -> Vec<Reading> {
+        std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH))
+    }
+}
+
+/// Reads from the embedded broker's in-process link on the calling thread until `stop`
+/// is set or the broker goes away. The link is already subscribed to the ingest topics
+/// and [`CONTROL_TOPIC`] (see `broker::start`). Blocking: run it on its own thread.
+pub fn run_embedded(
+    mut link: Link,
+    ingest: &IngestConfig,
+    max_payload: usize,
+    stats: Arc<SourceStats>,
+    out: mpsc::Sender<Vec<Reading>>,
+    control: mpsc::Sender<Control>,
+    stop: Arc<AtomicBool>,
+) {
+    stats.connected.store(true, Ordering::Relaxed);
+    let mut ing = Ingest::new(ingest, max_payload, stats.clone(), control);
+    let mut next_offset: Option<u64> = None;
+    let track_gaps = ingest.topics.len() == 1;
+    let mut last_send = Instant::now();
+    loop {
+        let deadline = Instant::now() + Duration::from_millis(5);
+        match link.rx.recv_deadline(deadline) {
+            Ok(Some(rumqttd::Notification::Forward(f))) => {
+                let topic = std::str::from_utf8(&f.publish.topic).unwrap_or("");
+                // Each filter has its own log in the router; with one ingest filter its
+                // offsets run without gaps unless the log overran us.
+                if let (Some((_, off)), true) = (f.cursor, track_gaps && topic != CONTROL_TOPIC) {
+                    if let Some(expected) = next_offset {
+                        if off > expected {
+                            stats.lost.fetch_add(off - expected, Ordering::Relaxed);
+                        }
+                    }
+                    next_offset = Some(off + 1);
+                }
+                ing.message(topic, &f.publish.payload, now_ms());
+            }
+            Ok(Some(rumqttd::Notification::Unschedule)) => {
+                if link.rx.ready().is_err() {
+                    break;
+                }
+            }
+            Ok(Some(_)) | Ok(None) => {}
+            Err(rumqttd::local::LinkError::RecvTimeout(_)) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "in-process link to the broker closed");
+                break;
+            }
+        }
+        let full = ing.batch.len() >= BATCH;
+        if full || (!ing.batch.is_empty() && last_send.elapsed() >= Duration::from_millis(5)) {
+            if out.blocking_send(ing.take()).is_err() {
+                break;
+            }
+            last_send = Instant::now();
+        }
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+    }
+    if !ing.batch.is_empty() {
+        let _ = out.blocking_send(ing.take());
+    }
+    stats.connected.store(false, Ordering::Relaxed);
+}
+
+/// Options for an external broker connection, from `[broker]`.
+pub fn external_options(cfg: &BrokerConfig) -> Result<(MqttOptions, String), SourceError> {
+    let url = cfg.url.clone().unwrap_or_default();
+    let (host, port) = parse_mqtt_url(&url).map_err(SourceError::Url)?;
+    let mut opts = MqttOptions::new(cfg.client_id.clone(), host, port);
+    opts.set_clean_session(false);
+    opts.set_keep_alive(Duration::from_secs(30));
+    opts.set_max_packet_size(cfg.max_payload + 4096, cfg.max_payload + 4096);
+    opts.set_inflight(1000);
+    if let Some(user) = &cfg.username {
+        let pass = std::env::var(&cfg.password_env).map_err(|_| SourceError::MissingPassword(cfg.password_env.clone()))?;
+        opts.set_credentials(user.clone(), pass);
+    }
+    Ok((opts, url))
+}
+
+/// Subscribes to an external broker and runs until `stop` resolves. Reconnects with
+/// backoff; a refusal before the first successful connection (bad credentials, not
+/// authorised) is returned as an error instead of retried for ever.
+pub async fn run_external(
+    cfg: &BrokerConfig,
+    ingest: &IngestConfig,
+    stats: Arc<SourceStats>,
+    out: mpsc::Sender<Vec<Reading>>,
+    control: mpsc::Sender<Control>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), SourceError> {
+    let (opts, url) = external_options(cfg)?;
+    let (client, mut events) = AsyncClient::new(opts, 10_000);
+    let mut ing = Ingest::new(ingest, cfg.max_payload, stats.clone(), control);
+    let mut ever_connected = false;
+    let mut backoff = Duration::from_millis(200);
+    let mut flush = tokio::time::interval(Duration::from_millis(5));
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            _ = flush.tick() => {
+                if !ing.batch.is_empty() && out.send(ing.take()).await.is_err() {
+                    break;
+                }
+            }
+            ev = events.poll() => match ev {
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                    ever_connected = true;
+                    backoff = Duration::from_millis(200);
+                    stats.connected.store(true, Ordering::Relaxed);
+                    tracing::info!(%url, session_present = ack.session_present, "connected to the MQTT broker");
+                    // Subscribing again is harmless and covers a broker that lost our session.
+                    for t in ingest.topics.iter().map(String::as_str).chain([CONTROL_TOPIC]) {
+                        if let Err(e) = client.subscribe(t, QoS::AtLeastOnce).await {
+                            tracing::error!(topic = t, error = %e, "subscribe failed");
+                        }
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    ing.message(&p.topic, &p.payload, now_ms());
+                    if ing.batch.len() >= BATCH && out.send(ing.take()).await.is_err() {
+                        break;
+                    }
+                }
+                Ok(_) => {}
+                Err(ConnectionError::ConnectionRefused(code)) => {
+                    stats.connected.store(false, Ordering::Relaxed);
+                    let reason = refusal(code);
+                    if !ever_connected {
+                        return Err(SourceError::Refused { url, reason });
+                    }
+                    tracing::error!(%url, reason, retry_in = ?backoff, "the MQTT broker refused the connection");
+                    sleep_or_stop(&mut backoff, &mut stop).await;
+                }
+                Err(e) => {
+                    stats.connected.store(false, Ordering::Relaxed);
+                    if !ever_connected && matches!(e, ConnectionError::MqttState(rumqttc::StateError::Io(_)) | ConnectionError::NotConnAck(_)) {
+                        // A broker that closes the connection before CONNACK is refusing us.
+                        return Err(SourceError::Refused { url, reason: format!("connection closed before CONNACK ({e}); check username and password") });
+                    }
+                    tracing::warn!(%url, error = %e, retry_in = ?backoff, "MQTT connection lost; reconnecting");
+                    sleep_or_stop(&mut backoff, &mut stop).await;
+                }
+            }
+        }
+    }
+    if !ing.batch.is_empty() {
+        let _ = out.send(ing.take()).await;
+    }
+    let _ = client.disconnect().await;
+    stats.connected.store(false, Ordering::Relaxed);
+    Ok(())
+}
+
+async fn sleep_or_stop(backoff: &mut Duration, stop: &mut tokio::sync::watch::Receiver<bool>) {
+    tokio::select! {
+        _ = tokio::time::sleep(*backoff) => {}
+        _ = stop.changed() => {}
+    }
+    *backoff = (*backoff * 2).min(Duration::from_secs(30));
+}
+
+fn refusal(code: ConnectReturnCode) -> String {
+    match code {
+        ConnectReturnCode::BadUserNamePassword => "bad username or password".into(),
+        ConnectReturnCode::NotAuthorized => "not authorised (check broker.username and the password)".into(),
+        ConnectReturnCode::BadClientId => "client id rejected (set broker.client_id)".into(),
+        ConnectReturnCode::ServiceUnavailable => "service unavailable".into(),
+        other => format!("{other:?}"),
+    }
+}

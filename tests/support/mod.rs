@@ -1,0 +1,4 @@
+//! Helpers shared by the integration tests: real servers on free loopback ports.
+#![allow(dead_code)]
+
+pub mod mqtt;
