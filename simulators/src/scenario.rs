@@ -205,7 +205,8 @@ pub enum FaultKind {
     Drift,
     /// The payload is not a valid reading (see [`Malformed`]).
     Malformed,
-    /// A stock level is drained to `to` (below its minimum) and restocking waits.
+    /// A stock level is drained to `to` (below its minimum) over the first three
+    /// quarters of the window and held there; restocking waits until the fault ends.
     Deplete,
 }
 
@@ -742,4 +743,88 @@ pub fn check_topic_path(s: &str, allow_empty: bool) -> Result<(), String> {
         check_level(l).map_err(|e| format!("{s:?}: level {e}"))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        Scenario::parse(text, "s.toml").unwrap_err().to_string()
+    }
+
+    const BASE: &str = "name = \"x\"\n[[devices]]\nsite = \"s\"\nname = \"d\"\n";
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let e = err(&format!(
+            "{BASE}sensors = [{{ metric = \"temperature\", colour = \"red\" }}]"
+        ));
+        assert!(e.contains("s.toml") && e.contains("colour"), "{e}");
+        let e = err(&format!(
+            "speed = 2\n{BASE}sensors = [{{ metric = \"temperature\" }}]"
+        ));
+        assert!(e.contains("speed"), "{e}");
+    }
+
+    #[test]
+    fn parameters_must_fit_the_model() {
+        let e = err(&format!(
+            "{BASE}sensors = [{{ metric = \"temperature\", capacity = 3.0 }}]"
+        ));
+        assert!(
+            e.contains("devices[0].sensors[0].capacity") && e.contains("temperature sensor"),
+            "{e}"
+        );
+        let e = err(&format!("{BASE}sensors = [{{ metric = \"level\" }}]"));
+        assert!(e.contains("needs a `kind`"), "{e}");
+        let e = err(&format!(
+            "{BASE}sensors = [{{ metric = \"a/b\", kind = \"co2\" }}]"
+        ));
+        assert!(e.contains("devices[0].sensors[0].metric"), "{e}");
+    }
+
+    #[test]
+    fn faults_must_point_at_something_and_carry_their_amounts() {
+        let ok = format!("{BASE}sensors = [{{ metric = \"temperature\" }}]\n[[faults]]\n");
+        let e = err(&format!(
+            "{ok}device = \"nope\"\nkind = \"silence\"\nat = \"1s\"\nduration = \"1s\""
+        ));
+        assert!(e.contains("faults[0].device"), "{e}");
+        let e = err(&format!(
+            "{ok}device = \"d\"\nkind = \"spike\"\nat = \"1s\"\nduration = \"1s\""
+        ));
+        assert!(e.contains("needs `by`"), "{e}");
+        let e = err(&format!(
+            "{ok}device = \"d\"\nkind = \"deplete\"\nto = 1.0\nat = \"1s\"\nduration = \"1s\""
+        ));
+        assert!(e.contains("stock sensors only"), "{e}");
+        let e = err(&format!(
+            "{ok}device = \"d\"\nkind = \"silence\"\nat = \"soon\"\nduration = \"1s\""
+        ));
+        assert!(e.contains("\"soon\" is not a duration"), "{e}");
+    }
+
+    #[test]
+    fn names_and_paths() {
+        assert!(matches!(
+            Scenario::load("nonesuch"),
+            Err(ScenarioError::Unknown { .. })
+        ));
+        assert!(Scenario::load("nonesuch")
+            .unwrap_err()
+            .to_string()
+            .contains("greenhouse"));
+        assert!(matches!(
+            Scenario::load("/nonexistent/x.toml"),
+            Err(ScenarioError::Read { .. })
+        ));
+        let dir = std::env::temp_dir().join(format!("centinela-sim-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("mine.toml");
+        std::fs::write(&path, format!("{BASE}sensors = [{{ metric = \"co2\" }}]")).unwrap();
+        let s = Scenario::load(path.to_str().unwrap()).unwrap();
+        assert_eq!(s.devices[0].sensors[0].model_kind(), Some(SensorKind::Co2));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
