@@ -71,7 +71,8 @@ impl fmt::Debug for PublishOptions {
 /// What a run did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PublishStats {
-    /// Messages the simulator produced and handed to the client.
+    /// Messages the simulator produced and handed to the MQTT client (those cut off by
+    /// a shutdown in the middle of a batch are not counted).
     pub generated: u64,
     /// Messages written to the broker (QoS 0) or acknowledged by it (QoS 1).
     pub published: u64,
@@ -83,6 +84,9 @@ pub struct PublishStats {
     pub reconnects: u32,
     /// Wall time of the run.
     pub elapsed: Duration,
+    /// Epoch ms the run started at: with the seed, the scenario and the rate this
+    /// reproduces every message (`Simulator::new(&scenario, seed, start_ms)`).
+    pub start_ms: i64,
 }
 
 impl fmt::Display for PublishStats {
@@ -228,7 +232,7 @@ async fn publish_inner(opts: PublishOptions) -> Result<PublishStats, PublishErro
         }
     }
     for w in sim.faults() {
-        info!(
+        debug!(
             fault = %w.kind,
             series = %w.series.join(","),
             at_s = (w.start_ms - start_ms) / 1000,
@@ -238,7 +242,10 @@ async fn publish_inner(opts: PublishOptions) -> Result<PublishStats, PublishErro
         );
     }
 
-    let mut stats = PublishStats::default();
+    let mut stats = PublishStats {
+        start_ms,
+        ..PublishStats::default()
+    };
     let started = Instant::now();
     let tick_every = Duration::from_millis((sim.min_period_ms() / 2).clamp(10, 250) as u64);
     let mut ticker = tokio::time::interval(tick_every);
@@ -268,12 +275,7 @@ async fn publish_inner(opts: PublishOptions) -> Result<PublishStats, PublishErro
             }
         }
         for m in sim.tick(now_ms) {
-            stats.generated += 1;
-            stats.bytes += m.payload.len() as u64;
-            *stats
-                .by_fault
-                .entry(m.fault.map_or("none", |f| f.as_str()).to_string())
-                .or_default() += 1;
+            let (len, fault) = (m.payload.len() as u64, m.fault);
             let sent = tokio::select! {
                 r = client.publish(m.topic, qos, m.retain, m.payload) => r,
                 _ = wait_shutdown(&mut shutdown) => break 'run,
@@ -282,6 +284,13 @@ async fn publish_inner(opts: PublishOptions) -> Result<PublishStats, PublishErro
                 // The event loop ended: it has the reason.
                 break 'run;
             }
+            // Counted once handed over, so the drain below waits only for real messages.
+            stats.generated += 1;
+            stats.bytes += len;
+            *stats
+                .by_fault
+                .entry(fault.map_or("none", |f| f.as_str()).to_string())
+                .or_default() += 1;
         }
         if loop_task.is_finished() || deadline.is_some_and(|d| Instant::now() >= d) {
             break;

@@ -473,7 +473,9 @@ impl Scenario {
             return Err(self.invalid(
                 "<command line>",
                 "rate",
-                format!("{hz} Hz is not a rate between 0 and 1000"),
+                format!(
+                    "{hz} Hz: give more than 0 and at most 1000 messages per second per sensor"
+                ),
             ));
         }
         let every = Span(Duration::from_secs_f64(1.0 / hz));
