@@ -40,8 +40,11 @@ pub struct FaultWindow {
 /// Past this many missed periods a sensor skips ahead instead of catching up.
 const MAX_CATCH_UP: i64 = 1000;
 
-/// Payload of a default `oversized` fault: above the 64 KiB a broker usually accepts.
-pub const DEFAULT_OVERSIZED: usize = 70_000;
+/// Payload of a default `oversized` fault: just over centinela's default `max_payload`
+/// (64 KiB = 65,536 bytes), so its decoder refuses and counts it, and under the
+/// embedded broker's transport limit (`max_payload` + 1 KiB), which would otherwise
+/// drop the publisher's connection instead.
+pub const DEFAULT_OVERSIZED: usize = 65_600;
 
 #[derive(Debug, Clone)]
 struct Sensor {
