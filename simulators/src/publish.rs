@@ -50,6 +50,27 @@ pub struct PublishOptions {
     pub shutdown: Option<watch::Receiver<bool>>,
 }
 
+impl PublishOptions {
+    /// Options with the defaults of the command line: client id `centinela-sim`, seed 1,
+    /// QoS 0, the scenario's own rate and clock, no credentials, no end.
+    pub fn new(host: impl Into<String>, port: u16, scenario: Scenario) -> PublishOptions {
+        PublishOptions {
+            host: host.into(),
+            port,
+            username: None,
+            password: None,
+            client_id: "centinela-sim".into(),
+            scenario,
+            rate: None,
+            time_scale: None,
+            duration: None,
+            seed: 1,
+            qos: 0,
+            shutdown: None,
+        }
+    }
+}
+
 impl fmt::Debug for PublishOptions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PublishOptions")

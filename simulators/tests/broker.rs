@@ -20,11 +20,15 @@ fn free_port() -> u16 {
 /// Starts rumqttd on a free port (with `auth` = user → password when given) and waits
 /// until it accepts connections.
 fn start_broker(auth: Option<(&str, &str)>) -> u16 {
+    start_broker_with(auth, 2 * 1024 * 1024)
+}
+
+fn start_broker_with(auth: Option<(&str, &str)>, max_payload_size: usize) -> u16 {
     let port = free_port();
     let listen: SocketAddr = ([127, 0, 0, 1], port).into();
     let connections = rumqttd::ConnectionSettings {
         connection_timeout_ms: 5000,
-        max_payload_size: 2 * 1024 * 1024,
+        max_payload_size,
         max_inflight_count: 500,
         auth: auth.map(|(u, p)| HashMap::from([(u.to_string(), p.to_string())])),
         external_auth: None,
@@ -324,5 +328,44 @@ async fn nothing_listening_is_a_clear_error() {
     assert!(
         err.to_string().contains(&format!("127.0.0.1:{port}")),
         "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnects_when_the_broker_drops_it() {
+    // rumqttd closes a connection that sends a payload over its limit: the oversized
+    // fault does that here, and the publisher carries on over a new connection.
+    let port = start_broker_with(None, 16 * 1024);
+    let mut rx = subscribe(port).await;
+    let scenario = Scenario::parse(
+        "name = \"r\"\nevery = \"100ms\"\n[[devices]]\nsite = \"s\"\nname = \"d\"\nsensors = [{ metric = \"temperature\" }]\n\
+         [[faults]]\ndevice = \"d\"\nkind = \"malformed\"\npayload = \"oversized\"\nat = \"500ms\"\nduration = \"50ms\"",
+        "r",
+    )
+    .unwrap();
+    let mut opts = PublishOptions::new("127.0.0.1", port, scenario.clone());
+    opts.duration = Some(Duration::from_secs(3));
+    let stats = publish(opts).await.unwrap();
+    assert!(stats.reconnects >= 1, "{stats}");
+    assert_eq!(stats.by_fault["malformed"], 1, "{stats}");
+    let got = receive(&mut rx, stats.generated - 1).await;
+    // Everything but the oversized message arrived, including what was sent after the
+    // reconnect (the last second of the run).
+    assert!(got.iter().all(|(_, p)| p.len() < 1000));
+    assert!(
+        got.len() as u64 >= stats.generated - 3,
+        "{} of {stats}",
+        got.len()
+    );
+    let expected = Simulator::new(&scenario, 1, stats.start_ms)
+        .unwrap()
+        .tick(stats.start_ms + 3000);
+    let (last_topic, last_payload) = got.last().unwrap();
+    assert_eq!(
+        (last_topic, last_payload),
+        (
+            &expected.last().unwrap().topic,
+            &expected.last().unwrap().payload
+        )
     );
 }
