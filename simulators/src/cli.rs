@@ -184,7 +184,8 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<()> {
 
 /// Prints the first `span` of a scenario without a broker, as fast as it can.
 fn dry_run(scenario: &Scenario, seed: u64, span: Duration) -> anyhow::Result<()> {
-    let start_ms = 0;
+    // A fixed start (2026-01-01T00:00:00Z) so the output is the same on every run.
+    let start_ms = 1_767_225_600_000;
     let mut sim = Simulator::new(scenario, seed, start_ms)?;
     let end = start_ms + i64::try_from(span.as_millis()).unwrap_or(i64::MAX);
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
@@ -194,31 +195,39 @@ fn dry_run(scenario: &Scenario, seed: u64, span: Duration) -> anyhow::Result<()>
             "# fault {} on {} from {}s to {}s {}",
             w.kind,
             w.series.join(","),
-            w.start_ms / 1000,
-            w.end_ms / 1000,
+            (w.start_ms - start_ms) / 1000,
+            (w.end_ms - start_ms) / 1000,
             w.detail
         )?;
     }
-    for m in sim.tick(end) {
-        let payload = String::from_utf8_lossy(&m.payload);
-        let shown = if payload.len() > 120 {
-            format!(
-                "{}… ({} bytes)",
-                &payload[..payload.floor_char_boundary(120)],
-                m.payload.len()
-            )
-        } else {
-            payload.into_owned()
-        };
-        let fault = m.fault.map(|f| format!("  [{f}]")).unwrap_or_default();
-        writeln!(
-            out,
-            "{:>8.1}s {} {}{}",
-            m.ts as f64 / 1000.0,
-            m.topic,
-            shown,
-            fault
-        )?;
+    // In steps, so a long span is not cut short by the simulator's catch-up limit.
+    let mut now = start_ms;
+    loop {
+        for m in sim.tick(now) {
+            let payload = String::from_utf8_lossy(&m.payload);
+            let shown = if payload.len() > 120 {
+                format!(
+                    "{}… ({} bytes)",
+                    &payload[..payload.floor_char_boundary(120)],
+                    m.payload.len()
+                )
+            } else {
+                payload.into_owned()
+            };
+            let fault = m.fault.map(|f| format!("  [{f}]")).unwrap_or_default();
+            writeln!(
+                out,
+                "{:>8.1}s {} {}{}",
+                (m.ts - start_ms) as f64 / 1000.0,
+                m.topic,
+                shown,
+                fault
+            )?;
+        }
+        if now >= end {
+            break;
+        }
+        now = now.saturating_add(60_000).min(end);
     }
     out.flush()?;
     Ok(())
