@@ -235,7 +235,16 @@ async fn publish_inner(opts: PublishOptions) -> Result<PublishStats, PublishErro
         counts.clone(),
     ));
 
-    match tokio::time::timeout(CONNECT_TIMEOUT, news_rx.recv()).await {
+    let mut shutdown = opts.shutdown;
+    let first = tokio::select! {
+        r = tokio::time::timeout(CONNECT_TIMEOUT, news_rx.recv()) => r,
+        _ = wait_shutdown(&mut shutdown) => {
+            // Asked to stop before the broker answered: nothing was sent.
+            loop_task.abort();
+            return Ok(PublishStats { start_ms, ..PublishStats::default() });
+        }
+    };
+    match first {
         Ok(Some(LoopNews::Connected)) => {
             info!(broker = %addr, scenario = %scenario.name, seed = opts.seed, "connected")
         }
@@ -271,7 +280,6 @@ async fn publish_inner(opts: PublishOptions) -> Result<PublishStats, PublishErro
     let tick_every = Duration::from_millis((sim.min_period_ms() / 2).clamp(10, 250) as u64);
     let mut ticker = tokio::time::interval(tick_every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut shutdown = opts.shutdown;
     let deadline = opts.duration.map(|d| started + d);
     let mut announced = vec![false; sim.faults().len()];
     'run: loop {
@@ -279,15 +287,12 @@ async fn publish_inner(opts: PublishOptions) -> Result<PublishStats, PublishErro
             _ = ticker.tick() => {}
             _ = wait_shutdown(&mut shutdown) => break 'run,
         }
-        let elapsed = started.elapsed();
-        let now_ms = match deadline {
-            // The last tick stops exactly at the deadline so a run of D has D of data.
-            Some(d) if Instant::now() >= d => {
-                start_ms
-                    + i64::try_from(opts.duration.unwrap_or_default().as_millis())
-                        .unwrap_or(i64::MAX)
-            }
-            _ => start_ms + i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX),
+        // Decided once per tick: the last tick stops exactly at the deadline, so a run
+        // of D has exactly D of data (what `Simulator::tick(start + D)` gives).
+        let at_end = deadline.is_some_and(|d| Instant::now() >= d);
+        let now_ms = match opts.duration {
+            Some(d) if at_end => start_ms + i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
+            _ => start_ms + i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX),
         };
         for (k, w) in sim.faults().iter().enumerate() {
             if !announced[k] && now_ms >= w.start_ms {
@@ -313,7 +318,7 @@ async fn publish_inner(opts: PublishOptions) -> Result<PublishStats, PublishErro
                 .entry(fault.map_or("none", |f| f.as_str()).to_string())
                 .or_default() += 1;
         }
-        if loop_task.is_finished() || deadline.is_some_and(|d| Instant::now() >= d) {
+        if at_end || loop_task.is_finished() {
             break;
         }
     }

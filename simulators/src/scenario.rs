@@ -436,7 +436,7 @@ impl Scenario {
     /// `/` or ends in `.toml`).
     pub fn load(name_or_path: &str) -> Result<Scenario, ScenarioError> {
         if let Some((name, text)) = EMBEDDED.iter().find(|(n, _)| {
-            *n == name_or_path || name_or_path == "default" && *n == DEFAULT_SCENARIO
+            *n == name_or_path || (name_or_path == "default" && *n == DEFAULT_SCENARIO)
         }) {
             return Scenario::parse(text, &format!("<embedded {name}>"));
         }
