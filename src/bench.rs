@@ -50,7 +50,13 @@ fn put_remaining_len(out: &mut Vec<u8>, mut n: usize) {
 /// Publishes `messages` QoS 0 messages over `publishers` TCP connections, spread over
 /// `series` topics, at `rate` messages/s in all (flat out when `None`); returns
 /// (sent, seconds).
-pub fn flood(addr: SocketAddr, publishers: usize, messages: u64, series: usize, rate: Option<f64>) -> anyhow::Result<(u64, f64)> {
+pub fn flood(
+    addr: SocketAddr,
+    publishers: usize,
+    messages: u64,
+    series: usize,
+    rate: Option<f64>,
+) -> anyhow::Result<(u64, f64)> {
     let per = messages / publishers as u64;
     // Paced in slices of 5 ms: each slice's messages go out in one write.
     let per_slice = rate.map(|r| ((r / publishers as f64) * 0.005).ceil().max(1.0) as u64);
@@ -58,15 +64,26 @@ pub fn flood(addr: SocketAddr, publishers: usize, messages: u64, series: usize, 
     let handles: Vec<_> = (0..publishers)
         .map(|k| {
             std::thread::spawn(move || -> anyhow::Result<u64> {
-                let mut s = TcpStream::connect(addr).with_context(|| format!("while connecting to {addr}"))?;
+                let mut s = TcpStream::connect(addr)
+                    .with_context(|| format!("while connecting to {addr}"))?;
                 s.set_nodelay(true)?;
                 s.write_all(&connect_packet(&format!("bench-{k}")))?;
                 let mut ack = [0u8; 4];
                 s.read_exact(&mut ack)?;
-                anyhow::ensure!(ack[0] == 0x20 && ack[3] == 0, "broker refused the bench connection: {ack:?}");
+                anyhow::ensure!(
+                    ack[0] == 0x20 && ack[3] == 0,
+                    "broker refused the bench connection: {ack:?}"
+                );
                 // Pre-encode one round over this publisher's series; send it repeatedly.
-                let topics: Vec<String> = (0..series).filter(|i| i % publishers == k).map(|i| format!("sensors/bench/dev{}/m{}", i / 10, i % 10)).collect();
-                let topics = if topics.is_empty() { vec![format!("sensors/bench/p{k}/m")] } else { topics };
+                let topics: Vec<String> = (0..series)
+                    .filter(|i| i % publishers == k)
+                    .map(|i| format!("sensors/bench/dev{}/m{}", i / 10, i % 10))
+                    .collect();
+                let topics = if topics.is_empty() {
+                    vec![format!("sensors/bench/p{k}/m")]
+                } else {
+                    topics
+                };
                 let mut sent = 0u64;
                 let mut buf = Vec::with_capacity(256 * 1024);
                 let mut v = 0u64;
@@ -97,7 +114,9 @@ pub fn flood(addr: SocketAddr, publishers: usize, messages: u64, series: usize, 
         .collect();
     let mut sent = 0;
     for h in handles {
-        sent += h.join().map_err(|_| anyhow::anyhow!("a publisher thread panicked"))??;
+        sent += h
+            .join()
+            .map_err(|_| anyhow::anyhow!("a publisher thread panicked"))??;
     }
     Ok((sent, start.elapsed().as_secs_f64()))
 }
@@ -118,14 +137,28 @@ pub struct BenchReport {
 
 /// Runs the pipeline on a temporary database and a free port, floods it and waits
 /// until everything is stored (or nothing moves for 5 s).
-pub async fn run(cfg: Config, publishers: usize, messages: u64, series: usize, rate: Option<f64>) -> anyhow::Result<BenchReport> {
+pub async fn run(
+    cfg: Config,
+    publishers: usize,
+    messages: u64,
+    series: usize,
+    rate: Option<f64>,
+) -> anyhow::Result<BenchReport> {
     let dir = tempfile::tempdir()?;
     let mut cfg = cfg;
     cfg.broker.listen = SocketAddr::from(([127, 0, 0, 1], crate::broker::free_port()?));
-    let svc = Service::start(cfg, Options { db_path: Some(dir.path().join("bench.db")) }).await?;
+    let svc = Service::start(
+        cfg,
+        Options {
+            db_path: Some(dir.path().join("bench.db")),
+        },
+    )
+    .await?;
     let addr = svc.broker_addr.context("bench needs the embedded broker")?;
     let start = Instant::now();
-    let (published, publish_seconds) = tokio::task::spawn_blocking(move || flood(addr, publishers, messages, series, rate)).await??;
+    let (published, publish_seconds) =
+        tokio::task::spawn_blocking(move || flood(addr, publishers, messages, series, rate))
+            .await??;
     let (src, store) = (svc.source_stats.clone(), svc.store_stats.clone());
     let mut last = (0, Instant::now());
     loop {
@@ -136,7 +169,9 @@ pub async fn run(cfg: Config, publishers: usize, messages: u64, series: usize, r
         let received = src.readings.load(Ordering::Relaxed) + src.errors_total();
         if received != last.0 {
             last = (received, Instant::now());
-        } else if last.1.elapsed() > Duration::from_secs(5) && store.stored.load(Ordering::Relaxed) >= received {
+        } else if last.1.elapsed() > Duration::from_secs(5)
+            && store.stored.load(Ordering::Relaxed) >= received
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -165,7 +200,11 @@ pub async fn run(cfg: Config, publishers: usize, messages: u64, series: usize, r
 pub fn peak_rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
         .unwrap_or(0)
 }
 
@@ -180,7 +219,7 @@ mod tests {
         assert_eq!(p, vec![0x30, 8, 0, 3, b'a', b'/', b'b', b'1', b'.', b'5']);
         let mut long = Vec::new();
         put_publish(&mut long, "t", &[b'x'; 200]);
-        assert_eq!(&long[..3], &[0x30, 203 % 128 | 0x80, 1]);
+        assert_eq!(&long[..3], &[0x30, (203 % 128) | 0x80, 1]);
         let c = connect_packet("id");
         assert_eq!(c[0], 0x10);
         assert_eq!(c[1] as usize, c.len() - 2);

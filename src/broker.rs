@@ -16,8 +16,13 @@ use crate::config::BrokerConfig;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
-    #[error("cannot listen on {addr}: {source} (is another broker running there? set broker.listen)")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error(
+        "cannot listen on {addr}: {source} (is another broker running there? set broker.listen)"
+    )]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("the embedded broker did not start listening on {addr} within {waited:?}")]
     NotListening { addr: SocketAddr, waited: Duration },
     #[error("broker.username is set but ${var} (the password) is not")]
@@ -45,7 +50,9 @@ pub fn start(cfg: &BrokerConfig, links: &[(&str, Vec<String>)]) -> Result<Vec<Li
     let auth = match &cfg.username {
         Some(user) => {
             let pass =
-                std::env::var(&cfg.password_env).map_err(|_| BrokerError::MissingPassword { var: cfg.password_env.clone() })?;
+                std::env::var(&cfg.password_env).map_err(|_| BrokerError::MissingPassword {
+                    var: cfg.password_env.clone(),
+                })?;
             Some(HashMap::from([(user.clone(), pass)]))
         }
         None => None,
@@ -90,9 +97,12 @@ pub fn start(cfg: &BrokerConfig, links: &[(&str, Vec<String>)]) -> Result<Vec<Li
     let mut broker = Broker::new(config);
     let mut out = Vec::with_capacity(links.len());
     for (name, filters) in links {
-        let (mut tx, rx) = broker.link(name).map_err(|e| BrokerError::Link(e.to_string()))?;
+        let (mut tx, rx) = broker
+            .link(name)
+            .map_err(|e| BrokerError::Link(e.to_string()))?;
         for f in filters {
-            tx.subscribe(f.clone()).map_err(|e| BrokerError::Link(format!("subscribe {f}: {e}")))?;
+            tx.subscribe(f.clone())
+                .map_err(|e| BrokerError::Link(format!("subscribe {f}: {e}")))?;
         }
         out.push(Link { tx, rx });
     }
@@ -129,7 +139,10 @@ mod tests {
     #[test]
     fn a_taken_port_is_an_error_naming_the_address() {
         let taken = TcpListener::bind("127.0.0.1:0").unwrap();
-        let cfg = BrokerConfig { listen: taken.local_addr().unwrap(), ..Default::default() };
+        let cfg = BrokerConfig {
+            listen: taken.local_addr().unwrap(),
+            ..Default::default()
+        };
         let err = start(&cfg, &[]).err().expect("must fail");
         let msg = err.to_string();
         assert!(msg.contains(&cfg.listen.to_string()), "{msg}");

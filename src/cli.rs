@@ -14,7 +14,11 @@ use crate::service::{Options, Service};
 use crate::store::sqlite;
 
 #[derive(Debug, Parser)]
-#[command(name = "centinela", version, about = "IoT monitoring and alerting: MQTT in, rules, SQLite, alerts out")]
+#[command(
+    name = "centinela",
+    version,
+    about = "IoT monitoring and alerting: MQTT in, rules, SQLite, alerts out"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -145,12 +149,17 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 fn parse_state(s: &str) -> Result<AlertState, String> {
-    AlertState::parse(s).ok_or_else(|| format!("{s:?} is not a state (pending, firing, resolved, acknowledged, repeat, flapping)"))
+    AlertState::parse(s).ok_or_else(|| {
+        format!("{s:?} is not a state (pending, firing, resolved, acknowledged, repeat, flapping)")
+    })
 }
 
 /// Runs the parsed command and maps failures to exit codes.
 pub fn main(cli: Cli) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -186,8 +195,13 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Demo(args) => demo(args).await,
         Command::Simulate(args) => {
             init_logging(&Config::default(), false);
-            centinela_sim::run(args).await?;
-            Ok(ExitCode::SUCCESS)
+            match centinela_sim::run(args).await {
+                Ok(()) => Ok(ExitCode::SUCCESS),
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    Ok(ExitCode::from(centinela_sim::exit_code(&e) as u8))
+                }
+            }
         }
         Command::Readings(args) => readings(args).await,
         Command::Alerts(args) => alerts(args).await,
@@ -206,19 +220,35 @@ fn validate(path: Option<&Path>) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     };
     let cfg = config::load(&path)?;
-    println!("ok: {} ({} rules, channels: {})", path.display(), cfg.rules.len(), {
-        let c = cfg.notify.channels();
-        if c.is_empty() { "none".to_string() } else { c.join(", ") }
-    });
+    println!(
+        "ok: {} ({} rules, channels: {})",
+        path.display(),
+        cfg.rules.len(),
+        {
+            let c = cfg.notify.channels();
+            if c.is_empty() {
+                "none".to_string()
+            } else {
+                c.join(", ")
+            }
+        }
+    );
     Ok(ExitCode::SUCCESS)
 }
 
 /// Logs go to stderr: compact, no colours unless stderr is a terminal (journald-friendly).
 pub fn init_logging(cfg: &Config, quiet: bool) {
     use std::io::IsTerminal;
-    let level = if quiet { "warn" } else { cfg.log.level.as_str() };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},rumqttd=warn,rumqttc=warn,sqlx=warn")));
+    let level = if quiet {
+        "warn"
+    } else {
+        cfg.log.level.as_str()
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!(
+            "{level},rumqttd=warn,rumqttd::server::broker=off,rumqttc=warn,sqlx=warn"
+        ))
+    });
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -228,7 +258,11 @@ pub fn init_logging(cfg: &Config, quiet: bool) {
 }
 
 /// Runs the service until SIGINT/SIGTERM (or `limit`), then shuts it down cleanly.
-async fn run_until_signal(cfg: Config, opts: Options, limit: Option<Duration>) -> anyhow::Result<ExitCode> {
+async fn run_until_signal(
+    cfg: Config,
+    opts: Options,
+    limit: Option<Duration>,
+) -> anyhow::Result<ExitCode> {
     let mut service = Service::start(cfg, opts).await?;
     let outcome = wait_for_stop(&mut service, limit).await;
     service.shutdown().await?;
@@ -236,7 +270,8 @@ async fn run_until_signal(cfg: Config, opts: Options, limit: Option<Duration>) -
 }
 
 async fn wait_for_stop(service: &mut Service, limit: Option<Duration>) -> anyhow::Result<()> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("while installing the SIGTERM handler")?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("while installing the SIGTERM handler")?;
     let sleep = async {
         match limit {
             Some(d) => tokio::time::sleep(d).await,
@@ -258,7 +293,8 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let tmp;
     let dir = match &args.data_dir {
         Some(d) => {
-            std::fs::create_dir_all(d).with_context(|| format!("while creating {}", d.display()))?;
+            std::fs::create_dir_all(d)
+                .with_context(|| format!("while creating {}", d.display()))?;
             d.clone()
         }
         None => {
@@ -272,14 +308,31 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         None => std::net::SocketAddr::from(([127, 0, 0, 1], crate::broker::free_port()?)),
     };
     let db = dir.join("centinela.db");
-    let mut service = Service::start(cfg.clone(), Options { db_path: Some(db.clone()) }).await?;
-    let addr = service.broker_addr.context("the demo needs the embedded broker")?;
-    eprintln!("centinela demo: broker mqtt://{addr}, database {}", db.display());
-    eprintln!("  try: mosquitto_sub -h {} -p {} -t 'sensors/#' -v", addr.ip(), addr.port());
+    let mut service = Service::start(
+        cfg.clone(),
+        Options {
+            db_path: Some(db.clone()),
+        },
+    )
+    .await?;
+    let addr = service
+        .broker_addr
+        .context("the demo needs the embedded broker")?;
+    eprintln!(
+        "centinela demo: broker mqtt://{addr}, database {}",
+        db.display()
+    );
+    eprintln!(
+        "  try: mosquitto_sub -h {} -p {} -t 'sensors/#' -v",
+        addr.ip(),
+        addr.port()
+    );
 
-    let scenario = centinela_sim::Scenario::load(&args.scenario).with_context(|| format!("while loading scenario {:?}", args.scenario))?;
+    let scenario = centinela_sim::Scenario::load(&args.scenario)
+        .with_context(|| format!("while loading scenario {:?}", args.scenario))?;
     let (sim_stop_tx, sim_stop_rx) = tokio::sync::watch::channel(false);
-    let mut sim_opts = centinela_sim::PublishOptions::new(addr.ip().to_string(), addr.port(), scenario);
+    let mut sim_opts =
+        centinela_sim::PublishOptions::new(addr.ip().to_string(), addr.port(), scenario);
     sim_opts.seed = args.seed;
     sim_opts.client_id = "centinela-demo-sensors".into();
     sim_opts.shutdown = Some(sim_stop_rx);
@@ -301,10 +354,19 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     service.shutdown().await?;
     outcome?;
     let pool = sqlite::open_existing(&db).await?;
-    let n: i64 = sqlx::query_scalar("SELECT coalesce(sum(count), 0) FROM chunks").fetch_one(&pool).await?;
-    let s: i64 = sqlx::query_scalar("SELECT count(*) FROM series").fetch_one(&pool).await?;
-    let a: i64 = sqlx::query_scalar("SELECT count(*) FROM alerts").fetch_one(&pool).await?;
-    eprintln!("centinela demo: stored {n} readings of {s} series and {a} alert events in {}", db.display());
+    let n: i64 = sqlx::query_scalar("SELECT coalesce(sum(count), 0) FROM chunks")
+        .fetch_one(&pool)
+        .await?;
+    let s: i64 = sqlx::query_scalar("SELECT count(*) FROM series")
+        .fetch_one(&pool)
+        .await?;
+    let a: i64 = sqlx::query_scalar("SELECT count(*) FROM alerts")
+        .fetch_one(&pool)
+        .await?;
+    eprintln!(
+        "centinela demo: stored {n} readings of {s} series and {a} alert events in {}",
+        db.display()
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -315,7 +377,14 @@ async fn print_summary(mut rx: tokio::sync::broadcast::Receiver<LiveEvent>) {
     loop {
         match rx.recv().await {
             Ok(LiveEvent::Alert(e)) => {
-                println!("{}  {:<12} {:<9} {}  {}", &format_ts(e.ts)[11..19], e.state, e.severity, e.alert_id(), e.message);
+                println!(
+                    "{}  {:<12} {:<9} {}  {}",
+                    &format_ts(e.ts)[11..19],
+                    e.state,
+                    e.severity,
+                    e.alert_id(),
+                    e.message
+                );
                 match e.state {
                     AlertState::Firing | AlertState::Repeat | AlertState::Acknowledged => {
                         firing.insert(e.alert_id(), e.severity);
@@ -354,8 +423,12 @@ fn db_path(config: &ConfigArg, db: Option<PathBuf>) -> anyhow::Result<PathBuf> {
 
 async fn readings(args: ReadingsArgs) -> anyhow::Result<ExitCode> {
     let path = db_path(&args.config, args.db)?;
-    let pool = sqlite::open_existing(&path).await.with_context(|| format!("while opening {}", path.display()))?;
-    let since = args.since.map_or(i64::MIN, |d| now_ms() - d.as_millis() as i64);
+    let pool = sqlite::open_existing(&path)
+        .await
+        .with_context(|| format!("while opening {}", path.display()))?;
+    let since = args
+        .since
+        .map_or(i64::MIN, |d| now_ms() - d.as_millis() as i64);
     let rows = sqlite::query_readings(&pool, &args.series, since).await?;
     use std::io::Write;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
@@ -364,7 +437,11 @@ async fn readings(args: ReadingsArgs) -> anyhow::Result<ExitCode> {
     }
     for (series, ts, value) in &rows {
         if args.json {
-            let row = sqlite::StoredReading { series: series.clone(), ts: format_ts(*ts), value: *value };
+            let row = sqlite::StoredReading {
+                series: series.clone(),
+                ts: format_ts(*ts),
+                value: *value,
+            };
             writeln!(out, "{}", serde_json::to_string(&row)?)?;
         } else if args.csv {
             writeln!(out, "{},{},{}", csv_field(series), format_ts(*ts), value)?;
@@ -389,8 +466,12 @@ fn csv_field(s: &str) -> String {
 
 async fn alerts(args: AlertsArgs) -> anyhow::Result<ExitCode> {
     let path = db_path(&args.config, args.db)?;
-    let pool = sqlite::open_existing(&path).await.with_context(|| format!("while opening {}", path.display()))?;
-    let since = args.since.map_or(i64::MIN, |d| now_ms() - d.as_millis() as i64);
+    let pool = sqlite::open_existing(&path)
+        .await
+        .with_context(|| format!("while opening {}", path.display()))?;
+    let since = args
+        .since
+        .map_or(i64::MIN, |d| now_ms() - d.as_millis() as i64);
     let rows = sqlite::query_alerts(&pool, since, args.state).await?;
     use std::io::Write;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
@@ -398,8 +479,15 @@ async fn alerts(args: AlertsArgs) -> anyhow::Result<ExitCode> {
         if args.json {
             writeln!(out, "{}", serde_json::to_string(r)?)?;
         } else {
-            let value = r.value.map(|v| format!("{v}{}", r.unit.as_deref().unwrap_or(""))).unwrap_or_default();
-            writeln!(out, "{}  {:<12} {:<8} {:<24} {:<36} {:>10}  {}", r.ts, r.state, r.severity, r.rule, r.series, value, r.message)?;
+            let value = r
+                .value
+                .map(|v| format!("{v}{}", r.unit.as_deref().unwrap_or("")))
+                .unwrap_or_default();
+            writeln!(
+                out,
+                "{}  {:<12} {:<8} {:<24} {:<36} {:>10}  {}",
+                r.ts, r.state, r.severity, r.rule, r.series, value, r.message
+            )?;
         }
     }
     out.flush()?;
@@ -412,18 +500,38 @@ async fn alerts(args: AlertsArgs) -> anyhow::Result<ExitCode> {
 async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let cfg = Config::parse(config::DEFAULT_TOML, "<embedded default>")?;
     init_logging(&cfg, true);
-    eprintln!("bench: {} messages over {} series from {} connections…", args.messages, args.series, args.publishers);
-    let r = crate::bench::run(cfg, args.publishers.max(1), args.messages, args.series.max(1), args.rate).await?;
+    eprintln!(
+        "bench: {} messages over {} series from {} connections…",
+        args.messages, args.series, args.publishers
+    );
+    let r = crate::bench::run(
+        cfg,
+        args.publishers.max(1),
+        args.messages,
+        args.series.max(1),
+        args.rate,
+    )
+    .await?;
     if args.json {
         println!("{}", serde_json::to_string(&r)?);
     } else {
-        println!("published        {:>12}   {:>10.0} msg/s (load generator)", r.published, r.publish_rate);
+        println!(
+            "published        {:>12}   {:>10.0} msg/s (load generator)",
+            r.published, r.publish_rate
+        );
         println!("received         {:>12}", r.received);
-        println!("stored           {:>12}   {:>10.0} readings/s end to end", r.stored, r.stored_rate);
+        println!(
+            "stored           {:>12}   {:>10.0} readings/s end to end",
+            r.stored, r.stored_rate
+        );
         println!("lost in broker   {:>12}", r.lost_in_broker);
         println!("decode errors    {:>12}", r.decode_errors);
         println!("elapsed          {:>12.2} s", r.end_to_end_seconds);
         println!("peak RSS         {:>12.1} MiB", r.peak_rss_mib);
     }
-    Ok(if r.stored == r.published { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if r.stored == r.published {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }

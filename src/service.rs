@@ -58,8 +58,13 @@ pub struct Service {
 impl Service {
     /// Opens the database, starts the broker (embedded mode) and every stage.
     pub async fn start(cfg: Config, opts: Options) -> anyhow::Result<Service> {
-        let db_path = opts.db_path.clone().unwrap_or_else(|| cfg.storage.sqlite.path.clone());
-        let pool = sqlite::open(&db_path).await.with_context(|| format!("while opening {}", db_path.display()))?;
+        let db_path = opts
+            .db_path
+            .clone()
+            .unwrap_or_else(|| cfg.storage.sqlite.path.clone());
+        let pool = sqlite::open(&db_path)
+            .await
+            .with_context(|| format!("while opening {}", db_path.display()))?;
 
         let (readings_tx, readings_rx) = mpsc::channel::<Vec<Reading>>(256);
         let (store_tx, store_rx) = mpsc::channel::<StoreMsg>(1024);
@@ -77,7 +82,12 @@ impl Service {
             maintenance_interval: Duration::from_secs(300),
         };
         let mut tasks = vec![tokio::spawn(sqlite::run_writer(writer, store_rx, wcfg))];
-        tasks.push(tokio::spawn(run_engine(readings_rx, control_rx, store_tx, live.clone())));
+        tasks.push(tokio::spawn(run_engine(
+            readings_rx,
+            control_rx,
+            store_tx,
+            live.clone(),
+        )));
 
         let source_stats = Arc::new(SourceStats::default());
         let stop_source = Arc::new(AtomicBool::new(false));
@@ -87,8 +97,15 @@ impl Service {
         let broker_desc;
         match cfg.broker.mode {
             BrokerMode::Embedded => {
-                let filters = cfg.ingest.topics.iter().cloned().chain([mqtt::CONTROL_TOPIC.to_string()]).collect();
-                let mut links = crate::broker::start(&cfg.broker, &[("centinela-ingest", filters)])?;
+                let filters = cfg
+                    .ingest
+                    .topics
+                    .iter()
+                    .cloned()
+                    .chain([mqtt::CONTROL_TOPIC.to_string()])
+                    .collect();
+                let mut links =
+                    crate::broker::start(&cfg.broker, &[("centinela-ingest", filters)])?;
                 let link = links.remove(0);
                 broker_addr = Some(cfg.broker.listen);
                 broker_desc = format!("embedded {}", cfg.broker.listen);
@@ -98,7 +115,17 @@ impl Service {
                 source_thread = Some(
                     std::thread::Builder::new()
                         .name("ingest".into())
-                        .spawn(move || mqtt::run_embedded(link, &ingest, max_payload, stats, readings_tx, control, stop))
+                        .spawn(move || {
+                            mqtt::run_embedded(
+                                link,
+                                &ingest,
+                                max_payload,
+                                stats,
+                                readings_tx,
+                                control,
+                                stop,
+                            )
+                        })
                         .context("while starting the ingest thread")?,
                 );
             }

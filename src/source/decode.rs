@@ -88,7 +88,12 @@ const MAX_INTERNED: usize = 200_000;
 
 impl Decoder {
     pub fn new(prefix: &str, max_payload: usize) -> Self {
-        Self { prefix: prefix.trim_end_matches('/').to_string(), max_payload, names: HashMap::new(), units: HashMap::new() }
+        Self {
+            prefix: prefix.trim_end_matches('/').to_string(),
+            max_payload,
+            names: HashMap::new(),
+            units: HashMap::new(),
+        }
     }
 
     /// The series id of `topic`, or `None` when it is outside the prefix.
@@ -96,29 +101,57 @@ impl Decoder {
         let rest = if self.prefix.is_empty() {
             topic
         } else {
-            topic.strip_prefix(self.prefix.as_str())?.strip_prefix('/')?
+            topic
+                .strip_prefix(self.prefix.as_str())?
+                .strip_prefix('/')?
         };
         (!rest.is_empty() && !rest.split('/').any(str::is_empty)).then_some(rest)
     }
 
     /// Decodes one message, appending its readings to `out`. `now` stamps readings
     /// whose payload carries no timestamp.
-    pub fn decode(&mut self, topic: &str, payload: &[u8], now: Timestamp, out: &mut Vec<Reading>) -> Result<(), DecodeError> {
+    pub fn decode(
+        &mut self,
+        topic: &str,
+        payload: &[u8],
+        now: Timestamp,
+        out: &mut Vec<Reading>,
+    ) -> Result<(), DecodeError> {
         if payload.len() > self.max_payload {
-            return Err(DecodeError::Oversized { size: payload.len(), max: self.max_payload });
+            return Err(DecodeError::Oversized {
+                size: payload.len(),
+                max: self.max_payload,
+            });
         }
-        let series = self.series_of(topic).ok_or_else(|| DecodeError::OutsidePrefix { prefix: self.prefix.clone() })?;
-        let text = std::str::from_utf8(payload).map_err(|_| DecodeError::InvalidUtf8)?.trim();
+        let series = self
+            .series_of(topic)
+            .ok_or_else(|| DecodeError::OutsidePrefix {
+                prefix: self.prefix.clone(),
+            })?;
+        let text = std::str::from_utf8(payload)
+            .map_err(|_| DecodeError::InvalidUtf8)?
+            .trim();
         if text.starts_with('{') {
             return self.decode_json(series, text, now, out);
         }
         let value = parse_plain(text)?;
         let series = self.intern(series);
-        out.push(Reading { series, value, ts: now, unit: None });
+        out.push(Reading {
+            series,
+            value,
+            ts: now,
+            unit: None,
+        });
         Ok(())
     }
 
-    fn decode_json(&mut self, series: &str, text: &str, now: Timestamp, out: &mut Vec<Reading>) -> Result<(), DecodeError> {
+    fn decode_json(
+        &mut self,
+        series: &str,
+        text: &str,
+        now: Timestamp,
+        out: &mut Vec<Reading>,
+    ) -> Result<(), DecodeError> {
         let obj: serde_json::Map<String, Value> =
             serde_json::from_str(text).map_err(|e| DecodeError::MalformedJson(e.to_string()))?;
         let ts = match obj.get("ts").or_else(|| obj.get("timestamp")) {
@@ -132,19 +165,32 @@ impl Decoder {
                 _ => None,
             };
             let series = self.intern(series);
-            out.push(Reading { series, value, ts, unit });
+            out.push(Reading {
+                series,
+                value,
+                ts,
+                unit,
+            });
             return Ok(());
         }
         let start = out.len();
         for (field, v) in &obj {
-            if matches!(field.as_str(), "ts" | "timestamp" | "unit") || field.is_empty() || field.contains(['/', '+', '#']) {
+            if matches!(field.as_str(), "ts" | "timestamp" | "unit")
+                || field.is_empty()
+                || field.contains(['/', '+', '#'])
+            {
                 continue;
             }
             match json_number(v) {
                 Ok(Some(value)) => {
                     let name = format!("{series}/{field}");
                     let series = self.intern(&name);
-                    out.push(Reading { series, value, ts, unit: None });
+                    out.push(Reading {
+                        series,
+                        value,
+                        ts,
+                        unit: None,
+                    });
                 }
                 Ok(None) => {}
                 Err(e) => {
@@ -189,7 +235,9 @@ fn parse_plain(text: &str) -> Result<f64, DecodeError> {
         _ => {}
     }
     // Rust accepts "inf", "NaN" and "infinity": tell those apart from garbage.
-    let v: f64 = text.parse().map_err(|_| DecodeError::NotANumber(clip(text)))?;
+    let v: f64 = text
+        .parse()
+        .map_err(|_| DecodeError::NotANumber(clip(text)))?;
     if !v.is_finite() {
         return Err(DecodeError::NotFinite(clip(text)));
     }
@@ -218,7 +266,10 @@ fn json_number(v: &Value) -> Result<Option<f64>, DecodeError> {
 fn parse_ts(v: &Value) -> Result<Timestamp, DecodeError> {
     match v {
         Value::Number(n) => {
-            let f = n.as_f64().filter(|f| f.is_finite() && *f >= 0.0).ok_or_else(|| DecodeError::BadTimestamp(n.to_string()))?;
+            let f = n
+                .as_f64()
+                .filter(|f| f.is_finite() && *f >= 0.0)
+                .ok_or_else(|| DecodeError::BadTimestamp(n.to_string()))?;
             let ms = if f < 1e11 { f * 1000.0 } else { f };
             if ms > 1e15 {
                 return Err(DecodeError::BadTimestamp(n.to_string()));
@@ -242,14 +293,27 @@ mod tests {
 
     const NOW: Timestamp = 1_700_000_000_000;
 
-    fn run(topic: &str, payload: &[u8]) -> Result<Vec<(String, f64, Timestamp, Option<String>)>, &'static str> {
+    type Got = Vec<(String, f64, Timestamp, Option<String>)>;
+
+    fn run(topic: &str, payload: &[u8]) -> Result<Got, &'static str> {
         let mut d = Decoder::new("sensors", 1024);
         let mut out = Vec::new();
-        d.decode(topic, payload, NOW, &mut out).map_err(|e| e.reason())?;
-        Ok(out.into_iter().map(|r| (r.series.to_string(), r.value, r.ts, r.unit.map(|u| u.to_string()))).collect())
+        d.decode(topic, payload, NOW, &mut out)
+            .map_err(|e| e.reason())?;
+        Ok(out
+            .into_iter()
+            .map(|r| {
+                (
+                    r.series.to_string(),
+                    r.value,
+                    r.ts,
+                    r.unit.map(|u| u.to_string()),
+                )
+            })
+            .collect())
     }
 
-    fn one(series: &str, value: f64, ts: Timestamp, unit: Option<&str>) -> Vec<(String, f64, Timestamp, Option<String>)> {
+    fn one(series: &str, value: f64, ts: Timestamp, unit: Option<&str>) -> Got {
         vec![(series.to_string(), value, ts, unit.map(str::to_string))]
     }
 
@@ -257,31 +321,59 @@ mod tests {
     fn good_payloads() {
         let t = "sensors/greenhouse/node1/temperature";
         let s = "greenhouse/node1/temperature";
-        let cases: &[(&str, &[u8], Vec<(String, f64, Timestamp, Option<String>)>)] = &[
+        let cases: &[(&str, &[u8], Got)] = &[
             (t, b"21.5", one(s, 21.5, NOW, None)),
             (t, b" -3 \n", one(s, -3.0, NOW, None)),
             (t, b"1e3", one(s, 1000.0, NOW, None)),
             (t, b"true", one(s, 1.0, NOW, None)),
             (t, br#"{"value":21.5}"#, one(s, 21.5, NOW, None)),
-            (t, r#"{"value":21.5,"ts":1700000001000,"unit":"°C"}"#.as_bytes(), one(s, 21.5, 1_700_000_001_000, Some("°C"))),
-            (t, br#"{"value":21.5,"ts":1700000002}"#, one(s, 21.5, 1_700_000_002_000, None)),
-            (t, br#"{"value":"22.25","ts":"2023-11-14T22:13:20.500Z"}"#, one(s, 22.25, 1_700_000_000_500, None)),
-            (t, br#"{"value":1,"ts":"2023-11-14T23:13:20+01:00"}"#, one(s, 1.0, 1_700_000_000_000, None)),
+            (
+                t,
+                r#"{"value":21.5,"ts":1700000001000,"unit":"°C"}"#.as_bytes(),
+                one(s, 21.5, 1_700_000_001_000, Some("°C")),
+            ),
+            (
+                t,
+                br#"{"value":21.5,"ts":1700000002}"#,
+                one(s, 21.5, 1_700_000_002_000, None),
+            ),
+            (
+                t,
+                br#"{"value":"22.25","ts":"2023-11-14T22:13:20.500Z"}"#,
+                one(s, 22.25, 1_700_000_000_500, None),
+            ),
+            (
+                t,
+                br#"{"value":1,"ts":"2023-11-14T23:13:20+01:00"}"#,
+                one(s, 1.0, 1_700_000_000_000, None),
+            ),
             (t, br#"{"value":21.5,"ts":null}"#, one(s, 21.5, NOW, None)),
         ];
         for (topic, payload, want) in cases {
-            assert_eq!(&run(topic, payload).unwrap(), want, "{}", String::from_utf8_lossy(payload));
+            assert_eq!(
+                &run(topic, payload).unwrap(),
+                want,
+                "{}",
+                String::from_utf8_lossy(payload)
+            );
         }
     }
 
     #[test]
     fn object_of_fields_yields_one_reading_per_field() {
-        let got = run("sensors/lab/node7", br#"{"humidity":40.5,"co2":612,"status":"ok","ts":1700000003000}"#).unwrap();
+        let got = run(
+            "sensors/lab/node7",
+            br#"{"humidity":40.5,"co2":612,"status":"ok","ts":1700000003000}"#,
+        )
+        .unwrap();
         let mut got: Vec<_> = got.into_iter().map(|(s, v, ts, _)| (s, v, ts)).collect();
         got.sort_by(|a, b| a.0.cmp(&b.0));
         assert_eq!(
             got,
-            vec![("lab/node7/co2".to_string(), 612.0, 1_700_000_003_000), ("lab/node7/humidity".to_string(), 40.5, 1_700_000_003_000)]
+            vec![
+                ("lab/node7/co2".to_string(), 612.0, 1_700_000_003_000),
+                ("lab/node7/humidity".to_string(), 40.5, 1_700_000_003_000)
+            ]
         );
     }
 
@@ -311,7 +403,12 @@ mod tests {
             (t, br#"{"a":1,"b":"NaN"}"#, "not_finite"),
         ];
         for (topic, payload, reason) in cases {
-            assert_eq!(run(topic, payload), Err(*reason), "{topic} {}", String::from_utf8_lossy(payload));
+            assert_eq!(
+                run(topic, payload),
+                Err(*reason),
+                "{topic} {}",
+                String::from_utf8_lossy(payload)
+            );
         }
     }
 
@@ -319,7 +416,9 @@ mod tests {
     fn a_bad_field_drops_the_whole_message() {
         let mut d = Decoder::new("sensors", 1024);
         let mut out = Vec::new();
-        assert!(d.decode("sensors/a", br#"{"x":1,"y":"inf"}"#, NOW, &mut out).is_err());
+        assert!(d
+            .decode("sensors/a", br#"{"x":1,"y":"inf"}"#, NOW, &mut out)
+            .is_err());
         assert!(out.is_empty());
     }
 

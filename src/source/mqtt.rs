@@ -43,7 +43,11 @@ impl SourceStats {
 
     /// (reason, count) for every reason.
     pub fn errors_by_reason(&self) -> Vec<(&'static str, u64)> {
-        DecodeError::REASONS.iter().zip(&self.errors).map(|(r, c)| (*r, c.load(Ordering::Relaxed))).collect()
+        DecodeError::REASONS
+            .iter()
+            .zip(&self.errors)
+            .map(|(r, c)| (*r, c.load(Ordering::Relaxed)))
+            .collect()
     }
 }
 
@@ -51,8 +55,6 @@ impl SourceStats {
 pub enum SourceError {
     #[error("{url}: the broker refused the connection: {reason}")]
     Refused { url: String, reason: String },
-    #[error("{url}: {source}")]
-    Connect { url: String, source: ConnectionError },
     #[error("bad broker address: {0}")]
     Url(String),
     #[error("broker.username is set but ${0} (the password) is not")]
@@ -71,7 +73,12 @@ struct Ingest {
 }
 
 impl Ingest {
-    fn new(ingest: &IngestConfig, max_payload: usize, stats: Arc<SourceStats>, control: mpsc::Sender<Control>) -> Self {
+    fn new(
+        ingest: &IngestConfig,
+        max_payload: usize,
+        stats: Arc<SourceStats>,
+        control: mpsc::Sender<Control>,
+    ) -> Self {
         Self {
             decoder: Decoder::new(&ingest.prefix, max_payload),
             stats,
@@ -99,7 +106,9 @@ impl Ingest {
         let before = self.batch.len();
         match self.decoder.decode(topic, payload, now, &mut self.batch) {
             Ok(()) => {
-                self.stats.readings.fetch_add((self.batch.len() - before) as u64, Ordering::Relaxed);
+                self.stats
+                    .readings
+                    .fetch_add((self.batch.len() - before) as u64, Ordering::Relaxed);
             }
             Err(e) => {
                 let i = e.index();
@@ -107,7 +116,12 @@ impl Ingest {
                 let now = Instant::now();
                 if self.last_warn[i].is_none_or(|t| now.duration_since(t) >= self.warn_every) {
                     let suppressed = std::mem::take(&mut self.suppressed[i]);
-                    tracing::warn!(topic, reason = e.reason(), suppressed, "bad message skipped: {e}");
+                    tracing::warn!(
+                        topic,
+                        reason = e.reason(),
+                        suppressed,
+                        "bad message skipped: {e}"
+                    );
                     self.last_warn[i] = Some(now);
                 } else {
                     self.suppressed[i] += 1;
@@ -194,7 +208,8 @@ pub fn external_options(cfg: &BrokerConfig) -> Result<(MqttOptions, String), Sou
     opts.set_max_packet_size(cfg.max_payload + 4096, cfg.max_payload + 4096);
     opts.set_inflight(1000);
     if let Some(user) = &cfg.username {
-        let pass = std::env::var(&cfg.password_env).map_err(|_| SourceError::MissingPassword(cfg.password_env.clone()))?;
+        let pass = std::env::var(&cfg.password_env)
+            .map_err(|_| SourceError::MissingPassword(cfg.password_env.clone()))?;
         opts.set_credentials(user.clone(), pass);
     }
     Ok((opts, url))
@@ -285,7 +300,9 @@ async fn sleep_or_stop(backoff: &mut Duration, stop: &mut tokio::sync::watch::Re
 fn refusal(code: ConnectReturnCode) -> String {
     match code {
         ConnectReturnCode::BadUserNamePassword => "bad username or password".into(),
-        ConnectReturnCode::NotAuthorized => "not authorised (check broker.username and the password)".into(),
+        ConnectReturnCode::NotAuthorized => {
+            "not authorised (check broker.username and the password)".into()
+        }
         ConnectReturnCode::BadClientId => "client id rejected (set broker.client_id)".into(),
         ConnectReturnCode::ServiceUnavailable => "service unavailable".into(),
         other => format!("{other:?}"),

@@ -103,7 +103,8 @@ pub fn decode(data: &[u8]) -> Result<Vec<(Timestamp, f64)>, ChunkError> {
     }
     let mut out = Vec::with_capacity(count);
     if mode == 0 {
-        let mut prev = u64::from_le_bytes(r.take(8)?.try_into().map_err(|_| ChunkError::Truncated)?);
+        let mut prev =
+            u64::from_le_bytes(r.take(8)?.try_into().map_err(|_| ChunkError::Truncated)?);
         out.push((ts[0], f64::from_bits(prev)));
         for &t in &ts[1..] {
             let h = r.byte()?;
@@ -176,7 +177,10 @@ impl<'a> Reader<'a> {
     }
 
     fn take(&mut self, n: usize) -> Result<&'a [u8], ChunkError> {
-        let s = self.data.get(self.pos..self.pos + n).ok_or(ChunkError::Truncated)?;
+        let s = self
+            .data
+            .get(self.pos..self.pos + n)
+            .ok_or(ChunkError::Truncated)?;
         self.pos += n;
         Ok(s)
     }
@@ -201,7 +205,14 @@ mod tests {
 
     #[test]
     fn decimal_sensor_values_cost_about_two_bytes_a_point() {
-        let pts: Vec<_> = (0..1000).map(|i| (1_700_000_000_000 + i * 1000, 20.0 + ((i % 37) as f64) / 10.0)).collect();
+        let pts: Vec<_> = (0..1000)
+            .map(|i| {
+                (
+                    1_700_000_000_000 + i * 1000,
+                    20.0 + ((i % 37) as f64) / 10.0,
+                )
+            })
+            .collect();
         let blob = encode(&pts);
         assert_eq!(blob[1], 1, "one decimal digit");
         assert!(blob.len() < 2 * pts.len() + 16, "{} bytes", blob.len());
@@ -210,7 +221,9 @@ mod tests {
 
     #[test]
     fn arbitrary_floats_round_trip_exactly() {
-        let pts: Vec<_> = (0..100).map(|i| (i * 997 - 50, (i as f64).sin() * 1e3)).collect();
+        let pts: Vec<_> = (0..100)
+            .map(|i| (i * 997 - 50, (i as f64).sin() * 1e3))
+            .collect();
         let blob = encode(&pts);
         assert_eq!(blob[1], 0);
         assert_eq!(decode(&blob).unwrap(), pts);

@@ -50,7 +50,10 @@ pub async fn open(path: &Path) -> Result<SqlitePool, StoreError> {
         .max_connections(4)
         .connect_with(opts)
         .await
-        .map_err(|source| StoreError::Open { path: path.display().to_string(), source })?;
+        .map_err(|source| StoreError::Open {
+            path: path.display().to_string(),
+            source,
+        })?;
     sqlx::migrate!().run(&pool).await?;
     Ok(pool)
 }
@@ -118,14 +121,23 @@ const ROWS_PER_STATEMENT: usize = 200;
 
 impl Writer {
     pub fn new(pool: SqlitePool) -> Self {
-        Self { pool, ids: HashMap::new(), pending: HashMap::new(), pending_count: 0, stats: Arc::default() }
+        Self {
+            pool,
+            ids: HashMap::new(),
+            pending: HashMap::new(),
+            pending_count: 0,
+            stats: Arc::default(),
+        }
     }
 
     pub fn add(&mut self, readings: &[Reading]) {
         for r in readings {
             let p = match self.pending.get_mut(&r.series) {
                 Some(p) => p,
-                None => self.pending.entry(r.series.clone()).or_insert(Pending { points: Vec::new(), unit: None }),
+                None => self.pending.entry(r.series.clone()).or_insert(Pending {
+                    points: Vec::new(),
+                    unit: None,
+                }),
             };
             p.points.push((r.ts, r.value));
             if r.unit.is_some() {
@@ -146,7 +158,11 @@ impl Writer {
         if self.pending_count == 0 {
             return Ok(0);
         }
-        let mut batch: Vec<(SeriesId, Pending)> = self.pending.drain().filter(|(_, p)| !p.points.is_empty()).collect();
+        let mut batch: Vec<(SeriesId, Pending)> = self
+            .pending
+            .drain()
+            .filter(|(_, p)| !p.points.is_empty())
+            .collect();
         for (_, p) in &mut batch {
             // Stable: readings with equal timestamps keep their arrival order.
             p.points.sort_by_key(|pt| pt.0);
@@ -157,7 +173,9 @@ impl Writer {
                 self.pending_count = 0;
                 self.stats.stored.fetch_add(n as u64, Ordering::Relaxed);
                 self.stats.flushes.fetch_add(1, Ordering::Relaxed);
-                self.stats.chunks_written.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                self.stats
+                    .chunks_written
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
                 // Keep the buffers' capacity for the next flush.
                 for (s, mut p) in batch {
                     p.points.clear();
@@ -179,11 +197,17 @@ impl Writer {
         let mut tx = self.pool.begin().await?;
         // Catalogue: upsert every touched series; learn the ids of new ones.
         for part in batch.chunks(ROWS_PER_STATEMENT) {
-            let mut q = sqlx::QueryBuilder::new("INSERT INTO series (name, unit, first_seen, last_seen, last_value) ");
+            let mut q = sqlx::QueryBuilder::new(
+                "INSERT INTO series (name, unit, first_seen, last_seen, last_value) ",
+            );
             q.push_values(part, |mut b, (s, p)| {
                 let first = p.points.first().map_or(0, |x| x.0);
                 let last = p.points.last().map_or((0, 0.0), |x| *x);
-                b.push_bind(s.as_ref()).push_bind(p.unit.as_deref()).push_bind(first).push_bind(last.0).push_bind(last.1);
+                b.push_bind(s.as_ref())
+                    .push_bind(p.unit.as_deref())
+                    .push_bind(first)
+                    .push_bind(last.0)
+                    .push_bind(last.1);
             });
             q.push(
                 " ON CONFLICT(name) DO UPDATE SET \
@@ -209,13 +233,25 @@ impl Writer {
                 let id = *self.ids.get(s)?;
                 let first = p.points.first()?.0;
                 let last = p.points.last()?.0;
-                Some((id, first, last, p.points.len() as i64, chunk::encode(&p.points)))
+                Some((
+                    id,
+                    first,
+                    last,
+                    p.points.len() as i64,
+                    chunk::encode(&p.points),
+                ))
             })
             .collect();
         for part in blobs.chunks(ROWS_PER_STATEMENT) {
-            let mut q = sqlx::QueryBuilder::new("INSERT INTO chunks (series_id, first_ts, last_ts, count, data) ");
+            let mut q = sqlx::QueryBuilder::new(
+                "INSERT INTO chunks (series_id, first_ts, last_ts, count, data) ",
+            );
             q.push_values(part, |mut b, (id, first, last, count, data)| {
-                b.push_bind(id).push_bind(first).push_bind(last).push_bind(count).push_bind(data.as_slice());
+                b.push_bind(id)
+                    .push_bind(first)
+                    .push_bind(last)
+                    .push_bind(count)
+                    .push_bind(data.as_slice());
             });
             q.build().execute(&mut *tx).await?;
         }
@@ -246,9 +282,16 @@ impl Writer {
             }
         }
         for part in rollups.chunks(ROWS_PER_STATEMENT) {
-            let mut q = sqlx::QueryBuilder::new("INSERT INTO rollups (series_id, minute, min, max, avg, count) ");
+            let mut q = sqlx::QueryBuilder::new(
+                "INSERT INTO rollups (series_id, minute, min, max, avg, count) ",
+            );
             q.push_values(part, |mut b, r| {
-                b.push_bind(r.0).push_bind(r.1).push_bind(r.2).push_bind(r.3).push_bind(r.4).push_bind(r.5);
+                b.push_bind(r.0)
+                    .push_bind(r.1)
+                    .push_bind(r.2)
+                    .push_bind(r.3)
+                    .push_bind(r.4)
+                    .push_bind(r.5);
             });
             q.push(
                 " ON CONFLICT(series_id, minute) DO UPDATE SET \
@@ -285,11 +328,17 @@ impl Writer {
             q.build().execute(&mut *tx).await?;
         }
         tx.commit().await?;
-        self.stats.events.fetch_add(events.len() as u64, Ordering::Relaxed);
+        self.stats
+            .events
+            .fetch_add(events.len() as u64, Ordering::Relaxed);
         Ok(())
     }
 
-    pub async fn write_alert_state(&self, rows: &[(String, String, Option<String>)], now: Timestamp) -> Result<(), StoreError> {
+    pub async fn write_alert_state(
+        &self,
+        rows: &[(String, String, Option<String>)],
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         for (rule, series, record) in rows {
             match record {
@@ -318,7 +367,10 @@ impl Writer {
         Ok(())
     }
 
-    pub async fn write_silences(&self, rows: &[(String, Option<String>)]) -> Result<(), StoreError> {
+    pub async fn write_silences(
+        &self,
+        rows: &[(String, Option<String>)],
+    ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         for (id, record) in rows {
             match record {
@@ -330,7 +382,10 @@ impl Writer {
                         .await?;
                 }
                 None => {
-                    sqlx::query("DELETE FROM silences WHERE id = ?").bind(id).execute(&mut *tx).await?;
+                    sqlx::query("DELETE FROM silences WHERE id = ?")
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await?;
                 }
             }
         }
@@ -371,7 +426,9 @@ impl Writer {
             for row in &rows {
                 let id: i64 = row.try_get("id")?;
                 let data: Vec<u8> = row.try_get("data")?;
-                points.extend(chunk::decode(&data).map_err(|source| StoreError::Chunk { id, source })?);
+                points.extend(
+                    chunk::decode(&data).map_err(|source| StoreError::Chunk { id, source })?,
+                );
                 ids.push(id);
             }
             points.sort_by_key(|p| p.0);
@@ -398,13 +455,20 @@ impl Writer {
 
     /// Deletes raw chunks that ended before `raw_before` and rollups before
     /// `rollup_before`, at most `step` rows per statement; returns rows deleted.
-    pub async fn retention(&self, raw_before: Timestamp, rollup_before: Timestamp, step: i64) -> Result<u64, StoreError> {
-        let a = sqlx::query("DELETE FROM chunks WHERE id IN (SELECT id FROM chunks WHERE last_ts < ? LIMIT ?)")
-            .bind(raw_before)
-            .bind(step)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
+    pub async fn retention(
+        &self,
+        raw_before: Timestamp,
+        rollup_before: Timestamp,
+        step: i64,
+    ) -> Result<u64, StoreError> {
+        let a = sqlx::query(
+            "DELETE FROM chunks WHERE id IN (SELECT id FROM chunks WHERE last_ts < ? LIMIT ?)",
+        )
+        .bind(raw_before)
+        .bind(step)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
         let b = sqlx::query(
             "DELETE FROM rollups WHERE (series_id, minute) IN \
              (SELECT series_id, minute FROM rollups WHERE minute < ? LIMIT ?)",
@@ -414,12 +478,14 @@ impl Writer {
         .execute(&self.pool)
         .await?
         .rows_affected();
-        let c = sqlx::query("DELETE FROM alerts WHERE id IN (SELECT id FROM alerts WHERE ts < ? LIMIT ?)")
-            .bind(rollup_before)
-            .bind(step)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
+        let c = sqlx::query(
+            "DELETE FROM alerts WHERE id IN (SELECT id FROM alerts WHERE ts < ? LIMIT ?)",
+        )
+        .bind(rollup_before)
+        .bind(step)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
         Ok(a + b + c)
     }
 }
@@ -503,8 +569,14 @@ pub struct StoredReading {
 
 /// Readings of the series matching `pattern` (MQTT wildcards) since `since`, ordered by
 /// series then time.
-pub async fn query_readings(pool: &SqlitePool, pattern: &str, since: Timestamp) -> Result<Vec<(String, Timestamp, f64)>, StoreError> {
-    let series = sqlx::query("SELECT id, name FROM series ORDER BY name").fetch_all(pool).await?;
+pub async fn query_readings(
+    pool: &SqlitePool,
+    pattern: &str,
+    since: Timestamp,
+) -> Result<Vec<(String, Timestamp, f64)>, StoreError> {
+    let series = sqlx::query("SELECT id, name FROM series ORDER BY name")
+        .fetch_all(pool)
+        .await?;
     let mut out = Vec::new();
     for s in series {
         let name: String = s.try_get("name")?;
@@ -512,16 +584,20 @@ pub async fn query_readings(pool: &SqlitePool, pattern: &str, since: Timestamp) 
             continue;
         }
         let id: i64 = s.try_get("id")?;
-        let rows = sqlx::query("SELECT id, data FROM chunks WHERE series_id = ? AND last_ts >= ? ORDER BY first_ts")
-            .bind(id)
-            .bind(since)
-            .fetch_all(pool)
-            .await?;
+        let rows = sqlx::query(
+            "SELECT id, data FROM chunks WHERE series_id = ? AND last_ts >= ? ORDER BY first_ts",
+        )
+        .bind(id)
+        .bind(since)
+        .fetch_all(pool)
+        .await?;
         let start = out.len();
         for row in rows {
             let cid: i64 = row.try_get("id")?;
             let data: Vec<u8> = row.try_get("data")?;
-            for (ts, v) in chunk::decode(&data).map_err(|source| StoreError::Chunk { id: cid, source })? {
+            for (ts, v) in
+                chunk::decode(&data).map_err(|source| StoreError::Chunk { id: cid, source })?
+            {
                 if ts >= since {
                     out.push((name.clone(), ts, v));
                 }
@@ -545,7 +621,11 @@ pub struct AlertRow {
     pub message: String,
 }
 
-pub async fn query_alerts(pool: &SqlitePool, since: Timestamp, state: Option<AlertState>) -> Result<Vec<AlertRow>, StoreError> {
+pub async fn query_alerts(
+    pool: &SqlitePool,
+    since: Timestamp,
+    state: Option<AlertState>,
+) -> Result<Vec<AlertRow>, StoreError> {
     let rows = sqlx::query(
         "SELECT rule, series, state, severity, value, unit, ts, message FROM alerts \
          WHERE ts >= ? AND (? IS NULL OR state = ?) ORDER BY ts, id",
@@ -572,22 +652,47 @@ pub async fn query_alerts(pool: &SqlitePool, since: Timestamp, state: Option<Ale
 }
 
 /// Persisted engine state: (rule, series, record JSON) rows and silence records.
-pub async fn load_engine_state(pool: &SqlitePool) -> Result<(Vec<(String, String, String)>, Vec<String>), StoreError> {
-    let alerts = sqlx::query("SELECT rule, series, record FROM alert_state").fetch_all(pool).await?;
+pub async fn load_engine_state(
+    pool: &SqlitePool,
+) -> Result<(Vec<(String, String, String)>, Vec<String>), StoreError> {
+    let alerts = sqlx::query("SELECT rule, series, record FROM alert_state")
+        .fetch_all(pool)
+        .await?;
     let alerts = alerts
         .iter()
-        .map(|r| Ok((r.try_get("rule")?, r.try_get("series")?, r.try_get("record")?)))
+        .map(|r| {
+            Ok((
+                r.try_get("rule")?,
+                r.try_get("series")?,
+                r.try_get("record")?,
+            ))
+        })
         .collect::<Result<Vec<_>, sqlx::Error>>()?;
-    let silences = sqlx::query("SELECT record FROM silences").fetch_all(pool).await?;
-    let silences = silences.iter().map(|r| r.try_get("record")).collect::<Result<Vec<String>, _>>()?;
+    let silences = sqlx::query("SELECT record FROM silences")
+        .fetch_all(pool)
+        .await?;
+    let silences = silences
+        .iter()
+        .map(|r| r.try_get("record"))
+        .collect::<Result<Vec<String>, _>>()?;
     Ok((alerts, silences))
 }
 
 /// Last seen time of every series in the catalogue (deadman rules start from it).
-pub async fn last_seen(pool: &SqlitePool) -> Result<Vec<(String, Timestamp, Option<f64>)>, StoreError> {
-    let rows = sqlx::query("SELECT name, last_seen, last_value FROM series").fetch_all(pool).await?;
+pub async fn last_seen(
+    pool: &SqlitePool,
+) -> Result<Vec<(String, Timestamp, Option<f64>)>, StoreError> {
+    let rows = sqlx::query("SELECT name, last_seen, last_value FROM series")
+        .fetch_all(pool)
+        .await?;
     rows.iter()
-        .map(|r| Ok((r.try_get("name")?, r.try_get("last_seen")?, r.try_get("last_value")?)))
+        .map(|r| {
+            Ok((
+                r.try_get("name")?,
+                r.try_get("last_seen")?,
+                r.try_get("last_value")?,
+            ))
+        })
         .collect::<Result<Vec<_>, sqlx::Error>>()
         .map_err(Into::into)
 }
@@ -602,7 +707,12 @@ mod tests {
     use super::*;
 
     fn reading(series: &SeriesId, ts: Timestamp, value: f64) -> Reading {
-        Reading { series: series.clone(), value, ts, unit: Some(Arc::from("°C")) }
+        Reading {
+            series: series.clone(),
+            value,
+            ts,
+            unit: Some(Arc::from("°C")),
+        }
     }
 
     #[tokio::test]
@@ -613,7 +723,14 @@ mod tests {
         let a: SeriesId = Arc::from("gh/n1/temperature");
         let b: SeriesId = Arc::from("gh/n2/temperature");
         let base = 1_700_000_020_000; // 40 s into a minute
-        let batch: Vec<Reading> = (0..30).flat_map(|i| [reading(&a, base + i * 1000, 20.0 + i as f64 / 10.0), reading(&b, base + i * 1000, 5.0)]).collect();
+        let batch: Vec<Reading> = (0..30)
+            .flat_map(|i| {
+                [
+                    reading(&a, base + i * 1000, 20.0 + i as f64 / 10.0),
+                    reading(&b, base + i * 1000, 5.0),
+                ]
+            })
+            .collect();
         w.add(&batch);
         assert_eq!(w.flush().await.unwrap(), 60);
         w.add(&[reading(&a, base + 30_000, 30.0)]);
@@ -622,10 +739,22 @@ mod tests {
         let got = query_readings(&pool, "gh/n1/#", 0).await.unwrap();
         assert_eq!(got.len(), 31);
         assert_eq!(got[0], ("gh/n1/temperature".to_string(), base, 20.0));
-        assert_eq!(got[30], ("gh/n1/temperature".to_string(), base + 30_000, 30.0));
-        assert_eq!(query_readings(&pool, "gh/+/temperature", base + 29_000).await.unwrap().len(), 3);
+        assert_eq!(
+            got[30],
+            ("gh/n1/temperature".to_string(), base + 30_000, 30.0)
+        );
+        assert_eq!(
+            query_readings(&pool, "gh/+/temperature", base + 29_000)
+                .await
+                .unwrap()
+                .len(),
+            3
+        );
 
-        let chunks: i64 = sqlx::query_scalar("SELECT count(*) FROM chunks").fetch_one(&pool).await.unwrap();
+        let chunks: i64 = sqlx::query_scalar("SELECT count(*) FROM chunks")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
         assert_eq!(chunks, 3, "one row per series per flush");
 
         let r: Vec<(String, i64, f64, f64, f64, i64)> = sqlx::query_as(
@@ -640,9 +769,16 @@ mod tests {
         assert!((r[0].4 - 20.95).abs() < 1e-9);
         assert_eq!((r[1].2, r[1].3, r[1].5), (22.0, 30.0, 11));
 
-        let (unit, last_seen, last_value): (String, i64, f64) =
-            sqlx::query_as("SELECT unit, last_seen, last_value FROM series WHERE name = 'gh/n1/temperature'").fetch_one(&pool).await.unwrap();
-        assert_eq!((unit.as_str(), last_seen, last_value), ("°C", base + 30_000, 30.0));
+        let (unit, last_seen, last_value): (String, i64, f64) = sqlx::query_as(
+            "SELECT unit, last_seen, last_value FROM series WHERE name = 'gh/n1/temperature'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert_eq!(
+            (unit.as_str(), last_seen, last_value),
+            ("°C", base + 30_000, 30.0)
+        );
     }
 
     #[tokio::test]
@@ -657,10 +793,16 @@ mod tests {
             w.flush().await.unwrap();
         }
         assert_eq!(w.compact(base + 3_600_000, 100).await.unwrap(), 1);
-        let chunks: i64 = sqlx::query_scalar("SELECT count(*) FROM chunks").fetch_one(&pool).await.unwrap();
+        let chunks: i64 = sqlx::query_scalar("SELECT count(*) FROM chunks")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
         assert_eq!(chunks, 1);
         let got = query_readings(&pool, "#", 0).await.unwrap();
-        assert_eq!(got.iter().map(|r| r.2).collect::<Vec<_>>(), (0..50).map(|i| i as f64).collect::<Vec<_>>());
+        assert_eq!(
+            got.iter().map(|r| r.2).collect::<Vec<_>>(),
+            (0..50).map(|i| i as f64).collect::<Vec<_>>()
+        );
     }
 
     #[tokio::test]

@@ -8,7 +8,11 @@ use std::time::{Duration, Instant};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A connected publisher; its event loop runs in a task.
@@ -48,19 +52,33 @@ impl Publisher {
                 }
             }
         });
-        tokio::time::timeout(Duration::from_secs(10), conn_rx).await.expect("connect timed out").unwrap();
-        Publisher { client, task, acked }
+        tokio::time::timeout(Duration::from_secs(10), conn_rx)
+            .await
+            .expect("connect timed out")
+            .unwrap();
+        Publisher {
+            client,
+            task,
+            acked,
+        }
     }
 
     pub async fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>) {
-        self.client.publish(topic, QoS::AtLeastOnce, false, payload.into()).await.unwrap();
+        self.client
+            .publish(topic, QoS::AtLeastOnce, false, payload.into())
+            .await
+            .unwrap();
     }
 
     /// Waits until `n` QoS 1 publishes have been acknowledged by the broker.
     pub async fn wait_acked(&mut self, n: u64) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while *self.acked.borrow() < n {
-            assert!(Instant::now() < deadline, "only {} of {n} publishes acknowledged", *self.acked.borrow());
+            assert!(
+                Instant::now() < deadline,
+                "only {} of {n} publishes acknowledged",
+                *self.acked.borrow()
+            );
             let _ = tokio::time::timeout(Duration::from_millis(200), self.acked.changed()).await;
         }
     }
@@ -82,7 +100,9 @@ pub struct Mosquitto {
 impl Mosquitto {
     /// `None` when mosquitto is not installed (the test then says so and skips).
     pub fn start(dir: &Path, port: u16, password: Option<(&str, &str)>) -> Option<Mosquitto> {
-        let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"].into_iter().find(|p| Path::new(p).exists())?;
+        let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())?;
         let conf = dir.join(format!("mosquitto-{port}.conf"));
         let mut text = format!(
             "listener {port} 127.0.0.1\npersistence true\npersistence_location {}/\nmax_queued_messages 0\nuser root\nautosave_interval 1\n",
@@ -91,17 +111,37 @@ impl Mosquitto {
         match password {
             Some((u, p)) => {
                 let pw = dir.join("passwd");
-                let ok = Command::new("mosquitto_passwd").arg("-c").arg("-b").arg(&pw).arg(u).arg(p).status().unwrap().success();
+                let ok = Command::new("mosquitto_passwd")
+                    .arg("-c")
+                    .arg("-b")
+                    .arg(&pw)
+                    .arg(u)
+                    .arg(p)
+                    .status()
+                    .unwrap()
+                    .success();
                 assert!(ok, "mosquitto_passwd failed");
-                text.push_str(&format!("allow_anonymous false\npassword_file {}\n", pw.display()));
+                text.push_str(&format!(
+                    "allow_anonymous false\npassword_file {}\n",
+                    pw.display()
+                ));
             }
             None => text.push_str("allow_anonymous true\n"),
         }
         std::fs::write(&conf, text).unwrap();
-        let child = Command::new(bin).arg("-c").arg(&conf).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        let child = Command::new(bin)
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "mosquitto did not start on {port}");
+            assert!(
+                Instant::now() < deadline,
+                "mosquitto did not start on {port}"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         Some(Mosquitto { port, child, conf })
@@ -112,8 +152,17 @@ impl Mosquitto {
     pub fn restart(&mut self) {
         unsafe_kill(self.child.id(), 15);
         let _ = self.child.wait();
-        let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"].into_iter().find(|p| Path::new(p).exists()).unwrap();
-        self.child = Command::new(bin).arg("-c").arg(&self.conf).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .unwrap();
+        self.child = Command::new(bin)
+            .arg("-c")
+            .arg(&self.conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
             assert!(Instant::now() < deadline, "mosquitto did not restart");
@@ -130,5 +179,8 @@ impl Drop for Mosquitto {
 }
 
 fn unsafe_kill(pid: u32, sig: i32) {
-    let _ = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status();
 }
