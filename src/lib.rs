@@ -25,4 +25,5 @@
 //! - [`cli`]: the `centinela` command.
 
 pub mod config;
+pub mod engine;
 pub mod model;
