@@ -75,8 +75,8 @@
 //! flapping, deadman last_seen) and silences are persisted. After a restart a firing
 //! alert stays firing and is not announced again, a pending one keeps its start
 //! time, and deadman deadlines continue from the persisted last_seen. The readings
-//! inside rate and window rules are not persisted: those windows refill from new
-//! readings.
+//! inside rate and window rules are not persisted: the service refills them from the
+//! stored readings ([`Engine::prime`]) before live readings flow.
 
 mod render;
 pub mod replay;
@@ -398,6 +398,40 @@ impl Engine {
             let ai = self.slots[si].alerts[k] as usize;
             self.judge(ai, r.ts, r.value, now, out);
         }
+    }
+
+    /// Refills the windows of rate and window rules after a restart, without moving
+    /// any alert state: feed the stored readings of the last [`Engine::max_window_ms`]
+    /// (in timestamp order) after [`Engine::restore`] and before live readings.
+    pub fn prime(&mut self, r: &Reading) {
+        let si = match self.index.get(&*r.series) {
+            Some(&si) => si as usize,
+            None => self.slot_of(&r.series),
+        };
+        let slot = &mut self.slots[si];
+        if r.ts < slot.newest {
+            return;
+        }
+        slot.newest = r.ts;
+        for &ai in &slot.alerts {
+            let a = &mut self.alerts[ai as usize];
+            let rule = &self.rules[a.rule];
+            if matches!(rule.kind, Kind::Window { .. } | Kind::Rate { .. }) {
+                a.eval.judge(&rule.kind, r.ts, r.value);
+            }
+        }
+    }
+
+    /// The longest window of the rate and window rules: how much history
+    /// [`Engine::prime`] needs.
+    pub fn max_window_ms(&self) -> Option<i64> {
+        self.rules
+            .iter()
+            .filter_map(|r| match r.kind {
+                Kind::Window { window, .. } | Kind::Rate { window, .. } => Some(window),
+                _ => None,
+            })
+            .max()
     }
 
     #[inline]

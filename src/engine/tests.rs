@@ -471,10 +471,18 @@ fn silence_empties_notify_keeps_events_and_announces_when_it_ends() {
         by: "ana".into(),
     };
     h.ctl(silence("gh/#", 30 * M), 0).unwrap();
+    h.ctl(silence("other/+/t", 30 * M), 0).unwrap();
     let evs = h.at("gh/a/t", M, 31.0);
     assert_eq!(states(&evs), [S::Firing]);
     assert!(evs[0].notify.is_empty(), "silenced: recorded, not sent");
     assert!(h.e.snapshot(M)[0].silenced);
+    let mut other = H::new(HOT);
+    other.ctl(silence("gh/b/#", 30 * M), 0).unwrap();
+    assert_eq!(
+        other.at("gh/a/t", M, 31.0)[0].notify,
+        ["telegram"],
+        "a silence on another series"
+    );
     assert!(h.tick(30 * M - 1).is_empty());
     // The silence ends with the alert still firing: announced once.
     let evs = h.tick(30 * M);
@@ -716,6 +724,35 @@ fn restore_drops_records_of_removed_rules_and_keeps_silences() {
     h.e.restore(vec![rec], vec![], 2000);
     assert!(h.at("gh/a/t", 999, 40.0).is_empty());
     assert_eq!(h.e.ignored_out_of_order(), 1);
+}
+
+#[test]
+fn prime_refills_windows_without_events() {
+    let toml = "[[rules]]\nname = \"avg\"\nseries = \"#\"\nkind = \"window\"\nagg = \"avg\"\nwindow = \"10m\"\nabove = 25.0\n\
+                [[rules]]\nname = \"hot\"\nseries = \"#\"\nkind = \"threshold\"\nabove = 25.0\n";
+    let mut h = H::new(toml);
+    assert_eq!(h.e.max_window_ms(), Some(10 * M));
+    let rec = AlertRecord {
+        rule: "avg".into(),
+        series: "s".into(),
+        state: S::Firing,
+        since: 0,
+        value: Some(30.0),
+        notified: true,
+        ..h_rec()
+    };
+    h.e.restore(vec![rec], vec![], 5 * M);
+    for m in 0..5 {
+        h.e.prime(&Reading {
+            series: Arc::from("s"),
+            value: 30.0,
+            ts: m * M,
+            unit: None,
+        });
+    }
+    // Without the primed history the lone 20 would resolve the average.
+    assert!(h.at("s", 5 * M, 20.0).is_empty());
+    assert_eq!(h.e.snapshot(5 * M)[0].value, Some(28.0 + 1.0 / 3.0));
 }
 
 fn h_rec() -> AlertRecord {
