@@ -65,8 +65,8 @@
 //!
 //! Rules run on event time (the readings' timestamps). A reading older than the
 //! newest one already seen for its series does not move any rule state of that
-//! series (it is counted in [`Engine::ignored_out_of_order`]); the store still stores
-//! it. Readings with equal timestamps are all evaluated, in arrival order. Wall-clock
+//! series (it is counted in [`Engine::ignored_readings`]); the store still stores
+//! it. Readings whose value is not a finite number are ignored the same way. Readings with equal timestamps are all evaluated, in arrival order. Wall-clock
 //! checks (deadman, repeat, the end of silences and of flapping) happen in `tick`.
 //!
 //! ## Restarts
@@ -308,8 +308,9 @@ impl Engine {
         self.tick_ms
     }
 
-    /// Readings that were older than the newest of their series and so moved nothing.
-    pub fn ignored_out_of_order(&self) -> u64 {
+    /// Readings that were older than the newest of their series, or not a finite
+    /// number, and so moved nothing.
+    pub fn ignored_readings(&self) -> u64 {
         self.ignored
     }
 
@@ -378,6 +379,11 @@ impl Engine {
     /// Evaluates one reading against every rule matching its series. `now` is the
     /// wall clock (for silences and notification times); rules use `r.ts`.
     pub fn on_reading(&mut self, r: &Reading, now: Timestamp, out: &mut Vec<AlertEvent>) {
+        if !r.value.is_finite() {
+            // NaN or ±inf would poison running sums and compare false everywhere.
+            self.ignored += 1;
+            return;
+        }
         let si = match self.index.get(&*r.series) {
             Some(&si) => si as usize,
             None => self.slot_of(&r.series),

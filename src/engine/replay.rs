@@ -45,7 +45,8 @@ pub struct ReplayReport {
     pub rules: Vec<RuleSummary>,
     pub readings: u64,
     pub series: usize,
-    /// Readings older than the newest of their series (moved no rule state).
+    /// Readings older than the newest of their series, or not a finite number (moved
+    /// no rule state).
     pub ignored: u64,
     pub from: Option<Timestamp>,
     pub to: Option<Timestamp>,
@@ -147,7 +148,7 @@ impl Replayer {
             rules,
             readings: self.readings,
             series: self.series.len(),
-            ignored: self.engine.ignored_out_of_order(),
+            ignored: self.engine.ignored_readings(),
             from: self.from,
             to: self.clock,
         }
@@ -249,7 +250,7 @@ pub fn render_summary(rep: &ReplayReport) -> String {
     out.push_str(&format!("{} events.", thousands(transitions as u64)));
     if rep.ignored > 0 {
         out.push_str(&format!(
-            " {} readings were older than their series' newest and moved no rule.",
+            " {} readings were older than their series' newest (or not numbers) and moved no rule.",
             thousands(rep.ignored)
         ));
     }

@@ -347,13 +347,16 @@ fn out_of_order_reading_moves_nothing_and_is_counted() {
     let mut h = H::new(HOT);
     assert_eq!(states(&h.at("gh/a/t", 100, 31.0)), [S::Firing]);
     assert!(h.at("gh/a/t", 50, 10.0).is_empty());
-    assert_eq!(h.e.ignored_out_of_order(), 1);
+    assert_eq!(h.e.ignored_readings(), 1);
     assert_eq!(h.e.snapshot(100)[0].state, S::Firing);
     // Equal timestamps are not older: evaluated.
     assert_eq!(states(&h.at("gh/a/t", 100, 10.0)), [S::Resolved]);
+    // Not a number: ignored too.
+    assert!(h.at("gh/a/t", 200, f64::NAN).is_empty());
+    assert_eq!(h.e.ignored_readings(), 2);
     // Another series has its own order.
     assert_eq!(states(&h.at("gh/b/t", 60, 31.0)), [S::Firing]);
-    assert_eq!(h.e.ignored_out_of_order(), 1);
+    assert_eq!(h.e.ignored_readings(), 2);
 }
 
 #[test]
@@ -723,7 +726,7 @@ fn restore_drops_records_of_removed_rules_and_keeps_silences() {
     };
     h.e.restore(vec![rec], vec![], 2000);
     assert!(h.at("gh/a/t", 999, 40.0).is_empty());
-    assert_eq!(h.e.ignored_out_of_order(), 1);
+    assert_eq!(h.e.ignored_readings(), 1);
 }
 
 #[test]
