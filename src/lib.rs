@@ -28,6 +28,7 @@ pub mod bench;
 pub mod broker;
 pub mod cli;
 pub mod config;
+pub mod engine;
 pub mod model;
 pub mod service;
 pub mod source;

@@ -145,10 +145,12 @@ impl Default for SqliteConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EngineConfig {
-    /// More than `flap_transitions` transitions within `flap_window` make an alert flap.
+    /// More than `flap_transitions` transitions within `flap_window` make an alert flap
+    /// (0 turns flapping detection off).
     pub flap_transitions: u32,
     pub flap_window: Duration,
-    /// How often time-driven checks (deadman, repeat, `for`) run.
+    /// How often wall-clock checks run: deadman, repeat, the end of silences and of
+    /// flapping. (`for` runs on event time, when readings arrive.)
     pub tick: Duration,
 }
 

@@ -47,7 +47,7 @@ pub struct RuleConfig {
     pub notify: Vec<String>,
     /// Re-notify while firing and not acknowledged.
     pub repeat: Option<Duration>,
-    /// Template: `{series}`, `{value}`, `{unit}`, `{threshold}`, `{duration}`, `{rule}`, `{state}`.
+    /// Template: `{series}`, `{value}`, `{unit}`, `{threshold}`, `{duration}`, `{rule}`, `{state}`, `{severity}`.
     pub message: Option<String>,
     /// rate and window rules: how far back to look.
     pub window: Option<Duration>,
