@@ -6,7 +6,7 @@
 //! [`Engine::on_reading`] for every reading, [`Engine::tick`] every `engine.tick`,
 //! [`Engine::control`] for acks and silences, persists [`Engine::take_dirty`] and
 //! [`Engine::take_dirty_silences`] to SQLite, and calls [`Engine::restore`] once at
-//! start-up. [`replay`] drives the same engine with the readings' own clock.
+//! start-up. [`replay()`] drives the same engine with the readings' own clock.
 //!
 //! # How rules behave
 //!
