@@ -54,8 +54,37 @@ pub enum Command {
     Readings(ReadingsArgs),
     /// Print the alerts history.
     Alerts(AlertsArgs),
+    /// Backtest: run the configured rules over recorded readings and print what they
+    /// would have done. Sends nothing.
+    Replay(ReplayArgs),
     /// Measure the pipeline end to end: MQTT over TCP → broker → decode → SQLite.
     Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Readings from this database.
+    #[arg(
+        long,
+        value_name = "PATH",
+        required_unless_present = "csv",
+        conflicts_with = "csv"
+    )]
+    pub db: Option<PathBuf>,
+    /// Readings from a CSV file with the header `series,ts,value` (ts RFC 3339 or epoch ms).
+    #[arg(long, value_name = "FILE")]
+    pub csv: Option<PathBuf>,
+    /// Only series matching this pattern (MQTT wildcards).
+    #[arg(long, default_value = "#")]
+    pub series: String,
+    /// Only readings newer than this (from the database), e.g. 7d.
+    #[arg(long, value_parser = parse_duration)]
+    pub since: Option<Duration>,
+    /// Print each transition as a JSON object a line, and nothing else.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -206,6 +235,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Readings(args) => readings(args).await,
         Command::Alerts(args) => alerts(args).await,
         Command::Bench(args) => bench(args).await,
+        Command::Replay(args) => replay(args).await,
     }
 }
 
@@ -534,4 +564,156 @@ async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+async fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
+    let (cfg, source) = load(args.config.config.as_deref())?;
+    init_logging(&cfg, true);
+    let readings: Vec<crate::model::Reading> = match (&args.db, &args.csv) {
+        (Some(db), _) => {
+            let pool = sqlite::open_existing(db)
+                .await
+                .with_context(|| format!("while opening {}", db.display()))?;
+            let since = args
+                .since
+                .map_or(i64::MIN, |d| now_ms() - d.as_millis() as i64);
+            let mut names: std::collections::HashMap<String, crate::model::SeriesId> =
+                std::collections::HashMap::new();
+            sqlite::query_readings(&pool, &args.series, since)
+                .await?
+                .into_iter()
+                .map(|(s, ts, value)| {
+                    let series = names
+                        .entry(s)
+                        .or_insert_with_key(|k| std::sync::Arc::from(k.as_str()))
+                        .clone();
+                    crate::model::Reading {
+                        series,
+                        value,
+                        ts,
+                        unit: None,
+                    }
+                })
+                .collect()
+        }
+        (None, Some(csv)) => read_csv(csv, &args.series)?,
+        (None, None) => anyhow::bail!("give --db PATH or --csv FILE"),
+    };
+    if cfg.rules.is_empty() {
+        eprintln!("warning: {source} has no [[rules]]: nothing to replay");
+    }
+    let report = crate::engine::replay(&cfg.rules, &cfg.engine, readings);
+    use std::io::Write;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for e in &report.events {
+        if args.json {
+            writeln!(
+                out,
+                "{}",
+                serde_json::to_string(&sqlite::AlertRow::from_event(e))?
+            )?;
+        } else {
+            let value = e
+                .value
+                .map(|v| {
+                    format!(
+                        "{}{}",
+                        crate::engine::fmt_num(v),
+                        e.unit.as_deref().unwrap_or("")
+                    )
+                })
+                .unwrap_or_default();
+            let sent = if e.notify.is_empty() { " " } else { "✉" };
+            writeln!(
+                out,
+                "{}  {sent} {:<12} {:<8} {:<40} {:>10}  {}",
+                format_ts(e.ts),
+                e.state,
+                e.severity,
+                e.alert_id(),
+                value,
+                e.message
+            )?;
+        }
+    }
+    if !args.json {
+        if !report.events.is_empty() {
+            writeln!(out)?;
+        }
+        write!(out, "{}", crate::engine::render_summary(&report))?;
+    }
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Reads `series,ts,value` rows; a bad row is an error naming the file and line.
+fn read_csv(path: &Path, pattern: &str) -> anyhow::Result<Vec<crate::model::Reading>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("while reading {}", path.display()))?;
+    let mut lines = text.lines().enumerate();
+    let header = lines
+        .next()
+        .map(|(_, l)| l.trim().to_ascii_lowercase())
+        .unwrap_or_default();
+    if header.replace(' ', "") != "series,ts,value" {
+        return Err(config::ConfigError {
+            file: path.display().to_string(),
+            line: Some(1),
+            col: Some(1),
+            field: None,
+            message: format!("expected the header `series,ts,value`, found {header:?}"),
+        }
+        .into());
+    }
+    let mut names: std::collections::HashMap<String, crate::model::SeriesId> =
+        std::collections::HashMap::new();
+    let mut out = Vec::new();
+    for (i, line) in lines {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let bad = |msg: String| config::ConfigError {
+            file: path.display().to_string(),
+            line: Some(i + 1),
+            col: None,
+            field: None,
+            message: msg,
+        };
+        let mut parts = line.rsplitn(3, ',');
+        let (Some(value), Some(ts), Some(series)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(bad(format!("expected series,ts,value, found {line:?}")).into());
+        };
+        let series = series.trim().trim_matches('"');
+        if !crate::model::topic_matches(pattern, series) {
+            continue;
+        }
+        let ts = ts.trim();
+        let ts = match ts.parse::<i64>() {
+            Ok(ms) => ms,
+            Err(_) => chrono::DateTime::parse_from_rfc3339(ts)
+                .map(|t| t.timestamp_millis())
+                .map_err(|_| {
+                    bad(format!(
+                        "ts {ts:?} is neither epoch milliseconds nor RFC 3339"
+                    ))
+                })?,
+        };
+        let value: f64 = value
+            .trim()
+            .parse()
+            .map_err(|_| bad(format!("value {:?} is not a number", value.trim())))?;
+        let id = names
+            .entry(series.to_string())
+            .or_insert_with_key(|k| std::sync::Arc::from(k.as_str()))
+            .clone();
+        out.push(crate::model::Reading {
+            series: id,
+            value,
+            ts,
+            unit: None,
+        });
+    }
+    Ok(out)
 }

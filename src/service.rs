@@ -23,10 +23,41 @@ use anyhow::Context;
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
 
+use std::collections::HashMap;
+
+use tokio::sync::oneshot;
+
 use crate::config::{BrokerMode, Config};
-use crate::model::{Control, LiveEvent, PipelineStatus, Reading};
+use crate::engine::{AlertView, Engine};
+use crate::model::{now_ms, Control, LiveEvent, PipelineStatus, Reading, SeriesId, Timestamp};
 use crate::source::mqtt::{self, SourceStats};
-use crate::store::sqlite::{self, StoreMsg, StoreStats, Writer, WriterConfig};
+use crate::store::sqlite::{self, AlertBatch, StoreMsg, StoreStats, Writer, WriterConfig};
+
+/// A request from a person to the engine, with where to send the answer.
+#[derive(Debug)]
+pub struct ControlRequest {
+    pub control: Control,
+    /// The words to answer with, or why it was refused.
+    pub reply: Option<oneshot::Sender<Result<String, String>>>,
+}
+
+/// The latest value of a series, as the engine stage last saw it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LastValue {
+    pub value: f64,
+    pub ts: Timestamp,
+    pub unit: Option<Arc<str>>,
+}
+
+/// What the engine stage publishes about itself once a second: the alerts that are not
+/// ok and the latest value of every series (for `/status`, `/last`, the TUI).
+#[derive(Debug, Clone, Default)]
+pub struct EngineView {
+    pub alerts: Vec<AlertView>,
+    pub last: HashMap<SeriesId, LastValue>,
+    /// Readings the engine ignored (older than the newest of their series, not finite).
+    pub ignored: u64,
+}
 
 /// Capacity of the live bus in messages (a readings batch is one): viewers further
 /// behind than this miss events (counted). Kept small: every slot may hold a batch.
@@ -47,7 +78,9 @@ pub struct Service {
     pub source_stats: Arc<SourceStats>,
     pub store_stats: Arc<StoreStats>,
     pub live: broadcast::Sender<LiveEvent>,
-    pub control: mpsc::Sender<Control>,
+    pub control: mpsc::Sender<ControlRequest>,
+    /// Refreshed by the engine stage about once a second.
+    pub view: watch::Receiver<Arc<EngineView>>,
     stop_source: Arc<AtomicBool>,
     stop_tx: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -68,7 +101,8 @@ impl Service {
 
         let (readings_tx, readings_rx) = mpsc::channel::<Vec<Reading>>(256);
         let (store_tx, store_rx) = mpsc::channel::<StoreMsg>(1024);
-        let (control_tx, control_rx) = mpsc::channel::<Control>(64);
+        let (control_tx, control_rx) = mpsc::channel::<ControlRequest>(64);
+        let (view_tx, view) = watch::channel(Arc::new(EngineView::default()));
         let (live, _) = broadcast::channel::<LiveEvent>(LIVE_CAPACITY);
         let (stop_tx, stop_rx) = watch::channel(false);
 
@@ -82,12 +116,17 @@ impl Service {
             maintenance_interval: Duration::from_secs(300),
         };
         let mut tasks = vec![tokio::spawn(sqlite::run_writer(writer, store_rx, wcfg))];
-        tasks.push(tokio::spawn(run_engine(
-            readings_rx,
-            control_rx,
-            store_tx,
-            live.clone(),
-        )));
+        let engine = start_engine(&cfg, &pool).await?;
+        let stage = EngineStage {
+            engine,
+            store: store_tx,
+            live: live.clone(),
+            view: view_tx,
+            last: HashMap::new(),
+            events: Vec::new(),
+        };
+        let tick = cfg.engine.tick.std();
+        tasks.push(tokio::spawn(stage.run(readings_rx, control_rx, tick)));
 
         let source_stats = Arc::new(SourceStats::default());
         let stop_source = Arc::new(AtomicBool::new(false));
@@ -154,6 +193,7 @@ impl Service {
             store_stats,
             live,
             control: control_tx,
+            view,
             stop_source,
             stop_tx,
             tasks,
@@ -197,27 +237,181 @@ impl Service {
     }
 }
 
+/// Builds the engine from the rules, restores the persisted alert state and silences,
+/// and refills rate and window rules from the stored readings.
+async fn start_engine(cfg: &Config, pool: &sqlx::SqlitePool) -> anyhow::Result<Engine> {
+    let mut engine = Engine::new(&cfg.rules, &cfg.engine);
+    let now = now_ms();
+    let (alerts, silences) = sqlite::load_engine_state(pool)
+        .await
+        .context("while loading the alert state")?;
+    let (n_alerts, n_silences) = (alerts.len(), silences.len());
+    engine.restore(alerts, silences, now);
+    let mut primed = 0;
+    if let Some(window) = engine.max_window_ms() {
+        let mut history = sqlite::query_readings(pool, "#", now.saturating_sub(window)).await?;
+        history.sort_by_key(|r| r.1);
+        let mut names: HashMap<String, SeriesId> = HashMap::new();
+        for (series, ts, value) in history {
+            let id = names
+                .entry(series)
+                .or_insert_with_key(|k| Arc::from(k.as_str()))
+                .clone();
+            engine.prime(&Reading {
+                series: id,
+                value,
+                ts,
+                unit: None,
+            });
+            primed += 1;
+        }
+    }
+    tracing::info!(
+        rules = cfg.rules.len(),
+        alerts = n_alerts,
+        silences = n_silences,
+        primed,
+        "rules engine ready"
+    );
+    Ok(engine)
+}
+
 /// The engine stage: readings in; readings, alert events and state out.
-async fn run_engine(
-    mut rx: mpsc::Receiver<Vec<Reading>>,
-    mut control: mpsc::Receiver<Control>,
+struct EngineStage {
+    engine: Engine,
     store: mpsc::Sender<StoreMsg>,
     live: broadcast::Sender<LiveEvent>,
-) {
-    loop {
-        tokio::select! {
-            batch = rx.recv() => {
-                let Some(batch) = batch else { break };
-                let shared: Arc<[Reading]> = batch.into();
-                let _ = live.send(LiveEvent::Readings(shared.clone()));
-                if store.send(StoreMsg::Readings(shared)).await.is_err() {
-                    break;
+    view: watch::Sender<Arc<EngineView>>,
+    last: HashMap<SeriesId, LastValue>,
+    /// Reused between batches.
+    events: Vec<crate::model::AlertEvent>,
+}
+
+impl EngineStage {
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Vec<Reading>>,
+        mut control: mpsc::Receiver<ControlRequest>,
+        tick: Duration,
+    ) {
+        let mut ticker = tokio::time::interval(tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                batch = rx.recv() => {
+                    let Some(batch) = batch else { break };
+                    let now = now_ms();
+                    for r in &batch {
+                        self.engine.on_reading(r, now, &mut self.events);
+                        match self.last.get_mut(&r.series) {
+                            Some(l) if l.ts > r.ts => {}
+                            Some(l) => *l = LastValue { value: r.value, ts: r.ts, unit: r.unit.clone().or(l.unit.take()) },
+                            None => {
+                                self.last.insert(r.series.clone(), LastValue { value: r.value, ts: r.ts, unit: r.unit.clone() });
+                            }
+                        }
+                    }
+                    let shared: Arc<[Reading]> = batch.into();
+                    let _ = self.live.send(LiveEvent::Readings(shared.clone()));
+                    if self.store.send(StoreMsg::Readings(shared)).await.is_err() {
+                        break;
+                    }
+                    if !self.events.is_empty() && !self.emit().await {
+                        break;
+                    }
+                }
+                _ = ticker.tick() => {
+                    let now = now_ms();
+                    self.engine.tick(now, &mut self.events);
+                    if !self.emit().await {
+                        break;
+                    }
+                    self.publish_view(now);
+                }
+                Some(req) = control.recv() => {
+                    let now = now_ms();
+                    let answer = match self.engine.control(&req.control, now) {
+                        Ok(events) => {
+                            let words = describe(&req.control, &events);
+                            tracing::info!(request = ?req.control, "{words}");
+                            self.events.extend(events);
+                            Ok(words)
+                        }
+                        Err(e) => {
+                            tracing::warn!(request = ?req.control, "refused: {e}");
+                            Err(e.to_string())
+                        }
+                    };
+                    if let Some(reply) = req.reply {
+                        let _ = reply.send(answer);
+                    }
+                    if !self.emit().await {
+                        break;
+                    }
+                    self.publish_view(now);
                 }
             }
-            Some(c) = control.recv() => {
-                tracing::info!(?c, "control request");
-            }
         }
+        // The input has ended: persist what changed since the last batch.
+        let _ = self.emit().await;
+    }
+
+    /// Sends pending events and state to the store (and events to the live bus).
+    /// False when the store is gone.
+    async fn emit(&mut self) -> bool {
+        let batch = AlertBatch {
+            events: std::mem::take(&mut self.events),
+            state: self.engine.take_dirty(),
+            silences: self.engine.take_dirty_silences(),
+        };
+        if batch.is_empty() {
+            return true;
+        }
+        for e in &batch.events {
+            let _ = self.live.send(LiveEvent::Alert(e.clone()));
+        }
+        self.store.send(StoreMsg::Alerts(batch)).await.is_ok()
+    }
+
+    fn publish_view(&self, now: Timestamp) {
+        let view = EngineView {
+            alerts: self.engine.snapshot(now),
+            last: self.last.clone(),
+            ignored: self.engine.ignored_readings(),
+        };
+        self.view.send_replace(Arc::new(view));
+    }
+}
+
+/// What to answer a person whose request was carried out.
+fn describe(c: &Control, events: &[crate::model::AlertEvent]) -> String {
+    match c {
+        Control::Ack { .. } => {
+            let ids: Vec<String> = events.iter().map(|e| e.alert_id()).collect();
+            format!(
+                "acknowledged {}",
+                if ids.is_empty() {
+                    "nothing".to_string()
+                } else {
+                    ids.join(", ")
+                }
+            )
+        }
+        Control::Silence {
+            pattern,
+            until,
+            reason,
+            ..
+        } => {
+            format!(
+                "silenced {pattern} until {} ({reason})",
+                crate::model::format_ts(*until)
+            )
+        }
+        Control::Unsilence {
+            pattern: Some(p), ..
+        } => format!("silence {p} lifted"),
+        Control::Unsilence { pattern: None, .. } => "all silences lifted".to_string(),
     }
 }
 

@@ -223,8 +223,10 @@ pub struct ConfigError {
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.file)?;
-        if let (Some(l), Some(c)) = (self.line, self.col) {
-            write!(f, ":{l}:{c}")?;
+        match (self.line, self.col) {
+            (Some(l), Some(c)) => write!(f, ":{l}:{c}")?,
+            (Some(l), None) => write!(f, ":{l}")?,
+            _ => {}
         }
         f.write_str(": ")?;
         if let Some(field) = &self.field {

@@ -24,7 +24,9 @@
 //!   Events carry the delta.
 //! - **window**: `agg` (avg, min, max, sum, count, spread = max − min) over the
 //!   readings with ts in [now − `window`, now], both ends included, then threshold
-//!   semantics on the aggregate. Events carry the aggregate. Cost per reading is O(1)
+//!   semantics on the aggregate, once the series has reported for a whole window
+//!   (before that the alert keeps its state: the spread of one reading is 0, the
+//!   count of a fresh series is low). Events carry the aggregate. Cost per reading is O(1)
 //!   amortised and memory is the readings inside one window.
 //! - **deadman**: when a series has sent nothing for `silence` (by the clock passed
 //!   to `tick`; in `replay`, the replayed clock), the alert fires, stamped
@@ -97,7 +99,7 @@ pub use replay::{render_summary, replay, ReplayReport, Replayer, RuleSummary};
 use rule::{EvalState, Kind, Rule};
 
 /// Persisted state of one alert, as the store keeps it (upsert by rule and series).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct AlertRecord {
     pub rule: String,
     pub series: String,
@@ -121,7 +123,7 @@ pub struct AlertRecord {
 }
 
 /// A silence, as the store keeps it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SilenceRecord {
     /// Matched against rule names and series, with MQTT wildcards.
     pub pattern: String,
@@ -133,7 +135,7 @@ pub struct SilenceRecord {
 }
 
 /// An alert that is not ok, for `/status`, the TUI and `centinela alerts`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct AlertView {
     pub rule: String,
     pub series: String,

@@ -226,9 +226,11 @@ impl EvalState {
                 EvalState::Window(w),
             ) => {
                 let a = w.push(ts, v, *window);
+                // Until a whole window has been seen the alert keeps its state.
+                let full = w.full(ts, *window);
                 Verdict {
-                    on: dir.on(a, *threshold),
-                    off: dir.off(a, *clear),
+                    on: full && dir.on(a, *threshold),
+                    off: full && dir.off(a, *clear),
                     value: a,
                 }
             }
@@ -281,9 +283,17 @@ pub(crate) struct WindowState {
     evicted: usize,
     mins: VecDeque<(Timestamp, f64)>,
     maxs: VecDeque<(Timestamp, f64)>,
+    /// Timestamp of the first reading seen: the aggregate means nothing until the
+    /// series has reported for a whole window (the spread of one reading is 0).
+    first: Option<Timestamp>,
 }
 
 impl WindowState {
+    /// Whether the readings seen so far span a whole window ending at `ts`.
+    pub(crate) fn full(&self, ts: Timestamp, window: i64) -> bool {
+        self.first.is_some_and(|f| ts.saturating_sub(window) >= f)
+    }
+
     pub(crate) fn new(agg: Agg) -> Self {
         Self {
             agg,
@@ -292,11 +302,13 @@ impl WindowState {
             evicted: 0,
             mins: VecDeque::new(),
             maxs: VecDeque::new(),
+            first: None,
         }
     }
 
     /// Adds a reading (timestamps non-decreasing) and returns the aggregate.
     pub(crate) fn push(&mut self, ts: Timestamp, v: f64, window: i64) -> f64 {
+        self.first.get_or_insert(ts);
         let lo = ts.saturating_sub(window);
         let (use_items, use_min, use_max) = match self.agg {
             Agg::Avg | Agg::Sum | Agg::Count => (true, false, false),

@@ -622,7 +622,11 @@ fn messages_from_templates_and_defaults() {
 
     let mut h = H::new("[[rules]]\nname = \"n\"\nseries = \"#\"\nkind = \"window\"\nagg = \"count\"\nwindow = \"5m\"\nbelow = 2.0\n");
     h.units = Some(Arc::from("°C"));
-    let evs = h.at("s", 0, 1.0);
+    assert!(
+        h.at("s", 0, 1.0).is_empty(),
+        "no verdict before a whole window"
+    );
+    let evs = h.at("s", 6 * M, 1.0);
     assert_eq!(
         evs[0].message, "count of s over 5m is 1, below 2",
         "a count has no unit"
@@ -1045,4 +1049,19 @@ fn replay_streams_events_and_orders_ticks_after_readings_of_the_same_instant() {
         }),
         "No readings to replay.\n0 events.\n\nNo rules configured.\n"
     );
+}
+
+#[test]
+fn window_rules_wait_for_a_whole_window_before_judging() {
+    let mut h = H::new("[[rules]]\nname = \"stuck\"\nseries = \"#\"\nkind = \"window\"\nagg = \"spread\"\nwindow = \"1m\"\nbelow = 0.05\n");
+    // A fresh series has a spread of 0: that is not a stuck sensor yet.
+    assert!(h.at("s", 0, 20.0).is_empty());
+    assert!(h.at("s", 30_000, 20.0).is_empty());
+    // A whole minute of the same value is.
+    let evs = h.at("s", 60_000, 20.0);
+    assert_eq!(evs.len(), 1);
+    assert_eq!(evs[0].state, AlertState::Firing);
+    // It moves again: resolved.
+    let evs = h.at("s", 70_000, 20.5);
+    assert_eq!(evs[0].state, AlertState::Resolved);
 }

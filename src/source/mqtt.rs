@@ -18,6 +18,7 @@ use super::decode::{DecodeError, Decoder};
 use crate::broker::Link;
 use crate::config::{parse_mqtt_url, BrokerConfig, IngestConfig};
 use crate::model::{now_ms, Control, Reading};
+use crate::service::ControlRequest;
 
 /// Topic on which `Control` requests (JSON) reach the engine.
 pub const CONTROL_TOPIC: &str = "centinela/control";
@@ -69,7 +70,7 @@ struct Ingest {
     last_warn: [Option<Instant>; DecodeError::REASONS.len()],
     suppressed: [u64; DecodeError::REASONS.len()],
     batch: Vec<Reading>,
-    control: mpsc::Sender<Control>,
+    control: mpsc::Sender<ControlRequest>,
 }
 
 impl Ingest {
@@ -77,7 +78,7 @@ impl Ingest {
         ingest: &IngestConfig,
         max_payload: usize,
         stats: Arc<SourceStats>,
-        control: mpsc::Sender<Control>,
+        control: mpsc::Sender<ControlRequest>,
     ) -> Self {
         Self {
             decoder: Decoder::new(&ingest.prefix, max_payload),
@@ -93,8 +94,15 @@ impl Ingest {
     fn message(&mut self, topic: &str, payload: &[u8], now: i64) {
         if topic == CONTROL_TOPIC {
             match serde_json::from_slice::<Control>(payload) {
-                Ok(c) => {
-                    if self.control.try_send(c).is_err() {
+                Ok(control) => {
+                    if self
+                        .control
+                        .try_send(ControlRequest {
+                            control,
+                            reply: None,
+                        })
+                        .is_err()
+                    {
                         tracing::warn!("control request dropped: the engine is busy");
                     }
                 }
@@ -144,7 +152,7 @@ pub fn run_embedded(
     max_payload: usize,
     stats: Arc<SourceStats>,
     out: mpsc::Sender<Vec<Reading>>,
-    control: mpsc::Sender<Control>,
+    control: mpsc::Sender<ControlRequest>,
     stop: Arc<AtomicBool>,
 ) {
     stats.connected.store(true, Ordering::Relaxed);
@@ -223,7 +231,7 @@ pub async fn run_external(
     ingest: &IngestConfig,
     stats: Arc<SourceStats>,
     out: mpsc::Sender<Vec<Reading>>,
-    control: mpsc::Sender<Control>,
+    control: mpsc::Sender<ControlRequest>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), SourceError> {
     let (opts, url) = external_options(cfg)?;

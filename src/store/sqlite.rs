@@ -19,6 +19,7 @@ use sqlx::{Row, SqlitePool};
 use tokio::sync::mpsc;
 
 use super::chunk;
+use crate::engine::{AlertRecord, SilenceRecord};
 use crate::model::{format_ts, AlertEvent, AlertState, Reading, SeriesId, Severity, Timestamp};
 
 #[derive(Debug, thiserror::Error)]
@@ -74,13 +75,27 @@ pub async fn open_existing(path: &Path) -> Result<SqlitePool, StoreError> {
 #[derive(Debug)]
 pub enum StoreMsg {
     Readings(Arc<[Reading]>),
-    Events(Vec<AlertEvent>),
-    /// Engine state to persist: (rule, series, JSON record or `None` to delete).
-    AlertState(Vec<(String, String, Option<String>)>),
-    /// Silences to persist: (id, JSON record or `None` to delete).
-    Silences(Vec<(String, Option<String>)>),
+    /// Alert transitions and the engine state they leave behind, written in one
+    /// transaction so a crash never separates an event from its state.
+    Alerts(AlertBatch),
     /// Write everything buffered now, then answer.
     Flush(tokio::sync::oneshot::Sender<()>),
+}
+
+/// What the engine hands the store after a reading or a tick.
+#[derive(Debug, Default)]
+pub struct AlertBatch {
+    pub events: Vec<AlertEvent>,
+    /// Alert states changed since the last batch (upsert by rule and series).
+    pub state: Vec<AlertRecord>,
+    /// The whole set of silences, when it changed.
+    pub silences: Option<Vec<SilenceRecord>>,
+}
+
+impl AlertBatch {
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty() && self.state.is_empty() && self.silences.is_none()
+    }
 }
 
 /// Counters the writer keeps; read by the status line, `/metrics` and the bench.
@@ -305,15 +320,17 @@ impl Writer {
         Ok(())
     }
 
-    /// Appends alert events to the history.
-    pub async fn write_events(&self, events: &[AlertEvent]) -> Result<(), StoreError> {
-        if events.is_empty() {
+    /// Appends alert events to the history and saves the engine state, in one
+    /// transaction.
+    pub async fn write_alerts(&self, batch: &AlertBatch, now: Timestamp) -> Result<(), StoreError> {
+        if batch.is_empty() {
             return Ok(());
         }
         let mut tx = self.pool.begin().await?;
-        for part in events.chunks(ROWS_PER_STATEMENT) {
-            let mut q =
-                sqlx::QueryBuilder::new("INSERT INTO alerts (rule, series, state, severity, value, unit, ts, message, notify) ");
+        for part in batch.events.chunks(ROWS_PER_STATEMENT) {
+            let mut q = sqlx::QueryBuilder::new(
+                "INSERT INTO alerts (rule, series, state, severity, value, unit, ts, message, notify) ",
+            );
             q.push_values(part, |mut b, e| {
                 b.push_bind(&e.rule)
                     .push_bind(&e.series)
@@ -327,69 +344,36 @@ impl Writer {
             });
             q.build().execute(&mut *tx).await?;
         }
+        for part in batch.state.chunks(ROWS_PER_STATEMENT) {
+            let mut q =
+                sqlx::QueryBuilder::new("INSERT INTO alert_state (rule, series, record, updated) ");
+            q.push_values(part, |mut b, r| {
+                // Plain data with string keys: serialising cannot fail.
+                let json = serde_json::to_string(r).unwrap_or_default();
+                b.push_bind(&r.rule)
+                    .push_bind(&r.series)
+                    .push_bind(json)
+                    .push_bind(now);
+            });
+            q.push(" ON CONFLICT(rule, series) DO UPDATE SET record = excluded.record, updated = excluded.updated");
+            q.build().execute(&mut *tx).await?;
+        }
+        if let Some(silences) = &batch.silences {
+            sqlx::query("DELETE FROM silences")
+                .execute(&mut *tx)
+                .await?;
+            for s in silences {
+                sqlx::query("INSERT OR REPLACE INTO silences (id, record) VALUES (?, ?)")
+                    .bind(&s.pattern)
+                    .bind(serde_json::to_string(s).unwrap_or_default())
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
         tx.commit().await?;
         self.stats
             .events
-            .fetch_add(events.len() as u64, Ordering::Relaxed);
-        Ok(())
-    }
-
-    pub async fn write_alert_state(
-        &self,
-        rows: &[(String, String, Option<String>)],
-        now: Timestamp,
-    ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        for (rule, series, record) in rows {
-            match record {
-                Some(r) => {
-                    sqlx::query(
-                        "INSERT INTO alert_state (rule, series, record, updated) VALUES (?, ?, ?, ?) \
-                         ON CONFLICT(rule, series) DO UPDATE SET record = excluded.record, updated = excluded.updated",
-                    )
-                    .bind(rule)
-                    .bind(series)
-                    .bind(r)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                None => {
-                    sqlx::query("DELETE FROM alert_state WHERE rule = ? AND series = ?")
-                        .bind(rule)
-                        .bind(series)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-            }
-        }
-        tx.commit().await?;
-        Ok(())
-    }
-
-    pub async fn write_silences(
-        &self,
-        rows: &[(String, Option<String>)],
-    ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        for (id, record) in rows {
-            match record {
-                Some(r) => {
-                    sqlx::query("INSERT OR REPLACE INTO silences (id, record) VALUES (?, ?)")
-                        .bind(id)
-                        .bind(r)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                None => {
-                    sqlx::query("DELETE FROM silences WHERE id = ?")
-                        .bind(id)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-            }
-        }
-        tx.commit().await?;
+            .fetch_add(batch.events.len() as u64, Ordering::Relaxed);
         Ok(())
     }
 
@@ -501,19 +485,16 @@ pub async fn run_writer(mut w: Writer, mut rx: mpsc::Receiver<StoreMsg>, cfg: Wr
         tokio::select! {
             msg = rx.recv() => match msg {
                 Some(StoreMsg::Readings(r)) => w.add(&r),
-                Some(StoreMsg::Events(e)) => {
-                    if let Err(err) = w.write_events(&e).await {
-                        tracing::error!(error = %err, events = e.len(), "cannot write alert events");
-                    }
-                }
-                Some(StoreMsg::AlertState(rows)) => {
-                    if let Err(err) = w.write_alert_state(&rows, crate::model::now_ms()).await {
-                        tracing::error!(error = %err, "cannot write alert state");
-                    }
-                }
-                Some(StoreMsg::Silences(rows)) => {
-                    if let Err(err) = w.write_silences(&rows).await {
-                        tracing::error!(error = %err, "cannot write silences");
+                Some(StoreMsg::Alerts(batch)) => {
+                    // Alerts matter more than a missed retry: try a few times.
+                    for attempt in 1..=5 {
+                        match w.write_alerts(&batch, crate::model::now_ms()).await {
+                            Ok(()) => break,
+                            Err(err) => {
+                                tracing::error!(error = %err, attempt, events = batch.events.len(), "cannot write alert events");
+                                tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+                            }
+                        }
                     }
                 }
                 Some(StoreMsg::Flush(done)) => {
@@ -621,6 +602,22 @@ pub struct AlertRow {
     pub message: String,
 }
 
+impl AlertRow {
+    /// The row an event becomes in the history.
+    pub fn from_event(e: &AlertEvent) -> Self {
+        AlertRow {
+            rule: e.rule.clone(),
+            series: e.series.clone(),
+            state: e.state.as_str().to_string(),
+            severity: e.severity.as_str().to_string(),
+            value: e.value,
+            unit: e.unit.clone(),
+            ts: format_ts(e.ts),
+            message: e.message.clone(),
+        }
+    }
+}
+
 pub async fn query_alerts(
     pool: &SqlitePool,
     since: Timestamp,
@@ -651,30 +648,38 @@ pub async fn query_alerts(
         .collect()
 }
 
-/// Persisted engine state: (rule, series, record JSON) rows and silence records.
+/// Persisted engine state. A row that does not parse (written by another version) is
+/// skipped with a warning rather than stopping the start.
 pub async fn load_engine_state(
     pool: &SqlitePool,
-) -> Result<(Vec<(String, String, String)>, Vec<String>), StoreError> {
-    let alerts = sqlx::query("SELECT rule, series, record FROM alert_state")
+) -> Result<(Vec<AlertRecord>, Vec<SilenceRecord>), StoreError> {
+    let rows = sqlx::query("SELECT rule, series, record FROM alert_state")
         .fetch_all(pool)
         .await?;
-    let alerts = alerts
-        .iter()
-        .map(|r| {
-            Ok((
-                r.try_get("rule")?,
-                r.try_get("series")?,
-                r.try_get("record")?,
-            ))
-        })
-        .collect::<Result<Vec<_>, sqlx::Error>>()?;
-    let silences = sqlx::query("SELECT record FROM silences")
+    let mut alerts = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let record: String = r.try_get("record")?;
+        match serde_json::from_str(&record) {
+            Ok(a) => alerts.push(a),
+            Err(e) => {
+                let (rule, series): (String, String) = (r.try_get("rule")?, r.try_get("series")?);
+                tracing::warn!(rule, series, error = %e, "stored alert state unreadable: skipped");
+            }
+        }
+    }
+    let rows = sqlx::query("SELECT id, record FROM silences")
         .fetch_all(pool)
         .await?;
-    let silences = silences
-        .iter()
-        .map(|r| r.try_get("record"))
-        .collect::<Result<Vec<String>, _>>()?;
+    let mut silences = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let record: String = r.try_get("record")?;
+        match serde_json::from_str(&record) {
+            Ok(s) => silences.push(s),
+            Err(e) => {
+                tracing::warn!(id = r.try_get::<String, _>("id")?, error = %e, "stored silence unreadable: skipped")
+            }
+        }
+    }
     Ok((alerts, silences))
 }
 

@@ -1,0 +1,305 @@
+//! The `centinela` binary as a user runs it: exit codes, output formats, a service
+//! stopped by SIGTERM and one killed with SIGKILL and restarted.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use support::mqtt::{free_port, Publisher};
+
+const BIN: &str = env!("CARGO_BIN_EXE_centinela");
+
+fn centinela(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env_remove("CENTINELA_CONFIG")
+        .output()
+        .unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn write_config(dir: &Path, port: u16, extra: &str) -> PathBuf {
+    let path = dir.join("centinela.toml");
+    let text = format!(
+        "[broker]\nlisten = \"127.0.0.1:{port}\"\n\n[storage.sqlite]\npath = \"{}\"\nflush_interval = \"200ms\"\n\n[engine]\ntick = \"100ms\"\n\n{extra}",
+        dir.join("c.db").display()
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn start_service(config: &Path, port: u16) -> Child {
+    let child = Command::new(BIN)
+        .args(["run", "--config", config.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the service did not start listening on {port}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child
+}
+
+fn signal(child: &Child, sig: &str) {
+    assert!(Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+}
+
+fn alerts_json(db: &Path) -> Vec<serde_json::Value> {
+    let o = centinela(&["alerts", "--db", db.to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[test]
+fn validate_exits_2_naming_file_line_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, "[ingest]\nprefix = \"sensors\"\n\n[[rules]]\nname = \"hot\"\nseries = \"#\"\nkind = \"threshold\"\nabove = 30.0\nclear = 35.0\n").unwrap();
+    let o = centinela(&["validate", "--config", path.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = stderr(&o);
+    assert!(
+        err.contains(&format!("{}:9:9: rules[0].clear:", path.display())),
+        "{err}"
+    );
+
+    std::fs::write(
+        &path,
+        "[storage.sqlite]\nflush_interval = \"1s\"\nretention = \"30d\"\n",
+    )
+    .unwrap();
+    let o = centinela(&["validate", "--config", path.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stdout(&o).starts_with("ok: "));
+}
+
+#[test]
+fn config_prints_the_annotated_default_which_validates() {
+    let o = centinela(&["config"]);
+    assert!(o.status.success());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("default.toml");
+    std::fs::write(&path, &o.stdout).unwrap();
+    assert!(stdout(&o).contains("[storage.sqlite]"));
+    assert_eq!(
+        centinela(&["validate", "--config", path.to_str().unwrap()])
+            .status
+            .code(),
+        Some(0)
+    );
+}
+
+#[test]
+fn replay_of_a_csv_prints_transitions_as_json_and_a_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), 1, "[[rules]]\nname = \"hot\"\nseries = \"gh/+/t\"\nkind = \"threshold\"\nabove = 30.0\nclear = 28.0\nseverity = \"critical\"\n");
+    let csv = dir.path().join("r.csv");
+    std::fs::write(
+        &csv,
+        "series,ts,value\ngh/a/t,2026-11-20T10:00:00Z,25\ngh/a/t,2026-11-20T10:01:00Z,31.5\ngh/a/t,1795169040000,29\ngh/a/t,2026-11-20T10:05:00Z,27\n",
+    )
+    .unwrap();
+    let o = centinela(&[
+        "replay",
+        "--config",
+        config.to_str().unwrap(),
+        "--csv",
+        csv.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let lines: Vec<serde_json::Value> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{}", stdout(&o));
+    assert_eq!(lines[0]["state"], "firing");
+    assert_eq!(lines[0]["rule"], "hot");
+    assert_eq!(lines[0]["series"], "gh/a/t");
+    assert_eq!(lines[0]["severity"], "critical");
+    assert_eq!(lines[0]["value"], 31.5);
+    assert_eq!(lines[0]["ts"], "2026-11-20T10:01:00.000Z");
+    assert_eq!(lines[1]["state"], "resolved");
+    assert_eq!(lines[1]["ts"], "2026-11-20T10:05:00.000Z");
+
+    let o = centinela(&[
+        "replay",
+        "--config",
+        config.to_str().unwrap(),
+        "--csv",
+        csv.to_str().unwrap(),
+    ]);
+    let text = stdout(&o);
+    assert!(text.contains("hot"), "{text}");
+    assert!(text.contains("Replayed 4 readings of 1 series"), "{text}");
+
+    std::fs::write(&csv, "series,ts,value\ngh/a/t,yesterday,25\n").unwrap();
+    let o = centinela(&[
+        "replay",
+        "--config",
+        config.to_str().unwrap(),
+        "--csv",
+        csv.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("r.csv:2"), "{}", stderr(&o));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_flushes_everything_and_readings_prints_json_and_csv() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = write_config(dir.path(), port, "");
+    let mut svc = start_service(&config, port);
+    let mut p = Publisher::connect(port, "cli-test", None).await;
+    for i in 0..50 {
+        p.publish(
+            "sensors/lab/node7",
+            format!(
+                r#"{{"humidity":{}.5,"ts":{}}}"#,
+                40 + i,
+                1_795_600_000_000i64 + i * 1000
+            ),
+        )
+        .await;
+    }
+    p.wait_acked(50).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    signal(&svc, "-TERM");
+    let status = svc.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+
+    let db = dir.path().join("c.db");
+    let o = centinela(&[
+        "readings",
+        "--db",
+        db.to_str().unwrap(),
+        "--series",
+        "lab/+/humidity",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 50);
+    assert_eq!(
+        lines[0],
+        r#"{"series":"lab/node7/humidity","ts":"2026-11-25T09:46:40.000Z","value":40.5}"#
+    );
+    let o = centinela(&["readings", "--db", db.to_str().unwrap(), "--csv"]);
+    let csv = stdout(&o);
+    assert!(
+        csv.starts_with("series,ts,value\nlab/node7/humidity,2026-11-25T09:46:40.000Z,40.5\n"),
+        "{csv}"
+    );
+    assert_eq!(csv.lines().count(), 51);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_firing_alert_survives_kill_9_and_is_not_announced_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let rules = "[[rules]]\nname = \"hot\"\nseries = \"gh/+/temperature\"\nkind = \"threshold\"\nabove = 30.0\nclear = 28.0\n\n\
+                 [[rules]]\nname = \"slow\"\nseries = \"gh/+/humidity\"\nkind = \"threshold\"\nabove = 80.0\nfor = \"1h\"\n";
+    let config = write_config(dir.path(), port, rules);
+    let db = dir.path().join("c.db");
+    let t0 = 1_795_600_000_000i64;
+
+    let mut svc = start_service(&config, port);
+    let mut p = Publisher::connect(port, "kill-test", None).await;
+    p.publish(
+        "sensors/gh/n1/temperature",
+        format!(r#"{{"value":31,"ts":{t0}}}"#),
+    )
+    .await;
+    p.publish(
+        "sensors/gh/n1/humidity",
+        format!(r#"{{"value":85,"ts":{t0}}}"#),
+    )
+    .await;
+    p.wait_acked(2).await;
+    wait_until("firing and pending in the history", || {
+        alerts_json(&db).len() == 2
+    })
+    .await;
+    // Give the state a moment to reach the disk with the events (same transaction).
+    signal(&svc, "-KILL");
+    svc.wait().unwrap();
+    drop(p);
+
+    let mut svc = start_service(&config, port);
+    let mut p = Publisher::connect(port, "kill-test-2", None).await;
+    // Still hot: no new firing event. Humidity one hour after the pending start fires:
+    // the pending start survived the restart.
+    p.publish(
+        "sensors/gh/n1/temperature",
+        format!(r#"{{"value":32,"ts":{}}}"#, t0 + 60_000),
+    )
+    .await;
+    p.publish(
+        "sensors/gh/n1/humidity",
+        format!(r#"{{"value":86,"ts":{}}}"#, t0 + 3_600_000),
+    )
+    .await;
+    p.publish(
+        "sensors/gh/n1/temperature",
+        format!(r#"{{"value":27,"ts":{}}}"#, t0 + 3_700_000),
+    )
+    .await;
+    p.wait_acked(3).await;
+    wait_until("resolved and slow firing", || alerts_json(&db).len() == 4).await;
+    signal(&svc, "-TERM");
+    assert_eq!(svc.wait().unwrap().code(), Some(0));
+
+    let events: Vec<(String, String)> = alerts_json(&db)
+        .iter()
+        .map(|e| {
+            (
+                e["rule"].as_str().unwrap().to_string(),
+                e["state"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let hot: Vec<&str> = events
+        .iter()
+        .filter(|e| e.0 == "hot")
+        .map(|e| e.1.as_str())
+        .collect();
+    assert_eq!(hot, ["firing", "resolved"], "{events:?}");
+    let slow: Vec<&str> = events
+        .iter()
+        .filter(|e| e.0 == "slow")
+        .map(|e| e.1.as_str())
+        .collect();
+    assert_eq!(slow, ["pending", "firing"], "{events:?}");
+}
