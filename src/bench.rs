@@ -133,6 +133,8 @@ pub struct BenchReport {
     pub end_to_end_seconds: f64,
     pub stored_rate: f64,
     pub peak_rss_mib: f64,
+    /// Size of the database (with its WAL) after the run, per stored reading.
+    pub db_bytes_per_reading: f64,
 }
 
 /// Runs the pipeline on a temporary database and a free port, floods it and waits
@@ -182,6 +184,11 @@ pub async fn run(
     let decode_errors = src.errors_total();
     svc.shutdown().await?;
     let stored = store.stored.load(Ordering::Relaxed);
+    let db_bytes: u64 = ["bench.db", "bench.db-wal"]
+        .iter()
+        .filter_map(|f| std::fs::metadata(dir.path().join(f)).ok())
+        .map(|m| m.len())
+        .sum();
     Ok(BenchReport {
         published,
         received,
@@ -193,6 +200,7 @@ pub async fn run(
         end_to_end_seconds,
         stored_rate: stored as f64 / end_to_end_seconds,
         peak_rss_mib: peak_rss_kib() as f64 / 1024.0,
+        db_bytes_per_reading: db_bytes as f64 / stored.max(1) as f64,
     })
 }
 

@@ -77,7 +77,7 @@ pub fn start(cfg: &BrokerConfig, links: &[(&str, Vec<String>)]) -> Result<Vec<Li
     let config = Config {
         id: 0,
         router: RouterConfig {
-            max_connections: 10_010,
+            max_connections: cfg.max_connections,
             max_outgoing_packet_count: 1_000,
             max_segment_size: segment,
             max_segment_count: 8,

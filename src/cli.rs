@@ -89,6 +89,10 @@ pub struct ReplayArgs {
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
+    /// Configuration to benchmark (rules, broker buffer, flush interval); its broker
+    /// address and database path are replaced by a free port and a temporary file.
+    #[command(flatten)]
+    pub config: ConfigArg,
     /// Messages to publish (QoS 0, flat out).
     #[arg(long, default_value_t = 2_000_000)]
     pub messages: u64,
@@ -558,6 +562,10 @@ async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         println!("decode errors    {:>12}", r.decode_errors);
         println!("elapsed          {:>12.2} s", r.end_to_end_seconds);
         println!("peak RSS         {:>12.1} MiB", r.peak_rss_mib);
+        println!(
+            "database         {:>12.1} bytes/reading",
+            r.db_bytes_per_reading
+        );
     }
     Ok(if r.stored == r.published {
         ExitCode::SUCCESS

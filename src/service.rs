@@ -2,8 +2,8 @@
 //! created here and nowhere else, and the order of shutdown.
 //!
 //! ```text
-//!  source (link thread | rumqttc task) ─[readings: 256 batches]─► engine task
-//!  engine ─[store: 1024 msgs]─► sqlite writer      engine ─► live bus (broadcast, lossy)
+//!  source (link thread | rumqttc task) ─[readings: 64 batches]─► engine task
+//!  engine ─[store: 64 msgs]─► sqlite writer      engine ─► live bus (broadcast, lossy)
 //!  control (centinela/control, bot, TUI) ─[64]─► engine
 //! ```
 //!
@@ -99,8 +99,8 @@ impl Service {
             .await
             .with_context(|| format!("while opening {}", db_path.display()))?;
 
-        let (readings_tx, readings_rx) = mpsc::channel::<Vec<Reading>>(256);
-        let (store_tx, store_rx) = mpsc::channel::<StoreMsg>(1024);
+        let (readings_tx, readings_rx) = mpsc::channel::<Vec<Reading>>(64);
+        let (store_tx, store_rx) = mpsc::channel::<StoreMsg>(64);
         let (control_tx, control_rx) = mpsc::channel::<ControlRequest>(64);
         let (view_tx, view) = watch::channel(Arc::new(EngineView::default()));
         let (live, _) = broadcast::channel::<LiveEvent>(LIVE_CAPACITY);

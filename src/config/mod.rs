@@ -73,6 +73,8 @@ pub struct BrokerConfig {
     pub client_id: String,
     /// Largest payload accepted, in bytes.
     pub max_payload: usize,
+    /// Most MQTT connections the embedded broker accepts at once.
+    pub max_connections: usize,
     /// Size of the embedded broker's buffer between publishers and the pipeline, in
     /// MiB: what a burst may reach before the pipeline catches up. Memory use grows to
     /// this size under a steady stream.
@@ -90,6 +92,7 @@ impl Default for BrokerConfig {
             allow_anonymous: false,
             client_id: "centinela".into(),
             max_payload: 64 * 1024,
+            max_connections: 1000,
             buffer_mib: 32,
         }
     }
