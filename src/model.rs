@@ -30,7 +30,9 @@ pub struct Reading {
 }
 
 /// How loud an alert is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {
     Info,
@@ -154,7 +156,12 @@ pub enum Control {
     Ack { alert: String, by: String },
     /// Hold notifications of alerts whose rule or series matches `pattern` (MQTT
     /// wildcards) until `until`.
-    Silence { pattern: String, until: Timestamp, reason: String, by: String },
+    Silence {
+        pattern: String,
+        until: Timestamp,
+        reason: String,
+        by: String,
+    },
     /// Lift the silences whose pattern is `pattern` (all when `None`).
     Unsilence { pattern: Option<String>, by: String },
 }

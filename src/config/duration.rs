@@ -36,7 +36,11 @@ impl std::str::FromStr for Duration {
     fn from_str(s: &str) -> Result<Self, String> {
         humantime::parse_duration(s.trim())
             .map(Duration)
-            .map_err(|e| format!("{s:?} is not a duration ({e}); write e.g. \"30s\", \"5m\", \"2h\", \"30d\""))
+            .map_err(|e| {
+                format!(
+                    "{s:?} is not a duration ({e}); write e.g. \"30s\", \"5m\", \"2h\", \"30d\""
+                )
+            })
     }
 }
 

@@ -7,9 +7,11 @@
 //! [`ConfigError`], which carries a position found from the TOML source.
 
 mod duration;
+mod influx;
 mod rules;
 
 pub use duration::Duration;
+pub use influx::{InfluxApi, InfluxConfig};
 pub use rules::{Agg, RuleConfig, RuleKind};
 
 use std::fmt;
@@ -113,6 +115,8 @@ impl Default for IngestConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct StorageConfig {
     pub sqlite: SqliteConfig,
+    /// Optional second store; absent means no InfluxDB.
+    pub influxdb: Option<InfluxConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -195,7 +199,9 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self { level: "info".into() }
+        Self {
+            level: "info".into(),
+        }
     }
 }
 
@@ -243,7 +249,10 @@ pub enum PathPart {
 
 impl Invalid {
     pub fn new(path: &[PathPart], message: impl Into<String>) -> Self {
-        Self { path: path.to_vec(), message: message.into() }
+        Self {
+            path: path.to_vec(),
+            message: message.into(),
+        }
     }
 }
 
@@ -308,37 +317,68 @@ impl Config {
             ));
         }
         if self.broker.max_payload == 0 {
-            out.push(Invalid::new(&[key("broker"), key("max_payload")], "must be at least 1 byte"));
+            out.push(Invalid::new(
+                &[key("broker"), key("max_payload")],
+                "must be at least 1 byte",
+            ));
         }
         if self.ingest.topics.is_empty() {
-            out.push(Invalid::new(&[key("ingest"), key("topics")], "at least one topic filter is needed"));
+            out.push(Invalid::new(
+                &[key("ingest"), key("topics")],
+                "at least one topic filter is needed",
+            ));
         }
         for (i, t) in self.ingest.topics.iter().enumerate() {
             if let Err(e) = check_filter(t) {
-                out.push(Invalid::new(&[key("ingest"), key("topics"), PathPart::Index(i)], e));
+                out.push(Invalid::new(
+                    &[key("ingest"), key("topics"), PathPart::Index(i)],
+                    e,
+                ));
             }
         }
         if self.ingest.prefix.contains(['+', '#']) {
-            out.push(Invalid::new(&[key("ingest"), key("prefix")], "the prefix is a plain topic path, without wildcards"));
+            out.push(Invalid::new(
+                &[key("ingest"), key("prefix")],
+                "the prefix is a plain topic path, without wildcards",
+            ));
         }
         let s = &self.storage.sqlite;
-        for (name, d) in [("flush_interval", s.flush_interval), ("retention", s.retention), ("rollup_retention", s.rollup_retention)] {
+        for (name, d) in [
+            ("flush_interval", s.flush_interval),
+            ("retention", s.retention),
+            ("rollup_retention", s.rollup_retention),
+        ] {
             if d.is_zero() {
-                out.push(Invalid::new(&[key("storage"), key("sqlite"), key(name)], "must be longer than zero"));
+                out.push(Invalid::new(
+                    &[key("storage"), key("sqlite"), key(name)],
+                    "must be longer than zero",
+                ));
             }
         }
+        if let Some(i) = &self.storage.influxdb {
+            out.extend(i.validate(&[key("storage"), key("influxdb")]));
+        }
         if self.engine.tick.is_zero() {
-            out.push(Invalid::new(&[key("engine"), key("tick")], "must be longer than zero"));
+            out.push(Invalid::new(
+                &[key("engine"), key("tick")],
+                "must be longer than zero",
+            ));
         }
         if self.engine.flap_window.is_zero() {
-            out.push(Invalid::new(&[key("engine"), key("flap_window")], "must be longer than zero"));
+            out.push(Invalid::new(
+                &[key("engine"), key("flap_window")],
+                "must be longer than zero",
+            ));
         }
         let channels = self.notify.channels();
         let mut names = std::collections::HashSet::new();
         for (i, r) in self.rules.iter().enumerate() {
             let at = [key("rules"), PathPart::Index(i)];
             if !names.insert(r.name.as_str()) {
-                out.push(Invalid::new(&[at[0].clone(), at[1].clone(), key("name")], format!("duplicate rule name {:?}", r.name)));
+                out.push(Invalid::new(
+                    &[at[0].clone(), at[1].clone(), key("name")],
+                    format!("duplicate rule name {:?}", r.name),
+                ));
             }
             out.extend(r.validate(&at, &channels, &self.ingest));
         }
@@ -374,14 +414,20 @@ pub fn resolve_path(given: Option<&Path>) -> Option<PathBuf> {
     if let Some(p) = given {
         return Some(p.to_path_buf());
     }
-    [SYSTEM_PATH, LOCAL_PATH].iter().map(PathBuf::from).find(|p| p.exists())
+    [SYSTEM_PATH, LOCAL_PATH]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
 }
 
 /// Loads the resolved file, or the embedded default when there is none.
 pub fn load_or_default(given: Option<&Path>) -> Result<(Config, String), ConfigError> {
     match resolve_path(given) {
         Some(p) => Ok((load(&p)?, p.display().to_string())),
-        None => Ok((Config::parse(DEFAULT_TOML, "<embedded default>")?, "<embedded default>".into())),
+        None => Ok((
+            Config::parse(DEFAULT_TOML, "<embedded default>")?,
+            "<embedded default>".into(),
+        )),
     }
 }
 
@@ -393,13 +439,22 @@ pub fn parse_mqtt_url(url: &str) -> Result<(String, u16), String> {
         .ok_or_else(|| format!("{url:?} is not an mqtt://host:port address"))?;
     let rest = rest.trim_end_matches('/');
     let (host, port) = match rest.rsplit_once(':') {
-        Some((h, p)) => (h, p.parse::<u16>().map_err(|_| format!("{url:?}: port {p:?} is not a number"))?),
+        Some((h, p)) => (
+            h,
+            p.parse::<u16>()
+                .map_err(|_| format!("{url:?}: port {p:?} is not a number"))?,
+        ),
         None => (rest, 1883),
     };
     if host.is_empty() {
         return Err(format!("{url:?} has no host"));
     }
-    Ok((host.trim_start_matches('[').trim_end_matches(']').to_string(), port))
+    Ok((
+        host.trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string(),
+        port,
+    ))
 }
 
 fn check_filter(f: &str) -> Result<(), String> {
@@ -426,7 +481,13 @@ fn from_toml_error(e: &toml::de::Error, text: &str, file: &str) -> ConfigError {
         }
         None => (None, None),
     };
-    ConfigError { file: file.into(), line, col, field: None, message: e.message().to_string() }
+    ConfigError {
+        file: file.into(),
+        line,
+        col,
+        field: None,
+        message: e.message().to_string(),
+    }
 }
 
 /// 1-based line and column of a byte offset.
@@ -439,43 +500,45 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 
 /// Finds where `problem.path` is in the TOML source; falls back to its nearest parent.
 fn place(problem: Invalid, text: &str, file: &str) -> ConfigError {
-    let span = toml_edit::ImDocument::parse(text.to_string()).ok().and_then(|doc| {
-        let mut best = None;
-        let mut item: &toml_edit::Item = doc.as_item();
-        for part in &problem.path {
-            let next = match part {
-                PathPart::Key(k) => item.get(k.as_str()),
-                PathPart::Index(i) => match item {
-                    toml_edit::Item::ArrayOfTables(a) => {
-                        if let Some(t) = a.get(*i) {
+    let span = toml_edit::ImDocument::parse(text.to_string())
+        .ok()
+        .and_then(|doc| {
+            let mut best = None;
+            let mut item: &toml_edit::Item = doc.as_item();
+            for part in &problem.path {
+                let next = match part {
+                    PathPart::Key(k) => item.get(k.as_str()),
+                    PathPart::Index(i) => match item {
+                        toml_edit::Item::ArrayOfTables(a) => {
+                            if let Some(t) = a.get(*i) {
+                                best = t.span().or(best);
+                            }
+                            item.get(*i)
+                        }
+                        toml_edit::Item::Value(toml_edit::Value::Array(a)) => {
+                            // Values inside an array are not items: take the value's span and stop.
+                            if let Some(v) = a.get(*i) {
+                                best = v.span().or(best);
+                            }
+                            None
+                        }
+                        _ => None,
+                    },
+                };
+                match next {
+                    Some(n) => {
+                        item = n;
+                        if let Some(s) = item.span() {
+                            best = Some(s);
+                        } else if let toml_edit::Item::Table(t) = item {
                             best = t.span().or(best);
                         }
-                        item.get(*i)
                     }
-                    toml_edit::Item::Value(toml_edit::Value::Array(a)) => {
-                        // Values inside an array are not items: take the value's span and stop.
-                        if let Some(v) = a.get(*i) {
-                            best = v.span().or(best);
-                        }
-                        None
-                    }
-                    _ => None,
-                },
-            };
-            match next {
-                Some(n) => {
-                    item = n;
-                    if let Some(s) = item.span() {
-                        best = Some(s);
-                    } else if let toml_edit::Item::Table(t) = item {
-                        best = t.span().or(best);
-                    }
+                    None => break,
                 }
-                None => break,
             }
-        }
-        best
-    });
+            best
+        });
     let (line, col) = match span {
         Some(s) => {
             let (l, c) = line_col(text, s.start);
@@ -483,7 +546,13 @@ fn place(problem: Invalid, text: &str, file: &str) -> ConfigError {
         }
         None => (None, None),
     };
-    ConfigError { file: file.into(), line, col, field: Some(dotted(&problem.path)), message: problem.message }
+    ConfigError {
+        file: file.into(),
+        line,
+        col,
+        field: Some(dotted(&problem.path)),
+        message: problem.message,
+    }
 }
 
 #[cfg(test)]
@@ -536,7 +605,11 @@ mod tests {
     fn external_mode_needs_a_url() {
         let e = Config::parse("[broker]\nmode = \"external\"\n", "c.toml").unwrap_err();
         assert_eq!(e.field.as_deref(), Some("broker.mode"));
-        let e = Config::parse("[broker]\nmode = \"external\"\nurl = \"http://x\"\n", "c.toml").unwrap_err();
+        let e = Config::parse(
+            "[broker]\nmode = \"external\"\nurl = \"http://x\"\n",
+            "c.toml",
+        )
+        .unwrap_err();
         assert_eq!(e.field.as_deref(), Some("broker.url"));
         assert_eq!(e.line, Some(3));
     }
@@ -550,8 +623,14 @@ mod tests {
 
     #[test]
     fn mqtt_urls_parse() {
-        assert_eq!(parse_mqtt_url("mqtt://localhost:1884").unwrap(), ("localhost".into(), 1884));
-        assert_eq!(parse_mqtt_url("mqtt://10.0.0.2").unwrap(), ("10.0.0.2".into(), 1883));
+        assert_eq!(
+            parse_mqtt_url("mqtt://localhost:1884").unwrap(),
+            ("localhost".into(), 1884)
+        );
+        assert_eq!(
+            parse_mqtt_url("mqtt://10.0.0.2").unwrap(),
+            ("10.0.0.2".into(), 1883)
+        );
         assert!(parse_mqtt_url("localhost:1883").is_err());
     }
 }

@@ -65,7 +65,12 @@ pub struct RuleConfig {
 }
 
 impl RuleConfig {
-    pub(super) fn validate(&self, at: &[PathPart], channels: &[&str], ingest: &IngestConfig) -> Vec<Invalid> {
+    pub(super) fn validate(
+        &self,
+        at: &[PathPart],
+        channels: &[&str],
+        ingest: &IngestConfig,
+    ) -> Vec<Invalid> {
         let mut out = Vec::new();
         let field = |name: &str| {
             let mut p = at.to_vec();
@@ -79,7 +84,11 @@ impl RuleConfig {
         }
         if let Err(e) = super::check_filter(&self.series) {
             bad("series", e);
-        } else if !ingest.topics.iter().any(|t| filters_overlap(t, &under_prefix(&ingest.prefix, &self.series))) {
+        } else if !ingest
+            .topics
+            .iter()
+            .any(|t| filters_overlap(t, &under_prefix(&ingest.prefix, &self.series)))
+        {
             bad(
                 "series",
                 format!(
@@ -91,12 +100,23 @@ impl RuleConfig {
                 ),
             );
         }
-        for (name, d) in [("for", self.for_), ("repeat", self.repeat), ("window", self.window), ("silence", self.silence)] {
+        for (name, d) in [
+            ("for", self.for_),
+            ("repeat", self.repeat),
+            ("window", self.window),
+            ("silence", self.silence),
+        ] {
             if d.is_some_and(Duration::is_zero) {
                 bad(name, "must be longer than zero".into());
             }
         }
-        for (name, v) in [("above", self.above), ("below", self.below), ("clear", self.clear), ("rise", self.rise), ("fall", self.fall)] {
+        for (name, v) in [
+            ("above", self.above),
+            ("below", self.below),
+            ("clear", self.clear),
+            ("rise", self.rise),
+            ("fall", self.fall),
+        ] {
             if v.is_some_and(|v| !v.is_finite()) {
                 bad(name, "must be a finite number".into());
             }
@@ -118,8 +138,14 @@ impl RuleConfig {
         let uses_threshold = matches!(self.kind, RuleKind::Threshold | RuleKind::Window);
         if uses_threshold {
             match (self.above, self.below) {
-                (None, None) => bad("kind", format!("a {} rule needs `above` or `below`", self.kind_name())),
-                (Some(_), Some(_)) => bad("below", "give `above` or `below`, not both (write two rules)".into()),
+                (None, None) => bad(
+                    "kind",
+                    format!("a {} rule needs `above` or `below`", self.kind_name()),
+                ),
+                (Some(_), Some(_)) => bad(
+                    "below",
+                    "give `above` or `below`, not both (write two rules)".into(),
+                ),
                 (Some(a), None) => {
                     if let Some(c) = self.clear.filter(|c| *c > a) {
                         bad("clear", format!("clear = {c} is above the threshold {a}: for `above` it must be ≤ {a}"));
@@ -132,16 +158,27 @@ impl RuleConfig {
                 }
             }
         } else {
-            for (name, v) in [("above", self.above), ("below", self.below), ("clear", self.clear)] {
+            for (name, v) in [
+                ("above", self.above),
+                ("below", self.below),
+                ("clear", self.clear),
+            ] {
                 if v.is_some() {
-                    bad(name, format!("`{name}` has no meaning for a {} rule", self.kind_name()));
+                    bad(
+                        name,
+                        format!("`{name}` has no meaning for a {} rule", self.kind_name()),
+                    );
                 }
             }
         }
         match self.kind {
             RuleKind::Threshold => {
                 if self.window.is_some() {
-                    bad("window", "`window` has no meaning for a threshold rule (use kind = \"window\")".into());
+                    bad(
+                        "window",
+                        "`window` has no meaning for a threshold rule (use kind = \"window\")"
+                            .into(),
+                    );
                 }
             }
             RuleKind::Window => {
@@ -149,7 +186,10 @@ impl RuleConfig {
                     bad("kind", "a window rule needs `window`".into());
                 }
                 if self.agg.is_none() {
-                    bad("kind", "a window rule needs `agg` (avg, min, max, sum, count or spread)".into());
+                    bad(
+                        "kind",
+                        "a window rule needs `agg` (avg, min, max, sum, count or spread)".into(),
+                    );
                 }
             }
             RuleKind::Rate => {
@@ -161,7 +201,10 @@ impl RuleConfig {
                 }
                 for (name, v) in [("rise", self.rise), ("fall", self.fall)] {
                     if v.is_some_and(|v| v < 0.0) {
-                        bad(name, format!("`{name}` is a size of change and must be ≥ 0"));
+                        bad(
+                            name,
+                            format!("`{name}` is a size of change and must be ≥ 0"),
+                        );
                     }
                 }
             }
@@ -173,23 +216,38 @@ impl RuleConfig {
                     if s.contains(['+', '#']) || !crate::model::topic_matches(&self.series, s) {
                         let mut p = field("expect");
                         p.push(PathPart::Index(i));
-                        out.push(Invalid::new(&p, format!("{s:?} must be a plain series that `series` ({}) matches", self.series)));
+                        out.push(Invalid::new(
+                            &p,
+                            format!(
+                                "{s:?} must be a plain series that `series` ({}) matches",
+                                self.series
+                            ),
+                        ));
                     }
                 }
             }
         }
         if self.kind != RuleKind::Deadman && !self.expect.is_empty() {
-            out.push(Invalid::new(&field("expect"), "`expect` is for deadman rules"));
+            out.push(Invalid::new(
+                &field("expect"),
+                "`expect` is for deadman rules",
+            ));
         }
         if self.kind != RuleKind::Deadman && self.silence.is_some() {
-            out.push(Invalid::new(&field("silence"), "`silence` is for deadman rules"));
+            out.push(Invalid::new(
+                &field("silence"),
+                "`silence` is for deadman rules",
+            ));
         }
         if self.kind != RuleKind::Window && self.agg.is_some() {
             out.push(Invalid::new(&field("agg"), "`agg` is for window rules"));
         }
         if self.kind != RuleKind::Rate && (self.rise.is_some() || self.fall.is_some()) {
             let name = if self.rise.is_some() { "rise" } else { "fall" };
-            out.push(Invalid::new(&field(name), format!("`{name}` is for rate rules")));
+            out.push(Invalid::new(
+                &field(name),
+                format!("`{name}` is for rate rules"),
+            ));
         }
         out
     }
