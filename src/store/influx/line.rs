@@ -11,8 +11,8 @@
 //! Escaping follows what InfluxDB's parser (the same in 1.x and 2.x) reads back:
 //! - tag keys and values: `,` `=` and space are escaped with a backslash; other
 //!   backslashes are written as they are and read back unchanged;
-//! - measurements: `,` and space are escaped; a run of backslashes right before one of
-//!   them gets one more backslash, because the parser drops one there;
+//! - measurements: `,` and space are escaped; a backslash right before one of them is
+//!   left out: InfluxDB 1.x stores such a measurement but can never select it again;
 //! - string fields: `"` and `\` are escaped; newlines are kept;
 //! - line breaks in names cannot be written: they become spaces; a name cannot end in a
 //!   backslash (the parser would read it as escaping the delimiter): trailing
@@ -75,24 +75,23 @@ pub fn escape_measurement(out: &mut String, s: &str) {
         // A line starting with `#` is a comment.
         out.push('\\');
     }
+    // Backslashes are held back until the next character: before a space or a comma
+    // they are left out (see the module doc), elsewhere written as they are.
     let mut run = 0usize;
     for c in s.chars() {
         match c {
-            '\\' => {
-                run += 1;
-                out.push('\\');
-                continue;
-            }
+            '\\' => run += 1,
             ',' | ' ' | '\n' | '\r' => {
-                if run > 0 {
-                    out.push('\\');
-                }
+                run = 0;
                 out.push('\\');
                 out.push(if c == ',' { ',' } else { ' ' });
             }
-            _ => out.push(c),
+            _ => {
+                out.extend(std::iter::repeat_n('\\', run));
+                run = 0;
+                out.push(c);
+            }
         }
-        run = 0;
     }
 }
 
@@ -279,11 +278,11 @@ mod tests {
             line(&reading("s/\"q\"", 2.0, None)),
             "\"q\",series=s/\"q\",site=s value=2 1700000000123\n"
         );
-        // Backslashes stay as they are in tags; in a measurement a backslash before an
-        // escaped character gets one more.
+        // Backslashes stay as they are in tags; in a measurement one before an escaped
+        // character is left out.
         assert_eq!(
-            line(&reading("a\\b/c\\ d", 2.0, None)),
-            "c\\\\\\ d,series=a\\b/c\\\\ d,site=a\\b value=2 1700000000123\n"
+            line(&reading("a\\b/c\\ d\\,e\\f", 2.0, None)),
+            "c\\ d\\,e\\f,series=a\\b/c\\\\ d\\\\,e\\f,site=a\\b value=2 1700000000123\n"
         );
         // Line breaks become spaces, trailing backslashes go.
         assert_eq!(
