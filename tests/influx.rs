@@ -601,3 +601,355 @@ async fn full_backlog_drops_the_oldest_counts_them_and_keeps_the_rest_across_res
         "the newest batch is kept: {per_batch:?}"
     );
 }
+
+const DATASOURCE_UID: &str = "centinela-influxdb";
+
+fn grafana_dir() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("grafana")
+}
+
+fn dashboards() -> Vec<(String, Value)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(grafana_dir().join("dashboards")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "json") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            let json =
+                serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            out.push((
+                path.file_name().unwrap().to_string_lossy().into_owned(),
+                json,
+            ));
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// Every `datasource` object anywhere in `v`.
+fn datasource_refs<'a>(v: &'a Value, out: &mut Vec<&'a Value>) {
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m {
+                if k == "datasource" {
+                    out.push(x);
+                }
+                datasource_refs(x, out);
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|x| datasource_refs(x, out)),
+        _ => {}
+    }
+}
+
+#[test]
+fn dashboards_are_valid_for_provisioning() {
+    let ds = std::fs::read_to_string(grafana_dir().join("provisioning/datasources/influxdb.yaml"))
+        .unwrap();
+    assert!(
+        ds.lines()
+            .any(|l| l.trim() == format!("uid: {DATASOURCE_UID}")),
+        "data source uid"
+    );
+    assert!(
+        ds.contains("type: influxdb")
+            && ds.contains("${INFLUX_URL}")
+            && ds.contains("${INFLUX_TOKEN}")
+    );
+    let prov =
+        std::fs::read_to_string(grafana_dir().join("provisioning/dashboards/centinela.yaml"))
+            .unwrap();
+    assert!(
+        prov.contains("apiVersion: 1") && prov.contains("type: file") && prov.contains("path: ")
+    );
+
+    let all = dashboards();
+    assert_eq!(
+        all.iter().map(|d| d.0.as_str()).collect::<Vec<_>>(),
+        ["alerts.json", "overview.json"]
+    );
+    let mut uids = BTreeSet::new();
+    for (name, d) in &all {
+        let uid = d["uid"].as_str().unwrap_or_default();
+        assert!(
+            !uid.is_empty() && uid.len() <= 40 && uids.insert(uid.to_string()),
+            "{name}: uid {uid:?}"
+        );
+        assert!(
+            d["schemaVersion"].as_u64().is_some_and(|v| v >= 36),
+            "{name}: schemaVersion"
+        );
+        assert!(
+            d["title"].as_str().is_some_and(|t| !t.is_empty()),
+            "{name}: title"
+        );
+        assert!(
+            d.get("id").is_none_or(Value::is_null),
+            "{name}: a provisioned dashboard has no fixed id"
+        );
+        let mut refs = Vec::new();
+        datasource_refs(d, &mut refs);
+        assert!(
+            refs.len() > 5,
+            "{name}: panels, targets and variables name their data source"
+        );
+        for r in refs {
+            let builtin = r["uid"] == "-- Grafana --" && r["type"] == "grafana";
+            assert!(
+                builtin || (r["type"] == "influxdb" && r["uid"] == DATASOURCE_UID),
+                "{name}: datasource {r}"
+            );
+        }
+        let mut ids = BTreeSet::new();
+        for p in d["panels"].as_array().unwrap() {
+            assert!(
+                ids.insert(p["id"].as_u64().unwrap()),
+                "{name}: duplicate panel id"
+            );
+            for k in ["x", "y", "w", "h"] {
+                assert!(
+                    p["gridPos"][k].is_u64(),
+                    "{name}: panel {} gridPos",
+                    p["id"]
+                );
+            }
+            if p["type"] != "row" {
+                let targets = p["targets"].as_array().unwrap();
+                assert!(
+                    !targets.is_empty(),
+                    "{name}: panel {} has no query",
+                    p["title"]
+                );
+                for t in targets {
+                    assert_eq!(t["rawQuery"], true, "{name}: {t}");
+                    assert!(
+                        t["query"].as_str().is_some_and(|q| q.starts_with("SELECT")),
+                        "{name}: {t}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// What Grafana puts in a regex for one value.
+fn regex_escape(s: &str) -> String {
+    let mut out = String::new();
+    for c in s.chars() {
+        if "\\^$.|?*+()[]{}/".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Grafana's macros and variables, as it substitutes them before sending a query.
+fn substitute(q: &str, vars: &BTreeMap<String, String>) -> String {
+    let mut q = q
+        .replace("$timeFilter", "time >= now() - 6h")
+        .replace("$__interval_ms", "60000")
+        .replace("$__interval", "1m");
+    // Longest names first, so `$site` does not eat part of `$sites`.
+    let mut names: Vec<&String> = vars.keys().collect();
+    names.sort_by_key(|n| std::cmp::Reverse(n.len()));
+    for n in names {
+        q = q.replace(&format!("${n}"), &vars[n]);
+    }
+    let left = q
+        .match_indices('$')
+        .any(|(i, _)| q[i + 1..].starts_with(|c: char| c.is_alphabetic() || c == '_' || c == '{'));
+    assert!(!left, "unsubstituted variable in {q}");
+    q
+}
+
+/// Runs a panel or annotation query and returns how many rows came back.
+async fn rows_of(influx: &Influxd, what: &str, q: &str) -> usize {
+    let a = influx.query("sensors", q).await;
+    let r = &a["results"][0];
+    assert!(r["error"].is_null(), "{what}: {q}\n→ {a}");
+    r["series"].as_array().map_or(0, |s| {
+        s.iter()
+            .map(|s| s["values"].as_array().map_or(0, Vec::len))
+            .sum()
+    })
+}
+
+/// The values a variable's query offers (SHOW TAG VALUES: column `value`; SHOW
+/// MEASUREMENTS: column `name`).
+async fn variable_values(influx: &Influxd, q: &str) -> Vec<String> {
+    let a = influx.query("sensors", q).await;
+    assert!(a["results"][0]["error"].is_null(), "{q}\n→ {a}");
+    let mut out = BTreeSet::new();
+    for s in a["results"][0]["series"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+    {
+        let col = s["columns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .position(|c| c == "value" || c == "name")
+            .unwrap();
+        for v in s["values"].as_array().unwrap() {
+            out.insert(v[col].as_str().unwrap().to_string());
+        }
+    }
+    out.into_iter().collect()
+}
+
+#[tokio::test]
+async fn every_dashboard_query_returns_rows_from_a_filled_influxdb() {
+    let Some(influx) = Influxd::start().await else {
+        return;
+    };
+    influx.create_db("sensors").await;
+    let dir = tempfile::tempdir().unwrap();
+    let sink = RunningSink::start(
+        &v1_cfg(&influx.url(), "sensors"),
+        Secrets::default(),
+        &dir.path().join("b.db"),
+    )
+    .await;
+    let now = now_ms();
+    let series = [
+        ("greenhouse/node1/temperature", "°C"),
+        ("greenhouse/node1/humidity", "%"),
+        ("greenhouse/node 2/temperature", "°C"),
+        ("cellar/probe/temperature", "°C"),
+        ("home/power", "W"),
+    ];
+    let mut readings = Vec::new();
+    for step in 0..180 {
+        let ts = now - 30 * 60_000 + step * 10_000;
+        for (i, (s, unit)) in series.iter().enumerate() {
+            readings.push(reading(
+                s,
+                20.0 + i as f64 + (step % 7) as f64,
+                ts,
+                Some(unit),
+            ));
+        }
+    }
+    sink.send(readings).await;
+    let event = |state, ts, value| AlertEvent {
+        rule: "greenhouse-hot".into(),
+        series: "greenhouse/node1/temperature".into(),
+        state,
+        severity: Severity::Critical,
+        value: Some(value),
+        unit: Some("°C".into()),
+        ts,
+        message: format!("greenhouse/node1/temperature is {value} °C"),
+        notify: vec!["telegram".into()],
+    };
+    sink.tx
+        .send(InfluxInput::Events(vec![
+            event(AlertState::Firing, now - 20 * 60_000, 31.0),
+            event(AlertState::Acknowledged, now - 15 * 60_000, 31.5),
+            event(AlertState::Resolved, now - 10 * 60_000, 27.0),
+        ]))
+        .await
+        .unwrap();
+    let s = sink.shutdown().await;
+    assert_eq!(s.written, 5 * 180 + 3, "{s:?}");
+
+    let mut ran = 0;
+    for (name, d) in dashboards() {
+        // Variables in order, each query with the ones before it substituted: first as
+        // "All" (allValue), then as the first value offered.
+        let mut all = BTreeMap::new();
+        let mut first = BTreeMap::new();
+        let mut offered = BTreeMap::new();
+        for v in d["templating"]["list"].as_array().unwrap() {
+            let var = v["name"].as_str().unwrap().to_string();
+            let q = v["query"].as_str().unwrap();
+            let values_all = variable_values(&influx, &substitute(q, &all)).await;
+            let values_first = variable_values(&influx, &substitute(q, &first)).await;
+            assert!(
+                !values_all.is_empty() && !values_first.is_empty(),
+                "{name}: variable {var} offers nothing: {q}"
+            );
+            all.insert(var.clone(), v["allValue"].as_str().unwrap().to_string());
+            first.insert(var.clone(), regex_escape(&values_first[0]));
+            offered.insert(var, values_all);
+            ran += 2;
+        }
+        let mut queries: Vec<(String, String, Option<String>)> = Vec::new();
+        for p in d["panels"].as_array().unwrap() {
+            let repeat = p["repeat"].as_str().map(str::to_string);
+            for t in p["targets"].as_array().into_iter().flatten() {
+                queries.push((
+                    format!("panel {:?}", p["title"]),
+                    t["query"].as_str().unwrap().into(),
+                    repeat.clone(),
+                ));
+            }
+        }
+        for a in d["annotations"]["list"].as_array().unwrap() {
+            if let Some(q) = a["query"].as_str() {
+                queries.push((format!("annotation {:?}", a["name"]), q.into(), None));
+            }
+        }
+        for (what, q, repeat) in queries {
+            // A repeated panel gets one value of its variable per copy: try each. An
+            // annotation filtered to the first site need not find an alert there, but
+            // must run.
+            let must_have_rows_for_first = !what.starts_with("annotation");
+            let mut variants = vec![first.clone()];
+            match &repeat {
+                Some(r) => {
+                    for value in &offered[r] {
+                        let mut vars = all.clone();
+                        vars.insert(r.clone(), regex_escape(value));
+                        variants.push(vars);
+                    }
+                }
+                None => variants.push(all.clone()),
+            }
+            for (i, vars) in variants.into_iter().enumerate() {
+                let q = substitute(&q, &vars);
+                let n = rows_of(&influx, &format!("{name}: {what}"), &q).await;
+                assert!(
+                    n > 0 || (i == 0 && !must_have_rows_for_first),
+                    "{name}: {what} returned no rows:\n{q}"
+                );
+                ran += 1;
+            }
+        }
+    }
+    assert!(ran > 20, "only {ran} queries ran");
+
+    // The ingest rate: one line per metric, which the panel adds up per time (its
+    // `reduceRow` transformation): 5 series × 6 readings a minute = 0.5/s.
+    let (_, overview) = dashboards()
+        .into_iter()
+        .find(|d| d.0 == "overview.json")
+        .unwrap();
+    let panel = overview["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["title"] == "Ingest rate (readings/s)")
+        .unwrap();
+    assert_eq!(panel["transformations"][0]["options"]["mode"], "reduceRow");
+    let all: BTreeMap<String, String> = ["site", "device", "metric"]
+        .iter()
+        .map(|v| (v.to_string(), ".*".to_string()))
+        .collect();
+    let a = influx
+        .query(
+            "sensors",
+            &substitute(panel["targets"][0]["query"].as_str().unwrap(), &all),
+        )
+        .await;
+    let mut per_time: BTreeMap<i64, f64> = BTreeMap::new();
+    for s in a["results"][0]["series"].as_array().unwrap() {
+        for v in s["values"].as_array().unwrap() {
+            *per_time.entry(v[0].as_i64().unwrap()).or_default() += v[1].as_f64().unwrap();
+        }
+    }
+    let max = per_time.values().copied().fold(0.0, f64::max);
+    assert!((max - 0.5).abs() < 1e-9, "max ingest rate {max}: {a}");
+}
