@@ -953,3 +953,125 @@ async fn every_dashboard_query_returns_rows_from_a_filled_influxdb() {
     let max = per_time.values().copied().fold(0.0, f64::max);
     assert!((max - 0.5).abs() < 1e-9, "max ingest rate {max}: {a}");
 }
+
+/// Throughput of the whole sink (encode, gzip, HTTP, influxd) — a measurement, not a
+/// check: `cargo test --release --test influx -- --ignored --nocapture sink_throughput`.
+/// `CENTINELA_BENCH_POINTS` (default 1,000,000) and `CENTINELA_BENCH_GZIP` (default 1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement; run on demand"]
+async fn sink_throughput_against_influxd() {
+    let Some(influx) = Influxd::start().await else {
+        return;
+    };
+    influx.create_db("sensors").await;
+    let total: usize = std::env::var("CENTINELA_BENCH_POINTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let gzip = std::env::var("CENTINELA_BENCH_GZIP").map_or(true, |v| v != "0");
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = v1_cfg(&influx.url(), "sensors");
+    cfg.batch_size = 5_000;
+    cfg.flush_interval = CfgDuration::from_secs(1);
+    cfg.gzip = gzip;
+    let sink = RunningSink::start(&cfg, Secrets::default(), &dir.path().join("b.db")).await;
+    let series: Vec<Arc<str>> = (0..1_000)
+        .map(|i| format!("site{}/node{}/metric{}", i % 10, i, i % 7).into())
+        .collect();
+    let t0 = now_ms() - 86_400_000;
+    let start = Instant::now();
+    for chunk in 0..total / 1_000 {
+        let batch = (chunk * 1_000..(chunk + 1) * 1_000)
+            .map(|i| Reading {
+                series: series[i % 1_000].clone(),
+                value: i as f64,
+                ts: t0 + (i / 1_000) as i64,
+                unit: None,
+            })
+            .collect();
+        sink.send(batch).await;
+    }
+    let fed = start.elapsed();
+    sink.wait_until("all written", Duration::from_secs(600), |s| {
+        s.written >= total as u64
+    })
+    .await;
+    let done = start.elapsed();
+    let s = sink.shutdown().await;
+    eprintln!(
+        "sink throughput: {total} readings, 1000 series, batch 5000, gzip {gzip}: fed in {:.2} s, written in {:.2} s = {:.0} readings/s (backlog {}, failed writes {})",
+        fed.as_secs_f64(),
+        done.as_secs_f64(),
+        total as f64 / done.as_secs_f64(),
+        s.backlog,
+        s.failed_writes
+    );
+    let (n, _) = count_and_sum(&influx, "sensors").await;
+    assert_eq!(n, total as i64);
+}
+
+#[tokio::test]
+async fn bad_points_are_rejected_and_counted_without_losing_their_neighbours() {
+    let Some(influx) = Influxd::start().await else {
+        return;
+    };
+    influx.create_db("sensors").await;
+    // `value` of measurement `status` already holds strings (in the same shard): float
+    // points there conflict and InfluxDB answers 400.
+    let t0 = now_ms() - 60_000;
+    let resp = reqwest::Client::new()
+        .post(format!("{}/write?db=sensors&precision=ms", influx.url()))
+        .body(format!("status,series=x value=\"ok\" {}\n", t0 - 1))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 204);
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = v1_cfg(&influx.url(), "sensors");
+    cfg.batch_size = 16;
+    cfg.flush_interval = CfgDuration::from_secs(60);
+    let sink = RunningSink::start(&cfg, Secrets::default(), &dir.path().join("b.db")).await;
+    let batch: Vec<Reading> = (0..16)
+        .map(|i| {
+            let series = if i == 3 || i == 11 {
+                "plant/pump/status"
+            } else {
+                "plant/pump/pressure"
+            };
+            reading(series, i as f64, t0 + i, None)
+        })
+        .collect();
+    sink.send(batch).await;
+    // Closing the channel stops the sink as the shutdown signal does.
+    let RunningSink {
+        tx,
+        stop: _stop,
+        stats,
+        task,
+    } = sink;
+    drop(tx);
+    tokio::time::timeout(Duration::from_secs(30), task)
+        .await
+        .expect("sink stops")
+        .unwrap();
+    let s = stats.snapshot();
+    assert_eq!(
+        (s.written, s.rejected, s.backlog, s.failed_writes),
+        (14, 2, 0, 0),
+        "{s:?}"
+    );
+
+    let a = influx
+        .query(
+            "sensors",
+            "SELECT count(\"value\"), sum(\"value\") FROM \"pressure\"",
+        )
+        .await;
+    assert_eq!(a["results"][0]["series"][0]["values"][0][1], 14, "{a}");
+    assert_eq!(
+        a["results"][0]["series"][0]["values"][0][2].as_f64(),
+        Some((0..16).sum::<i64>() as f64 - 14.0),
+        "{a}"
+    );
+}

@@ -15,15 +15,21 @@
 //! ```
 //!
 //! Guarantees: a point taken from the channel is written, or in the backlog file, or
-//! counted as rejected (InfluxDB refused it as bad data, 400/413/422) or dropped (the
-//! backlog was full) — except for the batch being filled, which lives in memory until
-//! it is sent (at most `flush_interval`; on shutdown it is sent or put in the backlog).
-//! A refused batch is split to find the bad points, so good points next to a bad one
-//! are still written. [`InfluxStats`] shows all of it to the service and the TUI.
+//! counted as rejected (InfluxDB refused it as bad data: 400, 413, 422; or the encoder
+//! could not write it: NaN, no metric name) or dropped (the backlog was full, oldest
+//! first). A refused batch is split in halves to find the bad points, so good points
+//! next to a bad one are still written. A failed write puts its batch in the backlog
+//! before letting go of it; what is only in memory at a crash is the batch being filled
+//! (at most `flush_interval` or `batch_size`), the write in flight and up to
+//! `LIVE_QUEUE_MAX` batches waiting for it. On shutdown, memory is written or, failing
+//! that, put in the backlog. [`InfluxStats`] shows all of it to the service and the TUI.
 //!
-//! When the sink falls behind, its input channel fills and the engine waits on it
-//! (back-pressure); while InfluxDB is down, batches go to the backlog file, which is
-//! fast, so the sink keeps up.
+//! Falling behind: when more than `LIVE_QUEUE_MAX` batches wait for the writer (a burst
+//! faster than InfluxDB takes it), the oldest go to the backlog file, which is fast, so
+//! the sink keeps draining its channel and the engine is not held up; the backlog is
+//! replayed alongside live batches. A sustained overload shows as a growing backlog and,
+//! past `backlog_max`, as dropped points. Only when the backlog file itself is slower
+//! than ingest does the channel fill and make the engine wait.
 
 pub mod backlog;
 pub mod client;
