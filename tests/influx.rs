@@ -1075,3 +1075,71 @@ async fn bad_points_are_rejected_and_counted_without_losing_their_neighbours() {
         "{a}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_points_are_not_held_behind_a_long_backlog() {
+    use centinela::store::influx::{client, line, Backlog};
+    let Some(influx) = Influxd::start().await else {
+        return;
+    };
+    influx.create_db("sensors").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("b.db");
+    // A backlog of 300 batches of 500 points, as a long outage leaves behind.
+    let t0 = now_ms() - 86_400_000;
+    let mut backlog = Backlog::open(&path, 1_000_000).await.unwrap();
+    for b in 0..300 {
+        let mut text = String::new();
+        for i in 0..500 {
+            line::encode_reading(
+                &mut text,
+                &reading("old/dev/m", 1.0, t0 + b * 500 + i, None),
+            )
+            .unwrap();
+        }
+        assert_eq!(
+            backlog
+                .push(500, &client::gzip(text.as_bytes()), None)
+                .await
+                .unwrap(),
+            0
+        );
+    }
+    backlog.close().await.unwrap();
+
+    let sink =
+        RunningSink::start(&v1_cfg(&influx.url(), "sensors"), Secrets::default(), &path).await;
+    assert_eq!(sink.stats.snapshot().backlog, 150_000);
+    sink.send(vec![reading("live/dev/m", 42.0, now_ms(), None)])
+        .await;
+    let start = Instant::now();
+    loop {
+        let a = influx
+            .query(
+                "sensors",
+                "SELECT count(\"value\") FROM \"m\" WHERE \"site\" = 'live'",
+            )
+            .await;
+        if a["results"][0]["series"][0]["values"][0][1] == 1 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the live point was not written"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let s = sink.stats.snapshot();
+    assert!(
+        s.backlog > 0,
+        "the live point waited for the whole backlog: {s:?}"
+    );
+    sink.wait_until("backlog replayed", Duration::from_secs(60), |s| {
+        s.backlog == 0
+    })
+    .await;
+    let s = sink.shutdown().await;
+    assert_eq!(s.written, 150_001, "{s:?}");
+    let (n, _) = count_and_sum(&influx, "sensors").await;
+    assert_eq!(n, 150_001);
+}

@@ -152,6 +152,10 @@ impl Backlog {
                 path: self.path.clone(),
                 source,
             })?;
+        if row.is_none() {
+            // Nothing stored: keep the count honest even if it had drifted.
+            self.points = 0;
+        }
         Ok(row.map(|r| Chunk {
             id: r.get(0),
             points: u64::try_from(r.get::<i64, _>(1)).unwrap_or(0),
