@@ -312,6 +312,9 @@ async fn v2_write_reaches_victoria_metrics() {
         token: Some(Secret::new("t0ken")),
         password: None,
     };
+    health_check_with(&cfg, secrets.clone())
+        .await
+        .expect("VictoriaMetrics takes v2 writes");
     let sink = RunningSink::start(&cfg, secrets, &dir.path().join("b.db")).await;
     let t = now_ms() - 60_000;
     sink.send(vec![
