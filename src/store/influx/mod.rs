@@ -75,7 +75,7 @@ pub struct InfluxStats {
     pub rejected: AtomicU64,
     /// Failed write requests (each one retried later from the backlog).
     pub failed_writes: AtomicU64,
-    /// Whether the last write succeeded.
+    /// Whether the last write succeeded (false until the first one has).
     pub up: AtomicBool,
 }
 
