@@ -11,6 +11,7 @@
 //!     ▼
 //!  engine        rules per series; alert state machine; emits AlertEvent
 //!     ├─► store::sqlite     readings (chunks), rollups, alerts, alert state
+//!     ├─► store::influx     line protocol batches; replays its backlog (optional)
 //!     └─► live bus          summaries for the terminal
 //! ```
 //!
@@ -20,7 +21,8 @@
 //! - [`broker`]: the embedded MQTT broker.
 //! - [`source`]: MQTT in (in-process link or external client) and the pure decoder.
 //! - [`engine`]: rule evaluation and the alert lifecycle, pure.
-//! - [`store`]: SQLite (chunks, rollups, catalogue, alerts).
+//! - [`store`]: SQLite (chunks, rollups, catalogue, alerts); InfluxDB (line protocol,
+//!   durable backlog).
 //! - [`service`]: the topology: tasks, bounded channels, shutdown.
 //! - [`cli`]: the `centinela` command.
 

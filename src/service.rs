@@ -31,6 +31,7 @@ use crate::config::{BrokerMode, Config};
 use crate::engine::{AlertView, Engine};
 use crate::model::{now_ms, Control, LiveEvent, PipelineStatus, Reading, SeriesId, Timestamp};
 use crate::source::mqtt::{self, SourceStats};
+use crate::store::influx::{self, InfluxInput, InfluxSink, InfluxStats};
 use crate::store::sqlite::{self, AlertBatch, StoreMsg, StoreStats, Writer, WriterConfig};
 
 /// A request from a person to the engine, with where to send the answer.
@@ -77,6 +78,8 @@ pub struct Service {
     pub db_path: PathBuf,
     pub source_stats: Arc<SourceStats>,
     pub store_stats: Arc<StoreStats>,
+    /// `None` when no InfluxDB is configured.
+    pub influx_stats: Option<Arc<InfluxStats>>,
     pub live: broadcast::Sender<LiveEvent>,
     pub control: mpsc::Sender<ControlRequest>,
     /// Refreshed by the engine stage about once a second.
@@ -116,9 +119,42 @@ impl Service {
             maintenance_interval: Duration::from_secs(300),
         };
         let mut tasks = vec![tokio::spawn(sqlite::run_writer(writer, store_rx, wcfg))];
+        // InfluxDB (optional): its own task, fed by the engine stage.
+        let mut influx_tx = None;
+        let mut influx_stats = None;
+        if let Some(icfg) = &cfg.storage.influxdb {
+            if let Err(e) = influx::health_check(icfg).await {
+                // Not fatal: points wait in the backlog until InfluxDB is right.
+                tracing::error!("InfluxDB: {e}; points are kept in the backlog meanwhile");
+            }
+            let stats = Arc::new(InfluxStats::default());
+            let backlog = influx::backlog_path_for(&db_path);
+            let sink = InfluxSink::new(
+                icfg,
+                influx::Secrets::from_env(icfg),
+                &backlog,
+                stats.clone(),
+            )
+            .await
+            .with_context(|| format!("while opening the InfluxDB backlog {}", backlog.display()))?;
+            let (tx, rx) = mpsc::channel::<InfluxInput>(64);
+            // The sink ends when the engine stage closes its input, after the last
+            // batch: its stop signal never fires (the sender lives in the task).
+            let (keep, stop) = watch::channel(false);
+            tasks.push(tokio::spawn(async move {
+                let _keep = keep;
+                if let Err(e) = sink.run(rx, stop).await {
+                    tracing::error!(error = %e, "InfluxDB sink stopped");
+                }
+            }));
+            influx_tx = Some(tx);
+            influx_stats = Some(stats);
+        }
+
         let engine = start_engine(&cfg, &pool).await?;
         let stage = EngineStage {
             engine,
+            influx: influx_tx,
             store: store_tx,
             live: live.clone(),
             view: view_tx,
@@ -182,6 +218,7 @@ impl Service {
             format!("sqlite {}", db_path.display()),
             source_stats.clone(),
             store_stats.clone(),
+            influx_stats.clone(),
             live.clone(),
             stop_tx.subscribe(),
         )));
@@ -191,6 +228,7 @@ impl Service {
             db_path,
             source_stats,
             store_stats,
+            influx_stats,
             live,
             control: control_tx,
             view,
@@ -280,6 +318,8 @@ async fn start_engine(cfg: &Config, pool: &sqlx::SqlitePool) -> anyhow::Result<E
 struct EngineStage {
     engine: Engine,
     store: mpsc::Sender<StoreMsg>,
+    /// The InfluxDB sink, when configured.
+    influx: Option<mpsc::Sender<InfluxInput>>,
     live: broadcast::Sender<LiveEvent>,
     view: watch::Sender<Arc<EngineView>>,
     last: HashMap<SeriesId, LastValue>,
@@ -313,6 +353,10 @@ impl EngineStage {
                     }
                     let shared: Arc<[Reading]> = batch.into();
                     let _ = self.live.send(LiveEvent::Readings(shared.clone()));
+                    if let Some(tx) = &self.influx {
+                        // The sink moves a burst to its backlog rather than hold us up.
+                        let _ = tx.send(InfluxInput::Readings(shared.clone())).await;
+                    }
                     if self.store.send(StoreMsg::Readings(shared)).await.is_err() {
                         break;
                     }
@@ -370,6 +414,9 @@ impl EngineStage {
         for e in &batch.events {
             let _ = self.live.send(LiveEvent::Alert(e.clone()));
         }
+        if let (Some(tx), false) = (&self.influx, batch.events.is_empty()) {
+            let _ = tx.send(InfluxInput::Events(batch.events.clone())).await;
+        }
         self.store.send(StoreMsg::Alerts(batch)).await.is_ok()
     }
 
@@ -421,6 +468,7 @@ async fn run_status(
     storage: String,
     source: Arc<SourceStats>,
     store: Arc<StoreStats>,
+    influx: Option<Arc<InfluxStats>>,
     live: broadcast::Sender<LiveEvent>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -446,7 +494,7 @@ async fn run_status(
             decode_errors_total: source.errors_total(),
             outbox_pending: 0,
             outbox_dead: 0,
-            influx_backlog: None,
+            influx_backlog: influx.as_ref().map(|s| s.snapshot().backlog),
         };
         let _ = live.send(LiveEvent::Status(status));
     }

@@ -7,9 +7,11 @@
 //! [`ConfigError`], which carries a position found from the TOML source.
 
 mod duration;
+mod influx;
 mod rules;
 
 pub use duration::Duration;
+pub use influx::{InfluxApi, InfluxConfig};
 pub use rules::{Agg, RuleConfig, RuleKind};
 
 use std::fmt;
@@ -121,6 +123,8 @@ impl Default for IngestConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct StorageConfig {
     pub sqlite: SqliteConfig,
+    /// Optional second store; absent means no InfluxDB.
+    pub influxdb: Option<InfluxConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -368,6 +372,9 @@ impl Config {
                     "must be longer than zero",
                 ));
             }
+        }
+        if let Some(i) = &self.storage.influxdb {
+            out.extend(i.validate(&[key("storage"), key("influxdb")]));
         }
         if self.engine.tick.is_zero() {
             out.push(Invalid::new(

@@ -1,4 +1,9 @@
-//! Storage stages: SQLite (always on) and its pure chunk codec.
+//! Storage stages downstream of the engine.
+//!
+//! - [`sqlite`]: always on: readings as chunks ([`chunk`] is the pure codec), rollups,
+//!   the series catalogue, alerts history and alert state.
+//! - [`influx`]: the optional InfluxDB sink (line protocol over HTTP, durable backlog).
 
 pub mod chunk;
+pub mod influx;
 pub mod sqlite;
