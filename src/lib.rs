@@ -22,8 +22,10 @@
 //! - [`engine`]: rule evaluation and the alert lifecycle, pure.
 //! - [`store`]: SQLite (chunks, rollups, catalogue, alerts).
 //! - [`service`]: the topology: tasks, bounded channels, shutdown.
+//! - [`tui`]: the terminal UI (in-process, or attached through the broker).
 //! - [`cli`]: the `centinela` command.
 
 pub mod config;
 pub mod model;
 pub mod source;
+pub mod tui;
