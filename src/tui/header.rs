@@ -18,6 +18,16 @@ const STATUS_OLD_MS: i64 = 5_000;
 
 pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
     let mut spans = vec![Span::styled(" centinela ", theme::TITLE), Span::raw(" ")];
+    if app.feed_closed() {
+        spans.push(Span::styled(" FEED CLOSED ", theme::BAD));
+        spans.push(Span::raw("  "));
+    }
+    if app.lagged() > 0 {
+        spans.push(Span::styled(
+            format!("{} events skipped  ", app.lagged()),
+            theme::WARN,
+        ));
+    }
     match app.status() {
         None => spans.push(Span::styled(
             "waiting for the service's status…",
@@ -79,15 +89,6 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
                 spans.push(Span::styled(s.storage.clone(), theme::DIM));
             }
         }
-    }
-    if app.feed_closed() {
-        spans.push(Span::styled("  FEED CLOSED ", theme::BAD));
-    }
-    if app.lagged() > 0 {
-        spans.push(Span::styled(
-            format!("  {} skipped", app.lagged()),
-            theme::WARN,
-        ));
     }
     frame.render_widget(Paragraph::new(Line::from(spans)), area);
 }
