@@ -58,7 +58,12 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
                 ));
             }
             spans.push(Span::raw("  "));
-            let rate = format::value((s.readings_per_s * 10.0).round() / 10.0);
+            let r = s.readings_per_s;
+            let rate = if r.abs() < 1000.0 {
+                format!("{r:.1}")
+            } else {
+                format::value(r)
+            };
             spans.push(Span::styled(
                 rate,
                 Style::new().add_modifier(Modifier::BOLD),
