@@ -323,7 +323,7 @@ async fn an_anonymous_viewer_is_refused_and_cannot_act() {
         control_rx,
     ));
     let mut app = App::new(Options::default(), tui_fixture::NOW);
-    app.set_size(120, 30);
+    app.set_size(160, 30);
     let down = until(
         &mut live_rx,
         &mut app,
@@ -339,6 +339,10 @@ async fn an_anonymous_viewer_is_refused_and_cannot_act() {
             .next()
             .unwrap()
             .contains(&format!("BROKER DOWN mqtt://127.0.0.1:{port}")),
+        "{screen}"
+    );
+    assert!(
+        screen.contains("no figures from the service yet"),
         "{screen}"
     );
     assert!(
@@ -387,7 +391,7 @@ async fn a_lost_broker_shows_and_the_viewer_reconnects() {
     );
     assert!(app
         .status()
-        .is_some_and(|s| !s.broker_up && s.broker.contains("down")));
+        .is_some_and(|s| !s.broker_up && s.broker.contains("retry in")));
 
     // The broker comes up: the viewer finds it by itself.
     let started = Instant::now();

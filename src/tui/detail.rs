@@ -171,7 +171,7 @@ pub fn draw_history(frame: &mut Frame, area: Rect, app: &App) {
             ListItem::new(Line::from(vec![
                 Span::styled(format::clock(e.ts), theme::DIM),
                 Span::raw(" "),
-                Span::styled(format!("{:<12}", e.state.as_str()), style),
+                Span::styled(format!("{:<13}", e.state.as_str()), style),
                 Span::styled(
                     format!("{:<8} ", e.severity.as_str()),
                     theme::severity(e.severity),

@@ -50,6 +50,16 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
                     theme::BAD,
                 ));
             }
+            // A viewer that lost the broker before the service said anything has no
+            // figures to show, only the broker's state.
+            if s.storage.is_empty() {
+                spans.push(Span::styled(
+                    "  no figures from the service yet",
+                    theme::DIM,
+                ));
+                frame.render_widget(Paragraph::new(Line::from(spans)), area);
+                return;
+            }
             let old = app.now() - app.status_at();
             if old > STATUS_OLD_MS {
                 spans.push(Span::styled(

@@ -164,7 +164,11 @@ pub async fn feed(
                         up = Some(false);
                         let base = last_status.clone().unwrap_or_default();
                         send(LiveEvent::Status(PipelineStatus {
-                            broker: format!("{} (down, retry in {})", opts.url, humantime::format_duration(Duration::from_millis(retry_in.as_millis() as u64 / 100 * 100))),
+                            broker: format!(
+                                "{} ({error}; retry in {})",
+                                opts.url,
+                                humantime::format_duration(retry_in)
+                            ),
                             broker_up: false,
                             ..base
                         }));
@@ -228,6 +232,36 @@ pub async fn feed(
     Ok(())
 }
 
+/// `centinela tui --broker URL`: runs the terminal UI on the remote feed until the
+/// person quits, then ends the feed.
+pub async fn attach(
+    remote: RemoteOptions,
+    history: Option<Arc<dyn super::HistorySource>>,
+    opts: super::RunOptions,
+) -> Result<(), AttachError> {
+    parse_url(&remote.url)?;
+    let (live_tx, live_rx) = broadcast::channel(4096);
+    let (control_tx, control_rx) = mpsc::channel(16);
+    let feed = tokio::spawn(feed(remote, live_tx, control_rx));
+    let result = super::run(live_rx, control_tx, history, opts).await;
+    // run() has dropped the control sender: the feed disconnects and returns.
+    match tokio::time::timeout(Duration::from_secs(2), feed).await {
+        Ok(Ok(r)) => r?,
+        Ok(Err(e)) => tracing::warn!(error = %e, "remote feed task failed"),
+        Err(_) => tracing::warn!("remote feed did not stop in time"),
+    }
+    Ok(result?)
+}
+
+/// Why `centinela tui --broker` stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
+    #[error(transparent)]
+    Tui(#[from] super::TuiError),
+}
+
 fn describe(c: &Control) -> String {
     match c {
         Control::Ack { alert, .. } => format!("acknowledgement of {alert}"),
@@ -271,6 +305,9 @@ async fn poll(
             Ok(_) => {}
             Err(e) => {
                 let error = match &e {
+                    rumqttc::ConnectionError::ConnectionRefused(
+                        ConnectReturnCode::BadUserNamePassword | ConnectReturnCode::NotAuthorized,
+                    ) => "refused: wrong or missing username/password".to_string(),
                     rumqttc::ConnectionError::ConnectionRefused(code) => {
                         format!("refused ({code:?})")
                     }
