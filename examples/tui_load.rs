@@ -86,7 +86,7 @@ impl Feed {
             }));
         }
         // Every 5 s an alert fires on some series, and one resolves.
-        if self.step % 50 == 0 {
+        if self.step.is_multiple_of(50) {
             let i = (self.step / 50 * 37) as usize % SERIES;
             out.push(LiveEvent::Alert(alert(
                 &self.names[i],
