@@ -312,3 +312,53 @@ fn restore() {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thresholds_come_from_threshold_and_window_rules() {
+        let rules: Vec<RuleConfig> = [
+            r#"name = "too-hot"
+               series = "greenhouse/+/temperature"
+               kind = "threshold"
+               above = 30.0"#,
+            r#"name = "co2-avg"
+               series = "lab/#"
+               kind = "window"
+               agg = "avg"
+               window = "5m"
+               above = 800
+               below = 300"#,
+            r##"name = "rising"
+               series = "#"
+               kind = "rate"
+               window = "1m"
+               rise = 5"##,
+        ]
+        .iter()
+        .map(|s| toml::from_str(s).expect("rule"))
+        .collect();
+        assert_eq!(
+            thresholds_from_rules(&rules),
+            vec![
+                Threshold {
+                    pattern: "greenhouse/+/temperature".into(),
+                    label: "too-hot >".into(),
+                    value: 30.0
+                },
+                Threshold {
+                    pattern: "lab/#".into(),
+                    label: "co2-avg avg >".into(),
+                    value: 800.0
+                },
+                Threshold {
+                    pattern: "lab/#".into(),
+                    label: "co2-avg avg <".into(),
+                    value: 300.0
+                },
+            ]
+        );
+    }
+}
