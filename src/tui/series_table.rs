@@ -2,9 +2,11 @@
 //! sparkline of recent values and the age of the last reading. Only the rows on
 //! screen are built, so a thousand series cost what thirty do.
 
-use ratatui::layout::{Alignment, Constraint, Rect};
+use ratatui::layout::{Alignment, Constraint, Margin, Rect};
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Block, Borders, Cell, Row, Table, TableState};
+use ratatui::widgets::{
+    Block, Borders, Cell, Row, Scrollbar, ScrollbarOrientation, ScrollbarState, Table, TableState,
+};
 use ratatui::Frame;
 
 use super::format;
@@ -115,6 +117,22 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
     let mut state =
         TableState::default().with_selected((!app.rows().is_empty()).then_some(sel - offset));
     frame.render_stateful_widget(table, area, &mut state);
+    let shown = Areas::table_rows(area);
+    if app.rows().len() > shown {
+        // Where the view is in the whole list, on the right border.
+        let bar = Scrollbar::new(ScrollbarOrientation::VerticalRight)
+            .begin_symbol(None)
+            .end_symbol(None);
+        let mut pos = ScrollbarState::new(app.rows().len().saturating_sub(shown)).position(offset);
+        frame.render_stateful_widget(
+            bar,
+            area.inner(Margin {
+                vertical: 2,
+                horizontal: 0,
+            }),
+            &mut pos,
+        );
+    }
     if app.rows().is_empty() {
         let msg = if app.series_count() == 0 {
             "no readings yet"
