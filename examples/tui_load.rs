@@ -10,6 +10,11 @@
 //! - `... -- --broker mqtt://HOST:PORT` attaches the terminal UI to a broker instead
 //!   (readings under `sensors/`, `centinela/alerts/#`, `centinela/status`), with
 //!   `MQTT_USERNAME` / `MQTT_PASSWORD` from the environment when set.
+//!
+//! Measured on a 2-core x86_64 machine (release build, shared with other builds):
+//! headless 160×50 at 10 draws/s, 0.5 % of one core sorted by name and 0.7 % sorted
+//! by state (0.5–0.65 ms a draw); the real UI in a 160×50 tmux pane, feed included,
+//! 0.6 % of one core over 20 s (`/proc/PID/stat`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
