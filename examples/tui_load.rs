@@ -27,7 +27,7 @@ use centinela::tui::{self, App, Options, RunOptions, Threshold};
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use ratatui::backend::TestBackend;
 use ratatui::Terminal;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, oneshot};
 
 const SERIES: usize = 1_000;
 const TICK: Duration = Duration::from_millis(100);
@@ -222,6 +222,17 @@ fn main() {
     );
 }
 
+type Reply = oneshot::Sender<Result<String, String>>;
+
+/// The stand-in engine's control channel, answering each request.
+struct EngineLink(mpsc::Sender<(Control, Reply)>);
+
+impl tui::ControlSink for EngineLink {
+    fn send(&self, control: Control, reply: Reply) -> Result<(), String> {
+        self.0.try_send((control, reply)).map_err(|e| e.to_string())
+    }
+}
+
 /// The real terminal UI on the synthetic feed, with a stand-in engine answering
 /// acknowledgements so that the keys can be tried.
 fn live() {
@@ -232,7 +243,7 @@ fn live() {
         .expect("runtime");
     rt.block_on(async {
         let (live_tx, live_rx) = broadcast::channel(1024);
-        let (control_tx, mut control_rx) = mpsc::channel::<Control>(16);
+        let (control_tx, mut control_rx) = mpsc::channel::<(Control, Reply)>(16);
         let tx = live_tx.clone();
         tokio::spawn(async move {
             let mut feed = Feed::new();
@@ -244,9 +255,14 @@ fn live() {
                             let _ = tx.send(ev);
                         }
                     }
-                    Some(c) = control_rx.recv() => {
+                    Some((c, reply)) = control_rx.recv() => {
                         let text = format!("engine received {c:?}");
                         let _ = tx.send(LiveEvent::Log { ts: now_ms(), level: centinela::model::LogLevel::Info, text });
+                        let _ = reply.send(match &c {
+                            Control::Ack { alert, .. } => Ok(format!("{alert} acknowledged")),
+                            Control::Silence { pattern, .. } => Ok(format!("{pattern} silenced")),
+                            Control::Unsilence { .. } => Err("no such silence".to_string()),
+                        });
                         if let Control::Ack { alert, .. } = c {
                             if let Some(series) = alert.split_once('/').map(|(_, s)| s) {
                                 let mut ev = self::alert(series, AlertState::Acknowledged, now_ms());
@@ -259,7 +275,7 @@ fn live() {
             }
         });
         let thresholds = vec![Threshold { pattern: "+/+/co2".into(), label: "co2-high >".into(), value: 700.0 }];
-        if let Err(e) = tui::run(live_rx, control_tx, None, RunOptions { app: Options::default(), thresholds }).await {
+        if let Err(e) = tui::run(live_rx, EngineLink(control_tx), None, RunOptions { app: Options::default(), thresholds }).await {
             eprintln!("tui: {e}");
         }
     });

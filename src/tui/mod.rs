@@ -43,7 +43,7 @@ use ratatui::layout::{Alignment, Rect};
 use ratatui::text::Line;
 use ratatui::widgets::Paragraph;
 use ratatui::{Frame, Terminal};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::config::{RuleConfig, RuleKind};
 use crate::model::{now_ms, Control, LiveEvent, Timestamp};
@@ -56,6 +56,33 @@ pub use state::{Action, App, Options, Threshold};
 pub trait HistorySource: Send + Sync {
     /// Points of `series` with `ts >= since`, ascending by time.
     fn history(&self, series: &str, since: Timestamp) -> Vec<(Timestamp, f64)>;
+}
+
+/// Where the person's acknowledgements and silences go: the engine's control channel
+/// in-process, or the broker through the remote feed.
+pub trait ControlSink: Send + 'static {
+    /// Hands `control` on without waiting. When the receiver answers (the engine's
+    /// words, or why it refused), it does so on `reply`; dropping `reply` means no
+    /// answer will come. An `Err` says why the request could not be handed on.
+    fn send(
+        &self,
+        control: Control,
+        reply: oneshot::Sender<Result<String, String>>,
+    ) -> Result<(), String>;
+}
+
+/// A plain channel of requests: no answers (the remote feed publishes them).
+impl ControlSink for mpsc::Sender<Control> {
+    fn send(
+        &self,
+        control: Control,
+        _reply: oneshot::Sender<Result<String, String>>,
+    ) -> Result<(), String> {
+        self.try_send(control).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => "the service is busy, try again".to_string(),
+            mpsc::error::TrySendError::Closed(_) => "the service has stopped".to_string(),
+        })
+    }
 }
 
 /// Why the terminal UI stopped with an error.
@@ -143,11 +170,11 @@ pub fn thresholds_from_rules(rules: &[RuleConfig]) -> Vec<Threshold> {
 }
 
 /// Runs the terminal UI until the person quits, SIGTERM or SIGHUP: reads the live bus
-/// from `rx`, sends acknowledgements and silences to `control`, and asks `history`
-/// for the detail chart's history.
+/// from `rx`, sends acknowledgements and silences to `control` (showing its answer in
+/// the footer), and asks `history` for the detail chart's history.
 pub async fn run(
     mut rx: broadcast::Receiver<LiveEvent>,
-    control: mpsc::Sender<Control>,
+    control: impl ControlSink,
     history: Option<Arc<dyn HistorySource>>,
     opts: RunOptions,
 ) -> Result<(), TuiError> {
@@ -165,6 +192,7 @@ pub async fn run(
     let mut tick = tokio::time::interval(Duration::from_millis(state::REDRAW_INTERVAL_MS));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let (hist_tx, mut hist_rx) = mpsc::channel::<(String, Vec<(Timestamp, f64)>)>(4);
+    let (answer_tx, mut answer_rx) = mpsc::channel::<Result<String, String>>(8);
     let mut feed_open = true;
 
     loop {
@@ -221,12 +249,21 @@ pub async fn run(
                     None => {}
                     Some(Action::Quit) => break,
                     Some(Action::Control(c)) => {
-                        if let Err(e) = control.try_send(c) {
-                            tracing::warn!(error = %e, "control request not sent");
-                            app.notice(format!("not sent: {}", match e {
-                                mpsc::error::TrySendError::Full(_) => "the service is busy, try again",
-                                mpsc::error::TrySendError::Closed(_) => "the service has stopped",
-                            }));
+                        let (reply_tx, reply_rx) = oneshot::channel();
+                        match control.send(c, reply_tx) {
+                            Ok(()) => {
+                                let tx = answer_tx.clone();
+                                tokio::spawn(async move {
+                                    // A dropped reply means no answer: the notice stays.
+                                    if let Ok(answer) = reply_rx.await {
+                                        let _ = tx.send(answer).await;
+                                    }
+                                });
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "control request not sent");
+                                app.notice(format!("not sent: {e}"));
+                            }
                         }
                     }
                     Some(Action::LoadDetail { series, since }) => match &history {
@@ -247,6 +284,10 @@ pub async fn run(
                 }
             }
             Some((series, points)) = hist_rx.recv() => app.set_history(&series, points),
+            Some(answer) = answer_rx.recv() => match answer {
+                Ok(words) => app.notice(words),
+                Err(why) => app.notice(format!("refused: {why}")),
+            },
             _ = term.recv() => break,
             _ = hup.recv() => break,
         }
