@@ -275,7 +275,7 @@ fn live() {
             }
         });
         let thresholds = vec![Threshold { pattern: "+/+/co2".into(), label: "co2-high >".into(), value: 700.0 }];
-        if let Err(e) = tui::run(live_rx, EngineLink(control_tx), None, RunOptions { app: Options::default(), thresholds }).await {
+        if let Err(e) = tui::run(live_rx, EngineLink(control_tx), None, RunOptions { app: Options::default(), thresholds, initial: Vec::new() }).await {
             eprintln!("tui: {e}");
         }
     });

@@ -98,6 +98,9 @@ pub struct RunOptions {
     pub app: Options,
     /// Drawn on the detail chart; see [`thresholds_from_rules`].
     pub thresholds: Vec<Threshold>,
+    /// Applied before the live bus: what happened before the viewer started (the
+    /// alerts already open, the last value of each series), so they show at once.
+    pub initial: Vec<LiveEvent>,
 }
 
 /// Draws the whole screen from the state. [`App::prepare`] must have run since the
@@ -185,6 +188,18 @@ pub async fn run(
     let mut guard = TerminalGuard::enter()?;
     let mut app = App::new(opts.app, now_ms());
     app.set_thresholds(opts.thresholds);
+    let now = now_ms();
+    for ev in opts.initial {
+        match ev {
+            // Aged by their own time, not as if just received.
+            LiveEvent::Readings(batch) => {
+                for r in batch.iter() {
+                    app.apply(LiveEvent::Readings(Arc::from([r.clone()])), r.ts.min(now));
+                }
+            }
+            ev => app.apply(ev, now),
+        }
+    }
     let size = guard.terminal.size()?;
     app.set_size(size.width, size.height);
 
