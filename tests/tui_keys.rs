@@ -462,3 +462,39 @@ fn mouse_click_selects_and_opens_and_the_wheel_scrolls() {
     assert_eq!(app.focus(), Focus::Alerts);
     assert_eq!(app.selected_alert().unwrap().rule, "too-hot");
 }
+
+#[test]
+fn initial_events_show_open_alerts_and_age_old_values() {
+    let mut app = centinela::tui::App::new(centinela::tui::Options::default(), NOW);
+    app.set_size(120, 30);
+    app.apply_initial(
+        vec![
+            LiveEvent::Readings(Arc::from(vec![reading(
+                "cellar/node3/temperature",
+                12.25,
+                NOW - 120_000,
+                Some("°C"),
+            )])),
+            LiveEvent::Alert(alert(
+                "deadman",
+                "cellar/node3/temperature",
+                AlertState::Firing,
+                Severity::Critical,
+                12.25,
+                "°C",
+                NOW - 60_000,
+            )),
+        ],
+        NOW,
+    );
+    let s = render(&mut app);
+    let row = line_with(&s, "│● critical cellar/node3/temperature");
+    assert!(
+        row.contains("12.25 °C") && row.trim_end_matches('│').trim_end().ends_with("2m"),
+        "{row}"
+    );
+    assert!(
+        line_with(&s, "deadman/cellar/node3/temperature").contains("1m"),
+        "{s}"
+    );
+}

@@ -189,17 +189,7 @@ pub async fn run(
     let mut app = App::new(opts.app, now_ms());
     app.set_thresholds(opts.thresholds);
     let now = now_ms();
-    for ev in opts.initial {
-        match ev {
-            // Aged by their own time, not as if just received.
-            LiveEvent::Readings(batch) => {
-                for r in batch.iter() {
-                    app.apply(LiveEvent::Readings(Arc::from([r.clone()])), r.ts.min(now));
-                }
-            }
-            ev => app.apply(ev, now),
-        }
-    }
+    app.apply_initial(opts.initial, now);
     let size = guard.terminal.size()?;
     app.set_size(size.width, size.height);
 

@@ -466,6 +466,22 @@ impl App {
         }
     }
 
+    /// Folds in what happened before the viewer started (open alerts, last values);
+    /// readings are aged by their own time, not as if just received.
+    pub fn apply_initial(&mut self, events: Vec<LiveEvent>, now: Timestamp) {
+        for ev in events {
+            match ev {
+                LiveEvent::Readings(batch) => {
+                    for r in batch.iter() {
+                        self.apply(LiveEvent::Readings(Arc::from([r.clone()])), r.ts.min(now));
+                    }
+                }
+                ev => self.apply(ev, now),
+            }
+        }
+        self.now = self.now.max(now);
+    }
+
     fn apply_alert(&mut self, ev: AlertEvent) {
         let key = (ev.series.clone(), ev.rule.clone());
         let level = match ev.state {
