@@ -423,7 +423,11 @@ fn dirty_only_when_something_changed() {
     app.note_lagged(7, NOW + 1_003);
     assert!(app.dirty);
     assert_eq!(app.lagged(), 7);
-    assert!(render(&mut app).contains("7 events skipped"));
+    assert!(render(&mut app)
+        .lines()
+        .next()
+        .unwrap()
+        .contains("7 skipped"));
 }
 
 #[test]

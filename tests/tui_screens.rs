@@ -330,3 +330,17 @@ fn narrow_terminal_stacks_the_panes() {
 fn series_rows(screen: &str) -> Vec<&str> {
     screen.lines().filter(|l| l.starts_with("│●")).collect()
 }
+
+#[test]
+fn the_header_goes_compact_when_narrow() {
+    let mut app = app();
+    app.set_size(70, 20);
+    let s = render(&mut app);
+    let header = s.lines().next().unwrap();
+    for want in ["● broker", "812.4/s", "outbox 2", "1 dead", "influx 17"] {
+        assert!(header.contains(want), "header lacks {want:?}: {header}");
+    }
+    app.apply(LiveEvent::Status(status(false)), NOW);
+    let s = render(&mut app);
+    assert!(s.lines().next().unwrap().contains("BROKER DOWN"), "{s}");
+}
