@@ -344,3 +344,19 @@ fn the_header_goes_compact_when_narrow() {
     let s = render(&mut app);
     assert!(s.lines().next().unwrap().contains("BROKER DOWN"), "{s}");
 }
+
+#[test]
+fn enter_on_an_event_shows_it_in_full() {
+    let mut app = app();
+    app.set_size(80, 24);
+    app.on_key(key(KeyCode::BackTab), NOW);
+    app.on_key(key(KeyCode::Enter), NOW);
+    let s = render(&mut app);
+    assert!(s.contains("Event at 2026-11-26T04:59:58.000Z"), "{s}");
+    assert!(
+        s.contains("telegram: delivery failed (HTTP 502), retry in 4s"),
+        "{s}"
+    );
+    app.on_key(key(KeyCode::Esc), NOW);
+    assert!(!render(&mut app).contains("Event at"));
+}

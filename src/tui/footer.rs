@@ -28,6 +28,7 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
     } else if app.focus() == Focus::Log {
         &[
             ("↑↓", "scroll"),
+            ("Enter", "full text"),
             ("Tab", "pane"),
             ("/", "filter"),
             ("?", "help"),

@@ -14,7 +14,7 @@ const KEYS: &[(&str, &str)] = &[
     ("Tab", "next pane: series, alerts, events"),
     (
         "Enter",
-        "detail of the series (chart, thresholds, alert history)",
+        "series detail (chart, thresholds, alert history); event in full",
     ),
     ("1 2 3", "in detail: chart over 5 min, 1 h, 24 h"),
     ("Esc", "back; clears the filter"),
@@ -33,6 +33,20 @@ const KEYS: &[(&str, &str)] = &[
 pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
     match app.popup() {
         Some(Popup::Help) => draw_help(frame, area),
+        Some(Popup::Event(line)) => {
+            let title = format!(" Event at {} ", crate::model::format_ts(line.ts));
+            let r = centered(area, area.width.saturating_sub(8).min(100), 8);
+            frame.render_widget(Clear, r);
+            let block = Block::default()
+                .borders(Borders::ALL)
+                .border_style(theme::border(true))
+                .title(Span::styled(title, theme::TITLE))
+                .title_bottom(Line::styled(" Esc closes ", theme::DIM));
+            let text = Paragraph::new(Line::styled(line.text.clone(), theme::level(line.level)))
+                .block(block)
+                .wrap(Wrap { trim: false });
+            frame.render_widget(text, r);
+        }
         Some(Popup::Filter { input }) => {
             let lines = vec![
                 Line::from(vec![

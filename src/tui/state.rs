@@ -141,7 +141,7 @@ pub struct Silence {
     pub until: Timestamp,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogLine {
     pub ts: Timestamp,
     pub level: LogLevel,
@@ -225,6 +225,8 @@ pub struct Detail {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Popup {
     Help,
+    /// One line of the event log in full.
+    Event(LogLine),
     /// Editing the series filter.
     Filter {
         input: String,
@@ -956,6 +958,12 @@ impl App {
                 }
                 None
             }
+            Popup::Event(line) => {
+                if !matches!(key.code, KeyCode::Esc | KeyCode::Enter | KeyCode::Char('q')) {
+                    self.popup = Some(Popup::Event(line));
+                }
+                None
+            }
             Popup::Filter { mut input } => {
                 match key.code {
                     KeyCode::Enter => {
@@ -1134,7 +1142,11 @@ impl App {
         let series = match self.focus {
             Focus::Series => self.selected_series()?.to_string(),
             Focus::Alerts => self.selected_alert()?.series.clone(),
-            Focus::Log => return None,
+            Focus::Log => {
+                let line = self.log.get(self.sel[2])?.clone();
+                self.popup = Some(Popup::Event(line));
+                return None;
+            }
         };
         let range = Range::M5;
         self.detail = Some(Detail {
