@@ -50,6 +50,9 @@ pub enum Command {
     },
     /// Print the annotated default configuration.
     Config,
+    /// The terminal UI attached to a running service, through its broker (live readings
+    /// and alerts) and, when reachable, its database (history).
+    Tui(TuiArgs),
     /// Print stored readings.
     Readings(ReadingsArgs),
     /// Print the alerts history.
@@ -130,6 +133,23 @@ pub struct DemoArgs {
     /// Broker address for the demo (default 127.0.0.1:1883, or a free port when taken).
     #[arg(long)]
     pub listen: Option<std::net::SocketAddr>,
+}
+
+#[derive(Debug, Args)]
+pub struct TuiArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// The service's broker (default: the config's external url, else its embedded
+    /// listener).
+    #[arg(long, value_name = "URL")]
+    pub broker: Option<String>,
+    /// The service's database, for history in the detail view.
+    #[arg(long, value_name = "PATH")]
+    pub db: Option<PathBuf>,
+    /// MQTT username (default: broker.username of the config); the password comes from
+    /// the variable named by broker.password_env.
+    #[arg(long)]
+    pub username: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -237,6 +257,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Readings(args) => readings(args).await,
+        Command::Tui(args) => tui(args).await,
         Command::Alerts(args) => alerts(args).await,
         Command::Bench(args) => bench(args).await,
         Command::Replay(args) => replay(args).await,
@@ -272,23 +293,44 @@ fn validate(path: Option<&Path>) -> anyhow::Result<ExitCode> {
 
 /// Logs go to stderr: compact, no colours unless stderr is a terminal (journald-friendly).
 pub fn init_logging(cfg: &Config, quiet: bool) {
-    use std::io::IsTerminal;
     let level = if quiet {
         "warn"
     } else {
         cfg.log.level.as_str()
     };
+    init_with(level, None);
+}
+
+/// Logs at the configured level to `file` (appending), or to stderr when `None`.
+pub fn init_logging_to(cfg: &Config, file: Option<&Path>) {
+    init_with(&cfg.log.level, file);
+}
+
+fn init_with(level: &str, file: Option<&Path>) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(format!(
             "{level},rumqttd=warn,rumqttd::server::broker=off,rumqttc=warn,sqlx=warn"
         ))
     });
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .compact()
-        .try_init();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).compact();
+    let opened = file.and_then(|p| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+            .ok()
+    });
+    let _ = match opened {
+        Some(f) => builder
+            .with_writer(std::sync::Mutex::new(f))
+            .with_ansi(false)
+            .try_init(),
+        None => builder
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init(),
+    };
 }
 
 /// Runs the service until SIGINT/SIGTERM (or `limit`), then shuts it down cleanly.
@@ -323,7 +365,8 @@ async fn wait_for_stop(service: &mut Service, limit: Option<Duration>) -> anyhow
 
 async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let mut cfg = Config::parse(config::DEMO_TOML, "<demo config>")?;
-    init_logging(&cfg, !args.headless);
+    use std::io::IsTerminal;
+    let interactive = !args.headless && std::io::stdout().is_terminal();
     let tmp;
     let dir = match &args.data_dir {
         Some(d) => {
@@ -342,6 +385,12 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         None => std::net::SocketAddr::from(([127, 0, 0, 1], crate::broker::free_port()?)),
     };
     let db = dir.join("centinela.db");
+    if interactive {
+        // Logs would draw over the screen: they go to a file beside the database.
+        init_logging_to(&cfg, Some(&dir.join("centinela.log")));
+    } else {
+        init_logging(&cfg, !args.headless);
+    }
     let mut service = Service::start(
         cfg.clone(),
         Options {
@@ -372,8 +421,41 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     sim_opts.shutdown = Some(sim_stop_rx);
     let sim = tokio::spawn(centinela_sim::publish(sim_opts));
 
-    let summary = (!args.headless).then(|| tokio::spawn(print_summary(service.live.subscribe())));
-    let outcome = wait_for_stop(&mut service, args.duration).await;
+    let summary = (!args.headless && !interactive)
+        .then(|| tokio::spawn(print_summary(service.live.subscribe())));
+    let outcome = if interactive {
+        let view = service.view.borrow().clone();
+        let opts = crate::tui::RunOptions {
+            app: crate::tui::Options::default(),
+            thresholds: crate::tui::thresholds_from_rules(&cfg.rules),
+            initial: view.initial_events(),
+        };
+        let history = sqlite::open_existing(&db).await.ok().map(|pool| {
+            std::sync::Arc::new(sqlite::SqliteHistory {
+                pool,
+                runtime: tokio::runtime::Handle::current(),
+            }) as std::sync::Arc<dyn crate::tui::HistorySource>
+        });
+        let ui = crate::tui::run(
+            service.live.subscribe(),
+            service.control.clone(),
+            history,
+            opts,
+        );
+        let limit = async {
+            match args.duration {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            r = ui => r.map_err(anyhow::Error::from),
+            _ = limit => Ok(()),
+            e = service.failed() => Err(e),
+        }
+    } else {
+        wait_for_stop(&mut service, args.duration).await
+    };
     let _ = sim_stop_tx.send(true);
     match sim.await {
         Ok(Ok(stats)) => tracing::info!(published = stats.published, "simulators stopped"),
@@ -724,4 +806,45 @@ fn read_csv(path: &Path, pattern: &str) -> anyhow::Result<Vec<crate::model::Read
         });
     }
     Ok(out)
+}
+
+async fn tui(args: TuiArgs) -> anyhow::Result<ExitCode> {
+    let (cfg, _) = load(args.config.config.as_deref())?;
+    // No logging: lines would draw over the screen; the UI shows what matters.
+    let url = match (&args.broker, cfg.broker.mode) {
+        (Some(u), _) => u.clone(),
+        (None, config::BrokerMode::External) => cfg.broker.url.clone().unwrap_or_default(),
+        (None, config::BrokerMode::Embedded) => format!("mqtt://{}", cfg.broker.listen),
+    };
+    let username = args.username.clone().or(cfg.broker.username.clone());
+    let password = username
+        .as_ref()
+        .and_then(|_| std::env::var(&cfg.broker.password_env).ok());
+    let remote = crate::tui::remote::RemoteOptions {
+        url,
+        client_id: format!("centinela-tui-{}", std::process::id()),
+        username,
+        password,
+        prefix: cfg.ingest.prefix.clone(),
+        topics: cfg.ingest.topics.clone(),
+        max_payload: cfg.broker.max_payload,
+    };
+    let db = args.db.clone().unwrap_or(cfg.storage.sqlite.path.clone());
+    let history = match sqlite::open_existing(&db).await {
+        Ok(pool) => Some(std::sync::Arc::new(sqlite::SqliteHistory {
+            pool,
+            runtime: tokio::runtime::Handle::current(),
+        }) as std::sync::Arc<dyn crate::tui::HistorySource>),
+        Err(e) => {
+            eprintln!("note: no history ({e})");
+            None
+        }
+    };
+    let opts = crate::tui::RunOptions {
+        app: crate::tui::Options::default(),
+        thresholds: crate::tui::thresholds_from_rules(&cfg.rules),
+        initial: Vec::new(),
+    };
+    crate::tui::remote::attach(remote, history, opts).await?;
+    Ok(ExitCode::SUCCESS)
 }

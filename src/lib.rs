@@ -24,6 +24,7 @@
 //! - [`store`]: SQLite (chunks, rollups, catalogue, alerts); InfluxDB (line protocol,
 //!   durable backlog).
 //! - [`service`]: the topology: tasks, bounded channels, shutdown.
+//! - [`tui`]: the terminal UI (in-process, or attached through the broker).
 //! - [`cli`]: the `centinela` command.
 
 pub mod bench;
@@ -31,7 +32,9 @@ pub mod broker;
 pub mod cli;
 pub mod config;
 pub mod engine;
+pub mod live;
 pub mod model;
 pub mod service;
 pub mod source;
 pub mod store;
+pub mod tui;

@@ -42,6 +42,63 @@ pub struct ControlRequest {
     pub reply: Option<oneshot::Sender<Result<String, String>>>,
 }
 
+/// The terminal's acks and silences go to the engine, and its answer comes back.
+impl crate::tui::ControlSink for mpsc::Sender<ControlRequest> {
+    fn send(
+        &self,
+        control: Control,
+        reply: oneshot::Sender<Result<String, String>>,
+    ) -> Result<(), String> {
+        self.try_send(ControlRequest {
+            control,
+            reply: Some(reply),
+        })
+        .map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => "the engine is busy, try again".to_string(),
+            mpsc::error::TrySendError::Closed(_) => "the service has stopped".to_string(),
+        })
+    }
+}
+
+impl EngineView {
+    /// What a viewer starting now should know: the open alerts (as the events that
+    /// opened them) and the last value of every series.
+    pub fn initial_events(&self) -> Vec<LiveEvent> {
+        let mut out: Vec<LiveEvent> = self
+            .alerts
+            .iter()
+            .map(|a| {
+                LiveEvent::Alert(crate::model::AlertEvent {
+                    rule: a.rule.clone(),
+                    series: a.series.clone(),
+                    state: a.state,
+                    severity: a.severity,
+                    value: a.value,
+                    unit: a.unit.clone(),
+                    ts: a.since,
+                    message: a.message.clone(),
+                    notify: Vec::new(),
+                })
+            })
+            .collect();
+        let mut last: Vec<Reading> = self
+            .last
+            .iter()
+            .map(|(s, l)| Reading {
+                series: s.clone(),
+                value: l.value,
+                ts: l.ts,
+                unit: l.unit.clone(),
+            })
+            .collect();
+        last.sort_by_key(|r| r.ts);
+        if !last.is_empty() {
+            out.insert(0, LiveEvent::Readings(last.into()));
+        }
+        out
+    }
+}
+
 /// The latest value of a series, as the engine stage last saw it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LastValue {
@@ -170,6 +227,7 @@ impl Service {
         let mut external = None;
         let mut broker_addr = None;
         let broker_desc;
+        let live_out;
         match cfg.broker.mode {
             BrokerMode::Embedded => {
                 let filters = cfg
@@ -179,9 +237,15 @@ impl Service {
                     .cloned()
                     .chain([mqtt::CONTROL_TOPIC.to_string()])
                     .collect();
-                let mut links =
-                    crate::broker::start(&cfg.broker, &[("centinela-ingest", filters)])?;
+                let mut links = crate::broker::start(
+                    &cfg.broker,
+                    &[
+                        ("centinela-ingest", filters),
+                        ("centinela-live", Vec::new()),
+                    ],
+                )?;
                 let link = links.remove(0);
+                live_out = crate::live::Out::link(links.remove(0));
                 broker_addr = Some(cfg.broker.listen);
                 broker_desc = format!("embedded {}", cfg.broker.listen);
                 let (ingest, max_payload) = (cfg.ingest.clone(), cfg.broker.max_payload);
@@ -206,6 +270,7 @@ impl Service {
             }
             BrokerMode::External => {
                 broker_desc = format!("external {}", cfg.broker.url.as_deref().unwrap_or(""));
+                live_out = crate::live::Out::external(&cfg.broker)?;
                 let (bcfg, icfg) = (cfg.broker.clone(), cfg.ingest.clone());
                 let (stats, control) = (source_stats.clone(), control_tx.clone());
                 external = Some(tokio::spawn(async move {
@@ -213,6 +278,11 @@ impl Service {
                 }));
             }
         }
+        tasks.push(tokio::spawn(crate::live::run(
+            live_out,
+            live.subscribe(),
+            stop_tx.subscribe(),
+        )));
         tasks.push(tokio::spawn(run_status(
             broker_desc,
             format!("sqlite {}", db_path.display()),

@@ -207,10 +207,13 @@ pub fn run_embedded(
 }
 
 /// Options for an external broker connection, from `[broker]`.
-pub fn external_options(cfg: &BrokerConfig) -> Result<(MqttOptions, String), SourceError> {
+pub fn external_options(
+    cfg: &BrokerConfig,
+    client_id: &str,
+) -> Result<(MqttOptions, String), SourceError> {
     let url = cfg.url.clone().unwrap_or_default();
     let (host, port) = parse_mqtt_url(&url).map_err(SourceError::Url)?;
-    let mut opts = MqttOptions::new(cfg.client_id.clone(), host, port);
+    let mut opts = MqttOptions::new(client_id, host, port);
     opts.set_clean_session(false);
     opts.set_keep_alive(Duration::from_secs(30));
     opts.set_max_packet_size(cfg.max_payload + 4096, cfg.max_payload + 4096);
@@ -234,7 +237,7 @@ pub async fn run_external(
     control: mpsc::Sender<ControlRequest>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), SourceError> {
-    let (opts, url) = external_options(cfg)?;
+    let (opts, url) = external_options(cfg, &cfg.client_id)?;
     let (client, mut events) = AsyncClient::new(opts, 10_000);
     let mut ing = Ingest::new(ingest, cfg.max_payload, stats.clone(), control);
     let mut ever_connected = false;

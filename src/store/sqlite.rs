@@ -707,6 +707,57 @@ pub fn parse_severity(s: &str) -> Severity {
     Severity::parse(s).unwrap_or_default()
 }
 
+/// History for the terminal's detail chart, read from the database. Called from a
+/// blocking thread (the TUI runs it in `spawn_blocking`).
+pub struct SqliteHistory {
+    pub pool: SqlitePool,
+    pub runtime: tokio::runtime::Handle,
+}
+
+impl crate::tui::HistorySource for SqliteHistory {
+    fn history(&self, series: &str, since: Timestamp) -> Vec<(Timestamp, f64)> {
+        match self
+            .runtime
+            .block_on(query_series(&self.pool, series, since))
+        {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(series, error = %e, "cannot read history");
+                Vec::new()
+            }
+        }
+    }
+}
+
+/// Points of one series since `since`, ascending.
+pub async fn query_series(
+    pool: &SqlitePool,
+    series: &str,
+    since: Timestamp,
+) -> Result<Vec<(Timestamp, f64)>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT c.id, c.data FROM chunks c JOIN series s ON s.id = c.series_id \
+         WHERE s.name = ? AND c.last_ts >= ? ORDER BY c.first_ts",
+    )
+    .bind(series)
+    .bind(since)
+    .fetch_all(pool)
+    .await?;
+    let mut out = Vec::new();
+    for row in rows {
+        let id: i64 = row.try_get("id")?;
+        let data: Vec<u8> = row.try_get("data")?;
+        out.extend(
+            chunk::decode(&data)
+                .map_err(|source| StoreError::Chunk { id, source })?
+                .into_iter()
+                .filter(|p| p.0 >= since),
+        );
+    }
+    out.sort_by_key(|p| p.0);
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

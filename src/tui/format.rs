@@ -1,0 +1,157 @@
+//! Compact text for the terminal: values, ages, durations and text sparklines. Pure.
+
+use crate::model::Timestamp;
+
+/// A value in at most about seven characters, aligned on the right by the caller:
+/// `612`, `21.50`, `-3.25`, `123.4`, `12.3k`, `1.23M`.
+pub fn value(v: f64) -> String {
+    if !v.is_finite() {
+        return v.to_string();
+    }
+    let a = v.abs();
+    if a >= 1e5 {
+        let (d, s) = if a >= 1e12 {
+            (1e12, "T")
+        } else if a >= 1e9 {
+            (1e9, "G")
+        } else if a >= 1e6 {
+            (1e6, "M")
+        } else {
+            (1e3, "k")
+        };
+        let x = v / d;
+        return if x.abs() >= 100.0 {
+            format!("{x:.0}{s}")
+        } else if x.abs() >= 10.0 {
+            format!("{x:.1}{s}")
+        } else {
+            format!("{x:.2}{s}")
+        };
+    }
+    if v.fract() == 0.0 {
+        return format!("{v:.0}");
+    }
+    if a >= 1000.0 {
+        format!("{v:.0}")
+    } else if a >= 100.0 {
+        format!("{v:.1}")
+    } else if a >= 0.01 {
+        format!("{v:.2}")
+    } else {
+        format!("{v:.3e}")
+    }
+}
+
+/// A value with its unit, for places where they are not in separate columns.
+pub fn value_unit(v: f64, unit: Option<&str>) -> String {
+    match unit {
+        Some(u) if !u.is_empty() => format!("{} {u}", value(v)),
+        _ => value(v),
+    }
+}
+
+/// A span of milliseconds as people say it: `0s`, `3s`, `2m`, `1h05m`, `3d`.
+pub fn age(ms: i64) -> String {
+    let s = ms.max(0) / 1000;
+    if s < 60 {
+        format!("{s}s")
+    } else if s < 3600 {
+        format!("{}m", s / 60)
+    } else if s < 86_400 {
+        let (h, m) = (s / 3600, (s % 3600) / 60);
+        if m == 0 || h >= 10 {
+            format!("{h}h")
+        } else {
+            format!("{h}h{m:02}m")
+        }
+    } else {
+        format!("{}d", s / 86_400)
+    }
+}
+
+/// The age of `ts` at `now`, or `-` when never.
+pub fn age_since(ts: Option<Timestamp>, now: Timestamp) -> String {
+    ts.map_or_else(|| "-".to_string(), |t| age(now - t))
+}
+
+/// Wall-clock time of day of `ts` in the local time zone, `HH:MM:SS`.
+pub fn clock(ts: Timestamp) -> String {
+    use chrono::TimeZone;
+    match chrono::Local.timestamp_millis_opt(ts) {
+        chrono::LocalResult::Single(t) | chrono::LocalResult::Ambiguous(t, _) => {
+            t.format("%H:%M:%S").to_string()
+        }
+        chrono::LocalResult::None => ts.to_string(),
+    }
+}
+
+const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+
+/// The last `width` values as block characters scaled between their min and max,
+/// right-aligned (older values to the left), padded with spaces.
+pub fn sparkline<I>(values: I, len: usize, width: usize) -> String
+where
+    I: Iterator<Item = f64> + Clone,
+{
+    let skip = len.saturating_sub(width);
+    let vals = values.skip(skip);
+    let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
+    for v in vals.clone() {
+        lo = lo.min(v);
+        hi = hi.max(v);
+    }
+    let n = len - skip;
+    let mut out = String::with_capacity(width * 3);
+    out.extend(std::iter::repeat_n(' ', width - n));
+    let span = hi - lo;
+    for v in vals {
+        let i = if span > 0.0 {
+            (((v - lo) / span) * 7.0).round() as usize
+        } else {
+            3
+        };
+        out.push(BARS[i.min(7)]);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_are_compact() {
+        assert_eq!(value(612.0), "612");
+        assert_eq!(value(21.5), "21.50");
+        assert_eq!(value(-3.25), "-3.25");
+        assert_eq!(value(123.45), "123.5");
+        assert_eq!(value(4567.8), "4568");
+        assert_eq!(value(123_456.0), "123k");
+        assert_eq!(value(1_234_567.0), "1.23M");
+        assert_eq!(value(0.0), "0");
+        assert_eq!(value(0.001_5), "1.500e-3");
+        assert_eq!(value_unit(21.5, Some("°C")), "21.50 °C");
+    }
+
+    #[test]
+    fn ages_read_like_speech() {
+        assert_eq!(age(-5), "0s");
+        assert_eq!(age(3_400), "3s");
+        assert_eq!(age(125_000), "2m");
+        assert_eq!(age(3_900_000), "1h05m");
+        assert_eq!(age(7_200_000), "2h");
+        assert_eq!(age(3 * 86_400_000), "3d");
+        assert_eq!(age_since(None, 0), "-");
+    }
+
+    #[test]
+    fn sparklines_scale_and_pad() {
+        let v = [1.0, 2.0, 3.0];
+        assert_eq!(sparkline(v.iter().copied(), 3, 5), "  ▁▅█");
+        let v = [9.0, 1.0, 1.0, 8.0];
+        assert_eq!(sparkline(v.iter().copied(), 4, 2), "▁█");
+        let v = [5.0, 5.0];
+        assert_eq!(sparkline(v.iter().copied(), 2, 2), "▄▄");
+        assert_eq!(sparkline(std::iter::empty(), 0, 3), "   ");
+    }
+}

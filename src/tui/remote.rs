@@ -1,0 +1,370 @@
+//! The remote feed of `centinela tui --broker URL`: the live bus rebuilt from a
+//! running service's broker, and the viewer's actions sent back through it.
+//!
+//! ```text
+//!  broker ── sensors/…           ──► decode ──► LiveEvent::Readings ─┐
+//!         ── centinela/alerts/#  (retained JSON AlertEvent) ─────────┼─► broadcast ─► tui::run
+//!         ── centinela/status    (JSON PipelineStatus) ──────────────┘
+//!  tui::run ─► Control ─► JSON on centinela/control (QoS 1, with the credentials)
+//! ```
+//!
+//! A lost broker is reported as a [`PipelineStatus`] with `broker_up = false`, and the
+//! connection is retried with exponential backoff. The viewer connects with the
+//! configured username and password, so a broker that requires them refuses an
+//! anonymous viewer and its actions.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, ConnectReturnCode, Event, EventLoop, MqttOptions, Packet, QoS};
+use tokio::sync::{broadcast, mpsc};
+use tokio::time::Instant;
+
+use crate::model::{now_ms, AlertEvent, Control, LiveEvent, LogLevel, PipelineStatus, Reading};
+use crate::source::decode::Decoder;
+
+/// Retained alert events, one topic per alert.
+pub const ALERTS_TOPIC: &str = "centinela/alerts/#";
+/// The pipeline's figures, about once a second.
+pub const STATUS_TOPIC: &str = "centinela/status";
+/// Where acknowledgements and silences go.
+pub const CONTROL_TOPIC: &str = "centinela/control";
+
+/// Readings are handed on in batches at least this often.
+const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
+const FLUSH_READINGS: usize = 1_000;
+const BACKOFF_MIN: Duration = Duration::from_millis(250);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+/// How to reach the service's broker.
+#[derive(Clone)]
+pub struct RemoteOptions {
+    /// `mqtt://HOST:PORT` (`tcp://` too; port 1883 when left out).
+    pub url: String,
+    pub client_id: String,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// Topic prefix of the readings (`sensors`): series are named relative to it.
+    pub prefix: String,
+    /// Reading topics to subscribe to (`sensors/#`).
+    pub topics: Vec<String>,
+    pub max_payload: usize,
+}
+
+impl fmt::Debug for RemoteOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RemoteOptions")
+            .field("url", &self.url)
+            .field("client_id", &self.client_id)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("prefix", &self.prefix)
+            .field("topics", &self.topics)
+            .field("max_payload", &self.max_payload)
+            .finish()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteError {
+    #[error("broker URL {0:?} is not mqtt://HOST:PORT")]
+    BadUrl(String),
+}
+
+/// `mqtt://host:port` → (host, port).
+pub fn parse_url(url: &str) -> Result<(String, u16), RemoteError> {
+    let bad = || RemoteError::BadUrl(url.to_string());
+    let rest = url
+        .strip_prefix("mqtt://")
+        .or_else(|| url.strip_prefix("tcp://"))
+        .unwrap_or(url);
+    let rest = rest.trim_end_matches('/');
+    if rest.is_empty() || rest.contains(['/', '@', '?']) {
+        return Err(bad());
+    }
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(':') => (h, p.parse::<u16>().map_err(|_| bad())?),
+        _ => (rest, 1883),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(bad());
+    }
+    Ok((host.to_string(), port))
+}
+
+/// What the polling task tells the feed.
+enum Incoming {
+    Connected,
+    Lost { error: String, retry_in: Duration },
+    Publish(rumqttc::Publish),
+}
+
+/// Runs the remote feed until `control` closes (the viewer quit): publishes what the
+/// broker says on `live`, sends what arrives on `control` to [`CONTROL_TOPIC`].
+pub async fn feed(
+    opts: RemoteOptions,
+    live: broadcast::Sender<LiveEvent>,
+    mut control: mpsc::Receiver<Control>,
+) -> Result<(), RemoteError> {
+    let (host, port) = parse_url(&opts.url)?;
+    let mut mqtt = MqttOptions::new(opts.client_id.clone(), host, port);
+    mqtt.set_keep_alive(Duration::from_secs(10));
+    mqtt.set_clean_session(true);
+    mqtt.set_max_packet_size(opts.max_payload.max(64 * 1024) + 1024, 64 * 1024);
+    if let Some(user) = &opts.username {
+        mqtt.set_credentials(user.clone(), opts.password.clone().unwrap_or_default());
+    }
+    let (client, eventloop) = AsyncClient::new(mqtt, 64);
+    let mut subs: Vec<String> = opts.topics.clone();
+    subs.extend([ALERTS_TOPIC.to_string(), STATUS_TOPIC.to_string()]);
+    let (tx, mut rx) = mpsc::channel::<Incoming>(1024);
+    let poller = tokio::spawn(poll(eventloop, client.clone(), subs, tx));
+
+    let mut decoder = Decoder::new(&opts.prefix, opts.max_payload);
+    let mut batch: Vec<Reading> = Vec::new();
+    let mut last_status: Option<PipelineStatus> = None;
+    let mut up: Option<bool> = None;
+    let mut decode_errors = 0u64;
+    let mut last_error_log: Option<Instant> = None;
+    let mut flush = tokio::time::interval(FLUSH_INTERVAL);
+    flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let send = |ev: LiveEvent| {
+        // No receiver means the viewer is shutting down: nothing to do.
+        let _ = live.send(ev);
+    };
+    let log = |level: LogLevel, text: String| {
+        send(LiveEvent::Log {
+            ts: now_ms(),
+            level,
+            text,
+        })
+    };
+
+    loop {
+        tokio::select! {
+            msg = rx.recv() => {
+                let Some(msg) = msg else { break };
+                match msg {
+                    Incoming::Connected => {
+                        if up != Some(true) {
+                            log(LogLevel::Info, format!("connected to {}", opts.url));
+                        }
+                        up = Some(true);
+                        if let Some(s) = &last_status {
+                            send(LiveEvent::Status(PipelineStatus { broker_up: true, ..s.clone() }));
+                        }
+                    }
+                    Incoming::Lost { error, retry_in } => {
+                        if up != Some(false) {
+                            tracing::warn!(url = %opts.url, %error, "lost the broker");
+                            log(LogLevel::Error, format!("no connection to {}: {error}; retrying every {}s at most", opts.url, BACKOFF_MAX.as_secs()));
+                        }
+                        up = Some(false);
+                        let base = last_status.clone().unwrap_or_default();
+                        send(LiveEvent::Status(PipelineStatus {
+                            broker: format!(
+                                "{} ({error}; retry in {})",
+                                opts.url,
+                                humantime::format_duration(retry_in)
+                            ),
+                            broker_up: false,
+                            ..base
+                        }));
+                    }
+                    Incoming::Publish(rumqttc::Publish { topic, payload, .. }) => {
+                        if topic == STATUS_TOPIC {
+                            match serde_json::from_slice::<PipelineStatus>(&payload) {
+                                Ok(s) => {
+                                    last_status = Some(s.clone());
+                                    send(LiveEvent::Status(s));
+                                }
+                                Err(e) => log(LogLevel::Warn, format!("unreadable status on {topic}: {e}")),
+                            }
+                        } else if topic.starts_with("centinela/alerts/") {
+                            if payload.is_empty() {
+                                continue;
+                            }
+                            match serde_json::from_slice::<AlertEvent>(&payload) {
+                                Ok(ev) => send(LiveEvent::Alert(ev)),
+                                Err(e) => log(LogLevel::Warn, format!("unreadable alert on {topic}: {e}")),
+                            }
+                        } else if !topic.starts_with("centinela/") {
+                            if let Err(e) = decoder.decode(&topic, &payload, now_ms(), &mut batch) {
+                                decode_errors += 1;
+                                if last_error_log.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) {
+                                    last_error_log = Some(Instant::now());
+                                    log(LogLevel::Warn, format!("{topic}: {e} ({decode_errors} undecodable so far)"));
+                                }
+                            }
+                            if batch.len() >= FLUSH_READINGS {
+                                send(LiveEvent::Readings(Arc::from(std::mem::take(&mut batch))));
+                            }
+                        }
+                    }
+                }
+            }
+            c = control.recv() => {
+                let Some(c) = c else { break };
+                match serde_json::to_vec(&c) {
+                    Ok(json) => {
+                        if let Err(e) = client.try_publish(CONTROL_TOPIC, QoS::AtLeastOnce, false, json) {
+                            log(LogLevel::Error, format!("could not send {}: {e}", describe(&c)));
+                        } else {
+                            log(LogLevel::Info, format!("sent {}", describe(&c)));
+                        }
+                    }
+                    Err(e) => log(LogLevel::Error, format!("could not encode {}: {e}", describe(&c))),
+                }
+            }
+            _ = flush.tick() => {
+                if !batch.is_empty() {
+                    send(LiveEvent::Readings(Arc::from(std::mem::take(&mut batch))));
+                }
+            }
+        }
+    }
+    let _ = client.try_disconnect();
+    // Give the disconnect (and a just-sent control) a moment to leave.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    poller.abort();
+    Ok(())
+}
+
+/// `centinela tui --broker URL`: runs the terminal UI on the remote feed until the
+/// person quits, then ends the feed.
+pub async fn attach(
+    remote: RemoteOptions,
+    history: Option<Arc<dyn super::HistorySource>>,
+    opts: super::RunOptions,
+) -> Result<(), AttachError> {
+    parse_url(&remote.url)?;
+    let (live_tx, live_rx) = broadcast::channel(4096);
+    let (control_tx, control_rx) = mpsc::channel(16);
+    let feed = tokio::spawn(feed(remote, live_tx, control_rx));
+    let result = super::run(live_rx, control_tx, history, opts).await;
+    // run() has dropped the control sender: the feed disconnects and returns.
+    match tokio::time::timeout(Duration::from_secs(2), feed).await {
+        Ok(Ok(r)) => r?,
+        Ok(Err(e)) => tracing::warn!(error = %e, "remote feed task failed"),
+        Err(_) => tracing::warn!("remote feed did not stop in time"),
+    }
+    Ok(result?)
+}
+
+/// Why `centinela tui --broker` stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
+    #[error(transparent)]
+    Tui(#[from] super::TuiError),
+}
+
+fn describe(c: &Control) -> String {
+    match c {
+        Control::Ack { alert, .. } => format!("acknowledgement of {alert}"),
+        Control::Silence { pattern, .. } => format!("silence of {pattern}"),
+        Control::Unsilence { pattern, .. } => format!(
+            "unsilence of {}",
+            pattern.as_deref().unwrap_or("everything")
+        ),
+    }
+}
+
+/// Drives the MQTT connection: subscribes after every connect, hands messages on,
+/// and backs off between failed connects.
+async fn poll(
+    mut eventloop: EventLoop,
+    client: AsyncClient,
+    subs: Vec<String>,
+    tx: mpsc::Sender<Incoming>,
+) {
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) if ack.code == ConnectReturnCode::Success => {
+                backoff = BACKOFF_MIN;
+                // The request channel is empty right after a connect, so this fits.
+                let filters = subs
+                    .iter()
+                    .map(|t| rumqttc::SubscribeFilter::new(t.clone(), QoS::AtMostOnce));
+                if let Err(e) = client.try_subscribe_many(filters) {
+                    tracing::warn!(error = %e, "subscribe failed");
+                }
+                if tx.send(Incoming::Connected).await.is_err() {
+                    return;
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                if tx.send(Incoming::Publish(p)).await.is_err() {
+                    return;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                let error = match &e {
+                    rumqttc::ConnectionError::ConnectionRefused(
+                        ConnectReturnCode::BadUserNamePassword | ConnectReturnCode::NotAuthorized,
+                    ) => "refused: wrong or missing username/password".to_string(),
+                    rumqttc::ConnectionError::ConnectionRefused(code) => {
+                        format!("refused ({code:?})")
+                    }
+                    e => e.to_string(),
+                };
+                if tx
+                    .send(Incoming::Lost {
+                        error,
+                        retry_in: backoff,
+                    })
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        assert_eq!(
+            parse_url("mqtt://127.0.0.1:1884").unwrap(),
+            ("127.0.0.1".to_string(), 1884)
+        );
+        assert_eq!(
+            parse_url("tcp://pi.local").unwrap(),
+            ("pi.local".to_string(), 1883)
+        );
+        assert_eq!(parse_url("broker:99").unwrap(), ("broker".to_string(), 99));
+        assert_eq!(
+            parse_url("mqtt://[::1]:1883").unwrap(),
+            ("::1".to_string(), 1883)
+        );
+        assert!(parse_url("mqtt://host:notaport").is_err());
+        assert!(parse_url("mqtt://").is_err());
+        assert!(parse_url("mqtt://user:pw@host:1").is_err());
+    }
+
+    #[test]
+    fn debug_hides_the_password() {
+        let o = RemoteOptions {
+            url: "mqtt://h:1".into(),
+            client_id: "v".into(),
+            username: Some("u".into()),
+            password: Some("hunter2".into()),
+            prefix: "sensors".into(),
+            topics: vec![],
+            max_payload: 1024,
+        };
+        assert!(!format!("{o:?}").contains("hunter2"));
+    }
+}
