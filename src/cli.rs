@@ -243,7 +243,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let (cfg, source) = load(config.config.as_deref())?;
             init_logging(&cfg, false);
             tracing::info!(config = %source, "starting");
-            run_until_signal(cfg, Options::default(), None).await
+            run_service(cfg, config.config.clone()).await
         }
         Command::Demo(args) => demo(args).await,
         Command::Simulate(args) => {
@@ -334,13 +334,30 @@ fn init_with(level: &str, file: Option<&Path>) {
 }
 
 /// Runs the service until SIGINT/SIGTERM (or `limit`), then shuts it down cleanly.
-async fn run_until_signal(
-    cfg: Config,
-    opts: Options,
-    limit: Option<Duration>,
-) -> anyhow::Result<ExitCode> {
-    let mut service = Service::start(cfg, opts).await?;
-    let outcome = wait_for_stop(&mut service, limit).await;
+/// `centinela run`: the service until SIGINT/SIGTERM; SIGHUP reloads the rules from
+/// the same file (an invalid file keeps the running rules and says why).
+async fn run_service(cfg: Config, path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut service = Service::start(cfg, Options::default()).await?;
+    let mut hup = signal(SignalKind::hangup()).context("while installing the SIGHUP handler")?;
+    let outcome = loop {
+        tokio::select! {
+            r = wait_for_stop(&mut service, None) => break r,
+            _ = hup.recv() => match config::resolve_path(path.as_deref()) {
+                None => tracing::warn!("SIGHUP: running on the embedded default, nothing to reload"),
+                Some(p) => match config::load(&p) {
+                    Ok(new) => {
+                        tracing::info!(config = %p.display(), "SIGHUP: reloading rules and engine settings \
+                            (changes to [broker], [ingest], [storage] and [notify] take effect at the next restart)");
+                        if service.reload.send(new).await.is_err() {
+                            tracing::error!("SIGHUP: the engine has stopped");
+                        }
+                    }
+                    Err(e) => tracing::error!("SIGHUP: {e}; keeping the running configuration"),
+                },
+            },
+        }
+    };
     service.shutdown().await?;
     outcome.map(|()| ExitCode::SUCCESS)
 }

@@ -139,6 +139,8 @@ pub struct Service {
     pub influx_stats: Option<Arc<InfluxStats>>,
     pub live: broadcast::Sender<LiveEvent>,
     pub control: mpsc::Sender<ControlRequest>,
+    /// New rules and engine settings (SIGHUP); validated before they are sent.
+    pub reload: mpsc::Sender<Config>,
     /// Refreshed by the engine stage about once a second.
     pub view: watch::Receiver<Arc<EngineView>>,
     stop_source: Arc<AtomicBool>,
@@ -163,6 +165,7 @@ impl Service {
         let (store_tx, store_rx) = mpsc::channel::<StoreMsg>(64);
         let (control_tx, control_rx) = mpsc::channel::<ControlRequest>(64);
         let (view_tx, view) = watch::channel(Arc::new(EngineView::default()));
+        let (reload_tx, reload_rx) = mpsc::channel::<Config>(4);
         let (live, _) = broadcast::channel::<LiveEvent>(LIVE_CAPACITY);
         let (stop_tx, stop_rx) = watch::channel(false);
 
@@ -219,7 +222,13 @@ impl Service {
             events: Vec::new(),
         };
         let tick = cfg.engine.tick.std();
-        tasks.push(tokio::spawn(stage.run(readings_rx, control_rx, tick)));
+        tasks.push(tokio::spawn(stage.run(
+            readings_rx,
+            control_rx,
+            reload_rx,
+            pool.clone(),
+            tick,
+        )));
 
         let source_stats = Arc::new(SourceStats::default());
         let stop_source = Arc::new(AtomicBool::new(false));
@@ -301,6 +310,7 @@ impl Service {
             influx_stats,
             live,
             control: control_tx,
+            reload: reload_tx,
             view,
             stop_source,
             stop_tx,
@@ -357,22 +367,7 @@ async fn start_engine(cfg: &Config, pool: &sqlx::SqlitePool) -> anyhow::Result<E
     engine.restore(alerts, silences, now);
     let mut primed = 0;
     if let Some(window) = engine.max_window_ms() {
-        let mut history = sqlite::query_readings(pool, "#", now.saturating_sub(window)).await?;
-        history.sort_by_key(|r| r.1);
-        let mut names: HashMap<String, SeriesId> = HashMap::new();
-        for (series, ts, value) in history {
-            let id = names
-                .entry(series)
-                .or_insert_with_key(|k| Arc::from(k.as_str()))
-                .clone();
-            engine.prime(&Reading {
-                series: id,
-                value,
-                ts,
-                unit: None,
-            });
-            primed += 1;
-        }
+        primed = prime(&mut engine, pool, now.saturating_sub(window)).await?;
     }
     tracing::info!(
         rules = cfg.rules.len(),
@@ -382,6 +377,31 @@ async fn start_engine(cfg: &Config, pool: &sqlx::SqlitePool) -> anyhow::Result<E
         "rules engine ready"
     );
     Ok(engine)
+}
+
+/// Refills rate and window rules with the stored readings since `since`.
+async fn prime(
+    engine: &mut Engine,
+    pool: &sqlx::SqlitePool,
+    since: Timestamp,
+) -> anyhow::Result<usize> {
+    let mut history = sqlite::query_readings(pool, "#", since).await?;
+    history.sort_by_key(|r| r.1);
+    let mut names: HashMap<String, SeriesId> = HashMap::new();
+    let n = history.len();
+    for (series, ts, value) in history {
+        let id = names
+            .entry(series)
+            .or_insert_with_key(|k| Arc::from(k.as_str()))
+            .clone();
+        engine.prime(&Reading {
+            series: id,
+            value,
+            ts,
+            unit: None,
+        });
+    }
+    Ok(n)
 }
 
 /// The engine stage: readings in; readings, alert events and state out.
@@ -402,6 +422,8 @@ impl EngineStage {
         mut self,
         mut rx: mpsc::Receiver<Vec<Reading>>,
         mut control: mpsc::Receiver<ControlRequest>,
+        mut reload: mpsc::Receiver<Config>,
+        pool: sqlx::SqlitePool,
         tick: Duration,
     ) {
         let mut ticker = tokio::time::interval(tick);
@@ -440,6 +462,27 @@ impl EngineStage {
                     if !self.emit().await {
                         break;
                     }
+                    self.publish_view(now);
+                }
+                Some(cfg) = reload.recv() => {
+                    // Persist what changed first, so the new engine starts from all of it.
+                    if !self.emit().await {
+                        break;
+                    }
+                    let now = now_ms();
+                    let records = self.engine.records();
+                    let silences = self.engine.silences();
+                    let mut engine = Engine::new(&cfg.rules, &cfg.engine);
+                    engine.restore(records, silences, now);
+                    if let Some(window) = engine.max_window_ms() {
+                        match prime(&mut engine, &pool, now.saturating_sub(window)).await {
+                            Ok(n) => tracing::debug!(readings = n, "windows refilled after reload"),
+                            Err(e) => tracing::warn!(error = %e, "cannot refill windows after reload"),
+                        }
+                    }
+                    self.engine = engine;
+                    ticker.reset_after(cfg.engine.tick.std());
+                    tracing::info!(rules = cfg.rules.len(), "rules reloaded; alert state kept");
                     self.publish_view(now);
                 }
                 Some(req) = control.recv() => {

@@ -303,3 +303,53 @@ async fn a_firing_alert_survives_kill_9_and_is_not_announced_again() {
         .collect();
     assert_eq!(slow, ["pending", "firing"], "{events:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_rules_keeping_alert_state_and_refuses_a_broken_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let rule = |above: f64| {
+        format!("[[rules]]\nname = \"hot\"\nseries = \"gh/+/temperature\"\nkind = \"threshold\"\nabove = {above}\n")
+    };
+    let config = write_config(dir.path(), port, &rule(30.0));
+    let db = dir.path().join("c.db");
+    let mut svc = start_service(&config, port);
+    let mut p = Publisher::connect(port, "hup-test", None).await;
+    let t0 = 1_795_600_000_000i64;
+    let send = |i: i64, v: f64| format!(r#"{{"value":{v},"ts":{}}}"#, t0 + i * 1000);
+    p.publish("sensors/gh/n1/temperature", send(0, 35.0)).await;
+    p.wait_acked(1).await;
+    wait_until("firing", || alerts_json(&db).len() == 1).await;
+
+    // A broken file: the running rules stay.
+    std::fs::write(&config, "[[rules]]\nname = \"hot\"\n").unwrap();
+    signal(&svc, "-HUP");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A valid one with a higher threshold: the firing alert is kept (no second firing)
+    // and resolves under the new threshold.
+    std::fs::write(
+        &config,
+        std::fs::read_to_string(write_config(dir.path(), port, &rule(40.0))).unwrap(),
+    )
+    .unwrap();
+    signal(&svc, "-HUP");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    p.publish("sensors/gh/n1/temperature", send(1, 36.0)).await;
+    p.wait_acked(2).await;
+    wait_until("resolved under the new threshold", || {
+        alerts_json(&db).len() == 2
+    })
+    .await;
+    signal(&svc, "-TERM");
+    assert_eq!(svc.wait().unwrap().code(), Some(0));
+    let states: Vec<String> = alerts_json(&db)
+        .iter()
+        .map(|e| e["state"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(states, ["firing", "resolved"]);
+    let mut log = String::new();
+    use std::io::Read;
+    svc.stderr.take().unwrap().read_to_string(&mut log).unwrap();
+    assert!(log.contains("keeping the running configuration"), "{log}");
+    assert!(log.contains("rules reloaded"), "{log}");
+}

@@ -892,6 +892,12 @@ impl Engine {
         }
     }
 
+    /// Every alert's state, for handing over to a new engine on reload
+    /// ([`Engine::restore`] takes them back).
+    pub fn records(&self) -> Vec<AlertRecord> {
+        (0..self.alerts.len()).map(|ai| self.record(ai)).collect()
+    }
+
     /// The alert states changed since the last call, to upsert by (rule, series).
     /// Deadman alerts change with every reading (their last_seen).
     pub fn take_dirty(&mut self) -> Vec<AlertRecord> {
