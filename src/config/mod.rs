@@ -7,9 +7,11 @@
 //! [`ConfigError`], which carries a position found from the TOML source.
 
 mod duration;
+mod notify;
 mod rules;
 
 pub use duration::Duration;
+pub use notify::{EmailConfig, MqttNotifyConfig, NotifyConfig, OutboxConfig, SmtpTls, TelegramConfig, WebhookConfig};
 pub use rules::{Agg, RuleConfig, RuleKind};
 
 use std::fmt;
@@ -154,35 +156,6 @@ impl Default for EngineConfig {
             flap_window: Duration::from_secs(600),
             tick: Duration::from_secs(1),
         }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct NotifyConfig {
-    pub email: Option<toml::Table>,
-    pub telegram: Option<toml::Table>,
-    pub webhook: Option<toml::Table>,
-    pub mqtt: Option<toml::Table>,
-}
-
-impl NotifyConfig {
-    /// Names of the configured channels, as rules refer to them in `notify`.
-    pub fn channels(&self) -> Vec<&'static str> {
-        let mut v = Vec::new();
-        if self.email.is_some() {
-            v.push("email");
-        }
-        if self.telegram.is_some() {
-            v.push("telegram");
-        }
-        if self.webhook.is_some() {
-            v.push("webhook");
-        }
-        if self.mqtt.is_some() {
-            v.push("mqtt");
-        }
-        v
     }
 }
 
@@ -333,6 +306,7 @@ impl Config {
         if self.engine.flap_window.is_zero() {
             out.push(Invalid::new(&[key("engine"), key("flap_window")], "must be longer than zero"));
         }
+        out.extend(self.notify.validate());
         let channels = self.notify.channels();
         let mut names = std::collections::HashSet::new();
         for (i, r) in self.rules.iter().enumerate() {
