@@ -9,19 +9,31 @@ is required and only that pair is accepted; attempts are appended to OUTDIR/auth
 import email
 import email.policy
 import json
+import logging
 import os
 import signal
 import sys
 import time
+import warnings
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
+
+# aiosmtpd warns about AUTH without TLS, which is what these tests want: keep quiet.
+warnings.filterwarnings("ignore")
+logging.getLogger("mail.log").setLevel(logging.ERROR)
 
 port = int(sys.argv[1])
 outdir = sys.argv[2]
 user = sys.argv[3] if len(sys.argv) > 4 else None
 password = sys.argv[4] if len(sys.argv) > 4 else None
 os.makedirs(outdir, exist_ok=True)
+
+
+def login_of(session):
+    data = getattr(session, "auth_data", None)
+    login = getattr(data, "login", None)
+    return login.decode() if isinstance(login, bytes) else login
 
 
 class Handler:
@@ -40,7 +52,7 @@ class Handler:
             "message_id": str(msg["message-id"]),
             "text": text.get_content() if text is not None else None,
             "html": html.get_content() if html is not None else None,
-            "login": session.login_data.decode() if isinstance(session.login_data, bytes) else session.login_data,
+            "login": login_of(session),
         }
         tmp = os.path.join(outdir, f"{n}.json.tmp")
         with open(tmp, "w") as f:
