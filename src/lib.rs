@@ -11,6 +11,7 @@
 //!     ▼
 //!  engine        rules per series; alert state machine; emits AlertEvent
 //!     ├─► store::sqlite     readings (chunks), rollups, alerts, alert state
+//!     ├─► notify            outbox ► email | telegram (+ bot) | webhook | mqtt republish
 //!     └─► live bus          summaries for the terminal
 //! ```
 //!
@@ -21,6 +22,8 @@
 //! - [`source`]: MQTT in (in-process link or external client) and the pure decoder.
 //! - [`engine`]: rule evaluation and the alert lifecycle, pure.
 //! - [`store`]: SQLite (chunks, rollups, catalogue, alerts).
+//! - [`notify`]: durable outbox, per-channel workers, email, Telegram (and its bot),
+//!   webhook, MQTT republish, `doctor`.
 //! - [`service`]: the topology: tasks, bounded channels, shutdown.
 //! - [`cli`]: the `centinela` command.
 

@@ -441,6 +441,61 @@ mod tests {
     }
 
     #[test]
+    fn the_annotated_default_documents_every_key() {
+        // Uncomment the [notify.*] examples of config/centinela.toml: they must parse.
+        let d = crate::config::DEFAULT_TOML;
+        let start = d
+            .find("# [notify.email]")
+            .expect("notify examples in the default file");
+        let end = d[start..].find("\n\n").map_or(d.len(), |e| start + e);
+        let text: String = d[start..end]
+            .lines()
+            .map(|l| l.trim_start_matches('#').trim_start())
+            .collect::<Vec<_>>()
+            .join("\n");
+        let cfg = Config::parse(&text, "default").unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(
+            cfg.notify.channels(),
+            vec!["email", "telegram", "webhook", "mqtt"]
+        );
+        let d = crate::config::OutboxConfig::default();
+        let o = &cfg.notify.outbox;
+        assert_eq!(
+            (
+                o.max_attempts,
+                o.max_age,
+                o.backoff_min,
+                o.backoff_max,
+                o.storm_threshold,
+                o.storm_window
+            ),
+            (
+                d.max_attempts,
+                d.max_age,
+                d.backoff_min,
+                d.backoff_max,
+                d.storm_threshold,
+                d.storm_window
+            ),
+            "the documented values are the defaults"
+        );
+        assert_eq!(
+            (
+                o.digest_max,
+                o.failing_after,
+                o.poll_interval,
+                o.keep_delivered
+            ),
+            (
+                d.digest_max,
+                d.failing_after,
+                d.poll_interval,
+                d.keep_delivered
+            )
+        );
+    }
+
+    #[test]
     fn rules_may_name_configured_channels() {
         let text = format!(
             "{EMAIL}to = [\"a@b.c\"]\n[[rules]]\nname = \"hot\"\nseries = \"#\"\nkind = \"threshold\"\nabove = 1.0\nnotify = [\"email\"]\n"

@@ -29,9 +29,15 @@ pub mod worker;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 pub use outbox::{counts, dead, enqueue, ChannelCounts, Outbox, OutboxError, OutboxRow, Status};
 pub use worker::Worker;
+
+use crate::config::NotifyConfig;
 
 /// A boxed future, so channel and backend traits stay object-safe without macros.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -78,6 +84,59 @@ pub trait Sender: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<(), SendError>>;
 }
 
+/// Why a configured channel could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Email(#[from] email::EmailError),
+    #[error(transparent)]
+    Telegram(#[from] telegram::TelegramError),
+    #[error(transparent)]
+    Webhook(#[from] webhook::WebhookError),
+    #[error("notify.mqtt is configured but the service has no MQTT connection to publish with")]
+    NoMqtt,
+}
+
+/// Builds a sender for every configured channel. `mqtt` publishes for `[notify.mqtt]`
+/// (see [`mqtt::MqttSender::with_client`] for a rumqttc client).
+pub fn senders(
+    cfg: &NotifyConfig,
+    mqtt: Option<mqtt::PublishFn>,
+) -> Result<Vec<Arc<dyn Sender>>, BuildError> {
+    let mut out: Vec<Arc<dyn Sender>> = Vec::new();
+    if let Some(e) = &cfg.email {
+        out.push(Arc::new(email::EmailSender::from_config(e)?));
+    }
+    if let Some(t) = &cfg.telegram {
+        out.push(Arc::new(telegram::TelegramSender::from_config(t)?));
+    }
+    if let Some(w) = &cfg.webhook {
+        out.push(Arc::new(webhook::WebhookSender::from_config(w)?));
+    }
+    if let Some(m) = &cfg.mqtt {
+        let publish = mqtt.ok_or(BuildError::NoMqtt)?;
+        out.push(Arc::new(mqtt::MqttSender::new(m.topic.clone(), publish)));
+    }
+    Ok(out)
+}
+
+/// Starts one worker per sender; each reports its channel's trouble through the others.
+pub fn spawn_workers(
+    outbox: &Outbox,
+    cfg: &NotifyConfig,
+    senders: Vec<Arc<dyn Sender>>,
+    shutdown: watch::Receiver<bool>,
+) -> Vec<JoinHandle<()>> {
+    let names: Vec<String> = senders.iter().map(|s| s.channel().to_string()).collect();
+    senders
+        .into_iter()
+        .map(|s| {
+            Worker::new(outbox.clone(), s, cfg.outbox.clone(), names.clone())
+                .spawn(shutdown.clone())
+        })
+        .collect()
+}
+
 /// A secret read from the environment: usable, never printed.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
@@ -120,6 +179,24 @@ pub fn redact(text: &str, secret: &Secret) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn senders_follow_the_config() {
+        let text = "[notify.webhook]\nurl = \"http://127.0.0.1:9/x\"\n[notify.mqtt]\ntopic = \"centinela/alerts\"\n";
+        let cfg = crate::config::Config::parse(text, "t.toml").unwrap().notify;
+        assert!(matches!(senders(&cfg, None), Err(BuildError::NoMqtt)));
+        let publish: mqtt::PublishFn = Arc::new(|_, _| Box::pin(async { Ok(()) }));
+        let built = senders(&cfg, Some(publish)).unwrap();
+        let names: Vec<&str> = built.iter().map(|s| s.channel()).collect();
+        assert_eq!(names, vec!["webhook", "mqtt"]);
+        let text = "[notify.telegram]\ntoken_env = \"CENTINELA_TEST_SURELY_UNSET_TOKEN\"\nchat_ids = [1]\n";
+        let cfg = crate::config::Config::parse(text, "t.toml").unwrap().notify;
+        let e = senders(&cfg, None).err().unwrap().to_string();
+        assert!(
+            e.contains("CENTINELA_TEST_SURELY_UNSET_TOKEN is not set"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn secrets_do_not_print() {
