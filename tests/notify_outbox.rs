@@ -239,6 +239,57 @@ async fn a_failing_channel_raises_an_alert_through_the_other_and_resolves_it() {
 }
 
 #[tokio::test]
+async fn a_dead_notification_is_reported_through_another_channel() {
+    let (recv, url) = Receiver::start().await;
+    let api = Standin::start("1:tok").await;
+    api.block(7);
+    let dir = tempfile::tempdir().unwrap();
+    let pool = notify_db::open(&dir.path().join("c.db")).await;
+    let outbox = Outbox::new(pool.clone());
+    let (_stop, rx) = watch::channel(false);
+    let channels = vec!["webhook".to_string(), "telegram".to_string()];
+    let tg = TelegramSender::new(Secret::new("1:tok"), &api.url, vec![7]).unwrap();
+    Worker::new(
+        outbox.clone(),
+        Arc::new(tg),
+        fast_policy(),
+        channels.clone(),
+    )
+    .spawn(rx.clone());
+    Worker::new(
+        outbox.clone(),
+        Arc::new(webhook(&url)),
+        fast_policy(),
+        channels,
+    )
+    .spawn(rx);
+    outbox
+        .enqueue(
+            &[event("a/b/c", AlertState::Firing, 31.0, 1, &["telegram"])],
+            now_ms(),
+        )
+        .await
+        .unwrap();
+    let start = Instant::now();
+    while recv.count() < 1 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no report on the webhook"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let body = recv.got.lock().unwrap()[0].1.clone();
+    assert_eq!(body["alert_id"], "centinela-delivery-dead/notify/telegram");
+    let msg = body["message"].as_str().unwrap();
+    assert!(
+        msg.starts_with("1 telegram notification(s) could not be delivered: chat 7:"),
+        "{msg}"
+    );
+    assert!(msg.contains("blocked"), "{msg}");
+    assert_eq!(notify::dead(&pool).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
 async fn a_webhook_4xx_is_dead_and_posts_carry_the_event() {
     let (recv, url) = Receiver::start().await;
     let dir = tempfile::tempdir().unwrap();
@@ -406,4 +457,65 @@ async fn mqtt_republish_is_retained_qos1_on_rule_and_series() {
     assert_eq!(v["value"], 27.0);
     let _ = broker.kill();
     let _ = broker.wait();
+}
+
+/// Throughput figures: `cargo test --release --test notify_outbox -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement, prints figures"]
+async fn measure_enqueue_and_delivery_rates() {
+    let (recv, url) = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let pool = notify_db::open(&dir.path().join("c.db")).await;
+    let outbox = Outbox::new(pool.clone());
+    let n = 10_000;
+    let events: Vec<_> = (0..n)
+        .map(|i| {
+            event(
+                &format!("site/node{}/t{}", i % 100, i / 100),
+                AlertState::Firing,
+                31.0,
+                i as i64,
+                &["webhook", "email"],
+            )
+        })
+        .collect();
+    let t = Instant::now();
+    let added = outbox.enqueue(&events, now_ms()).await.unwrap();
+    let dt = t.elapsed();
+    println!(
+        "enqueue: {added} rows ({n} events × 2 channels) in one transaction: {dt:?} = {:.0} rows/s",
+        added as f64 / dt.as_secs_f64()
+    );
+
+    let m = 2_000;
+    let dir2 = tempfile::tempdir().unwrap();
+    let pool2 = notify_db::open(&dir2.path().join("c.db")).await;
+    let outbox2 = Outbox::new(pool2.clone());
+    outbox2.enqueue(&events[..m], now_ms()).await.unwrap();
+    let (_stop, rx) = watch::channel(false);
+    let t = Instant::now();
+    Worker::new(
+        outbox2.clone(),
+        Arc::new(webhook(&url)),
+        fast_policy(),
+        vec![],
+    )
+    .spawn(rx);
+    while notify::counts(&pool2)
+        .await
+        .unwrap()
+        .iter()
+        .find(|c| c.channel == "webhook")
+        .unwrap()
+        .delivered
+        < m as u64
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let dt = t.elapsed();
+    assert_eq!(recv.count(), m);
+    println!(
+        "webhook delivery: {m} notifications one by one (POST + outbox marks) in {dt:?} = {:.0}/s",
+        m as f64 / dt.as_secs_f64()
+    );
 }

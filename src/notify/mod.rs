@@ -53,7 +53,7 @@ pub enum SendError {
         after: Option<std::time::Duration>,
     },
     /// The receiver refused for good (bot blocked, chat gone, message rejected): the
-    /// notification ends as dead for this target.
+    /// notification ends as dead for this target. The message names the target.
     #[error("{0}")]
     Refused(String),
 }

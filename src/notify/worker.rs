@@ -235,11 +235,8 @@ impl Worker {
                         channel = %channel, target = %target, count = todo.len(), error = %message,
                         "receiver refused the notification for good; it is dead for this target"
                     );
-                    let msg = if target.is_empty() {
-                        message
-                    } else {
-                        format!("{target}: {message}")
-                    };
+                    // Senders name the target in their message (e.g. "chat 123: …").
+                    let msg = message;
                     outbox::mark_target_refused(&pool, &ids, target, &msg, now_ms()).await?;
                     for r in batch.iter_mut().filter(|r| ids.contains(&r.id.as_str())) {
                         r.refused.push(target.clone());
@@ -267,18 +264,25 @@ impl Worker {
         }
         let mut died = 0;
         let mut died_error = String::new();
+        // Delivery alerts that die themselves are only logged: reporting them would
+        // bounce between two broken channels.
+        let reportable = |r: &OutboxRow| !r.event.rule.starts_with("centinela-delivery");
         for r in batch.iter().filter(|r| finished(r) && refused_here(r)) {
             let e = r.last_error.clone().unwrap_or_else(|| "refused".into());
             outbox::mark_dead(&pool, &[r.id.as_str()], &e, now).await?;
-            died += 1;
-            died_error = e;
+            if reportable(r) {
+                died += 1;
+                died_error = e;
+            }
         }
         if let Some((message, after)) = &retry {
             let mut give_up = Vec::new();
+            let mut give_up_reportable = 0;
             let mut again = Vec::new();
             for r in batch.iter().filter(|r| !finished(r)) {
                 if r.attempts + 1 >= self.policy.max_attempts {
                     give_up.push(r.id.as_str());
+                    give_up_reportable += usize::from(reportable(r));
                 } else {
                     again.push(r);
                 }
@@ -290,8 +294,10 @@ impl Worker {
                 );
                 error!(channel = %channel, count = give_up.len(), error = %e, "notifications dead");
                 outbox::mark_dead(&pool, &give_up, &e, now).await?;
-                died += give_up.len();
-                died_error = e;
+                if give_up_reportable > 0 {
+                    died += give_up_reportable;
+                    died_error = e;
+                }
             }
             if let Some(first) = again.first() {
                 let wait = backoff(
@@ -309,12 +315,7 @@ impl Worker {
             }
         }
         if died > 0 {
-            let reportable = batch
-                .iter()
-                .any(|r| !r.event.rule.starts_with("centinela-delivery"));
-            if reportable {
-                self.report_dead(died, &died_error, now).await?;
-            }
+            self.report_dead(died, &died_error, now).await?;
         }
         self.track_health(served_any, retry.map(|r| r.0), now).await
     }
