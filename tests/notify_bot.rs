@@ -320,6 +320,32 @@ async fn buttons_under_an_alert_ack_and_silence_it() {
         }
         other => panic!("{other:?}"),
     }
+    // The buttons are gone from the alert message, and the chat was told.
+    let alert_now = s
+        .api
+        .sent_to(ALLOWED)
+        .into_iter()
+        .find(|m| m.message_id == alert.message_id)
+        .unwrap();
+    assert!(
+        alert_now.reply_markup.is_none(),
+        "{:?}",
+        alert_now.reply_markup
+    );
+    let told: Vec<String> = s
+        .api
+        .sent_to(ALLOWED)
+        .iter()
+        .skip(1)
+        .map(|m| m.text.clone())
+        .collect();
+    assert_eq!(
+        told,
+        vec![
+            "✔ acknowledged greenhouse-hot/greenhouse/node1/temperature".to_string(),
+            format!("✔ silenced {series}")
+        ]
+    );
 }
 
 #[tokio::test]

@@ -526,7 +526,19 @@ impl TelegramBot {
         };
         info!(chat, control = ?control, "telegram button");
         let words = match self.backend.control(control).await {
-            Ok(w) => format!("✔ {w}"),
+            Ok(w) => {
+                // Done: take the buttons off the alert so nobody presses them again.
+                if let Some(m) = &q.message {
+                    if let Err(e) = self
+                        .bot
+                        .edit_message_reply_markup(ChatId(chat), m.id())
+                        .await
+                    {
+                        debug!(chat, error = %redact(&e.to_string(), &self.token), "could not remove the buttons");
+                    }
+                }
+                format!("✔ {w}")
+            }
             Err(w) => format!("✖ {w}"),
         };
         answer(words.clone()).await;

@@ -167,3 +167,93 @@ impl Sender for TelegramSender {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Severity;
+    use crate::notify::outbox::Status;
+    use teloxide::types::Seconds;
+
+    #[test]
+    fn api_errors_map_to_retry_or_dead_with_advice() {
+        let t = Secret::new("1:tok");
+        assert_eq!(
+            classify(RequestError::RetryAfter(Seconds::from_seconds(3)), 5, &t),
+            SendError::Retry {
+                message: "Telegram rate limit (429) for chat 5: retry after 3 s".into(),
+                after: Some(std::time::Duration::from_secs(3))
+            }
+        );
+        let SendError::Refused(m) = classify(RequestError::Api(ApiError::BotBlocked), 5, &t) else {
+            panic!()
+        };
+        assert!(
+            m.starts_with("chat 5: ") && m.contains("remove 5 from notify.telegram.chat_ids"),
+            "{m}"
+        );
+        let SendError::Refused(m) = classify(RequestError::Api(ApiError::ChatNotFound), 5, &t)
+        else {
+            panic!()
+        };
+        assert!(m.contains("send it /start"), "{m}");
+        assert!(matches!(
+            classify(RequestError::Api(ApiError::InvalidToken), 5, &t),
+            SendError::Retry { after: None, .. }
+        ));
+        let SendError::Refused(m) =
+            classify(RequestError::MigrateToChatId(ChatId(-100_123)), -5, &t)
+        else {
+            panic!()
+        };
+        assert!(m.contains("replace it by -100123"), "{m}");
+        assert!(matches!(
+            classify(RequestError::Api(ApiError::MessageIsTooLong), 5, &t),
+            SendError::Refused(_)
+        ));
+    }
+
+    #[test]
+    fn only_firing_alerts_get_buttons_and_their_data_fits() {
+        let mut row = OutboxRow {
+            id: "0123456789abcdef0123456789abcdef".into(),
+            channel: "telegram".into(),
+            event: AlertEvent {
+                rule: "r".into(),
+                series: "s".into(),
+                state: AlertState::Firing,
+                severity: Severity::Critical,
+                value: None,
+                unit: None,
+                ts: 0,
+                message: String::new(),
+                notify: vec![],
+            },
+            status: Status::Pending,
+            created_at: 0,
+            attempts: 0,
+            next_at: 0,
+            done: vec![],
+            refused: vec![],
+            last_error: None,
+            updated_at: 0,
+        };
+        let v = serde_json::to_value(buttons(&row).unwrap()).unwrap();
+        let data: Vec<&str> = v["inline_keyboard"][0]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["callback_data"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            data,
+            vec![
+                "ack:0123456789abcdef0123456789abcdef",
+                "s1h:0123456789abcdef0123456789abcdef"
+            ]
+        );
+        assert!(data.iter().all(|d| d.len() <= 64));
+        row.event.state = AlertState::Resolved;
+        assert!(buttons(&row).is_none());
+    }
+}

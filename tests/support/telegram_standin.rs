@@ -331,6 +331,31 @@ async fn answer(
                 "text": text,
             }))
         }
+        "editmessagereplymarkup" => {
+            let Some(chat) = chat_id else {
+                return fail(400, "Bad Request: chat_id is empty", None);
+            };
+            let message_id = params
+                .get("message_id")
+                .and_then(Value::as_i64)
+                .unwrap_or_default();
+            let mut g = st.inner.lock().unwrap();
+            let Some(m) = g
+                .sent
+                .iter_mut()
+                .find(|m| m.chat_id == chat && m.message_id == message_id)
+            else {
+                return fail(400, "Bad Request: message to edit not found", None);
+            };
+            m.reply_markup = params.get("reply_markup").cloned();
+            ok(json!({
+                "message_id": message_id,
+                "date": 1_700_000_000,
+                "chat": Standin::chat(chat),
+                "from": {"id": 42, "is_bot": true, "first_name": "centinela", "username": "centinela_bot"},
+                "text": m.text,
+            }))
+        }
         "answercallbackquery" => {
             st.inner
                 .lock()
