@@ -228,6 +228,53 @@ async fn a_long_digest_is_split_under_4096_between_alerts() {
 }
 
 #[tokio::test]
+async fn a_429_between_parts_of_a_digest_repeats_no_part() {
+    let api = Standin::start(TOKEN).await;
+    api.script(&[None, Some(1)]);
+    let policy = OutboxConfig {
+        storm_threshold: 5,
+        digest_max: 100,
+        ..fast_policy()
+    };
+    let s = setup(&api, vec![111], policy).await;
+    let events: Vec<_> = (0..40)
+        .map(|i| {
+            let mut e = event(
+                &format!("site/node{i}/temperature"),
+                AlertState::Firing,
+                30.5,
+                1,
+                &["telegram"],
+            );
+            e.message = format!("alert-{i:02} {}", "lorem ipsum dolor sit amet ".repeat(6));
+            e
+        })
+        .collect();
+    s.outbox.enqueue(&events, now_ms()).await.unwrap();
+    let start = Instant::now();
+    while notify::counts(s.outbox.pool()).await.unwrap()[0].delivered < 40 {
+        assert!(start.elapsed() < Duration::from_secs(10), "not delivered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let sent = api.sent_to(111);
+    assert!(sent.len() >= 2, "{} parts", sent.len());
+    for i in 0..40 {
+        let n = sent
+            .iter()
+            .filter(|m| m.text.contains(&format!("alert-{i:02} ")))
+            .count();
+        assert_eq!(n, 1, "alert {i} arrived {n} times");
+    }
+    let calls = api.calls("sendMessage");
+    assert_eq!(calls[1].2, 429);
+    assert!(
+        calls[2].0 - calls[1].0 >= Duration::from_secs(1),
+        "retry_after not honoured"
+    );
+    let _ = s.stop.send(true);
+}
+
+#[tokio::test]
 async fn a_wrong_token_keeps_the_notification_waiting() {
     let api = Standin::start("999:other-token").await;
     let s = setup(&api, vec![111], fast_policy()).await;

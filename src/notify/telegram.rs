@@ -5,18 +5,24 @@
 //! than 4096 characters is split between alerts. Each chat is a separate target, so a
 //! retry never repeats a message to a chat that already has it. A 429 is retried after
 //! exactly the `retry_after` Telegram asked for; a chat that blocked or removed the bot
-//! (403, chat not found) ends as dead with a log line saying what to do. A single
+//! (403, chat not found) ends as dead with a log line saying what to do. Between the
+//! parts of a split digest a short `retry_after` is waited out in place, so a rate
+//! limit in the middle does not repeat the parts already sent. A single
 //! firing alert carries inline buttons (Ack, Silence 1h) answered by [`super::bot`].
 
 use teloxide::payloads::SendMessageSetters;
 use teloxide::requests::Requester;
 use teloxide::types::{ChatId, InlineKeyboardButton, InlineKeyboardMarkup, ParseMode};
 use teloxide::{ApiError, Bot, RequestError};
+use tracing::debug;
 
 use super::outbox::OutboxRow;
 use super::{redact, render, BoxFuture, Secret, SendError, Sender};
 use crate::config::TelegramConfig;
 use crate::model::{AlertEvent, AlertState};
+
+/// Longest `retry_after` waited out inside one send (between parts of a digest).
+const MAX_INLINE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Callback data prefixes of the inline buttons: `<prefix><notification id>`.
 pub const CB_ACK: &str = "ack:";
@@ -160,8 +166,24 @@ impl Sender for TelegramSender {
                 [one] => buttons(one),
                 _ => None,
             };
-            for text in messages {
-                self.send_one(chat, text, markup.clone()).await?;
+            for (i, text) in messages.into_iter().enumerate() {
+                loop {
+                    match self.send_one(chat, text.clone(), markup.clone()).await {
+                        // Later parts of a split digest wait out a short rate limit here:
+                        // giving up would send the first parts again on the retry.
+                        Err(SendError::Retry {
+                            after: Some(d),
+                            message,
+                        }) if i > 0 && d <= MAX_INLINE_WAIT => {
+                            debug!(chat, wait_s = d.as_secs(), error = %message, "rate limited between parts of a digest");
+                            tokio::time::sleep(d).await;
+                        }
+                        r => {
+                            r?;
+                            break;
+                        }
+                    }
+                }
             }
             Ok(())
         })

@@ -34,8 +34,9 @@ struct Inner {
     /// Every call: (method in lower case, when, chat_id if any, answered status).
     calls: Vec<(String, Instant, Option<i64>, u16)>,
     blocked: HashSet<i64>,
-    /// The next sendMessage calls answered 429 with this retry_after.
-    rate_limits: VecDeque<u32>,
+    /// How the next sendMessage calls are answered: `Some(n)` 429 with retry_after n,
+    /// `None` normally.
+    rate_limits: VecDeque<Option<u32>>,
     updates: Vec<Value>,
     next_update_id: i64,
     next_message_id: i64,
@@ -96,8 +97,17 @@ impl Standin {
     pub fn rate_limit(&self, n: usize, retry_after: u32) {
         let mut g = self.inner.lock().unwrap();
         for _ in 0..n {
-            g.rate_limits.push_back(retry_after);
+            g.rate_limits.push_back(Some(retry_after));
         }
+    }
+
+    /// Scripts the next sendMessage answers: `None` normal, `Some(n)` 429 with retry_after n.
+    pub fn script(&self, answers: &[Option<u32>]) {
+        self.inner
+            .lock()
+            .unwrap()
+            .rate_limits
+            .extend(answers.iter().copied());
     }
 
     pub fn know_chat(&self, chat: i64, title: &str) {
@@ -294,7 +304,7 @@ async fn answer(
                 .unwrap_or_default()
                 .to_string();
             let mut g = st.inner.lock().unwrap();
-            if let Some(after) = g.rate_limits.pop_front() {
+            if let Some(after) = g.rate_limits.pop_front().flatten() {
                 return fail(
                     429,
                     &format!("Too Many Requests: retry after {after}"),
