@@ -17,13 +17,17 @@ use smtp_server::SmtpServer;
 use tokio::sync::watch;
 
 fn email_cfg(port: u16, username: Option<&str>) -> EmailConfig {
+    email_to(port, username, &["ops@example.org"])
+}
+
+fn email_to(port: u16, username: Option<&str>, to: &[&str]) -> EmailConfig {
     EmailConfig {
         smtp: format!("127.0.0.1:{port}"),
         tls: SmtpTls::None,
         username: username.map(str::to_string),
         password_env: "CENTINELA_TEST_UNUSED".into(),
         from: "centinela <alerts@example.org>".into(),
-        to: vec!["ops@example.org".into(), "oncall@example.org".into()],
+        to: to.iter().map(|t| t.to_string()).collect(),
         timeout: centinela::config::Duration::from_secs(5),
     }
 }
@@ -50,8 +54,13 @@ async fn setup(sender: EmailSender, policy: centinela::config::OutboxConfig) -> 
 #[tokio::test]
 async fn a_firing_and_its_resolution_arrive_as_two_mails_with_phone_subjects() {
     let server = SmtpServer::start();
+    let cfg = email_to(
+        server.port,
+        None,
+        &["ops@example.org", "oncall@example.org"],
+    );
     let s = setup(
-        EmailSender::with_password(&email_cfg(server.port, None), None).unwrap(),
+        EmailSender::with_password(&cfg, None).unwrap(),
         fast_policy(),
     )
     .await;
@@ -62,32 +71,44 @@ async fn a_firing_and_its_resolution_arrive_as_two_mails_with_phone_subjects() {
     ];
     assert_eq!(s.outbox.enqueue(&events, now_ms()).await.unwrap(), 2);
 
-    let mails = server.wait_for(2, Duration::from_secs(10)).await;
-    assert_eq!(mails.len(), 2, "{mails:?}");
+    let mails = server.wait_for(4, Duration::from_secs(10)).await;
+    assert_eq!(mails.len(), 4, "{mails:?}");
+    for rcpt in ["ops@example.org", "oncall@example.org"] {
+        let mine: Vec<_> = mails
+            .iter()
+            .filter(|m| m.rcpt_tos == vec![rcpt.to_string()])
+            .collect();
+        assert_eq!(mine.len(), 2, "{rcpt}: {mails:?}");
+        assert_eq!(
+            mine[0].subject,
+            "[CRITICAL] greenhouse/node1/temperature 31.2 °C > 30"
+        );
+        assert_eq!(
+            mine[1].subject,
+            "[RESOLVED] greenhouse/node1/temperature 27.5 °C ≤ 30"
+        );
+        assert_eq!(mine[0].mail_from, "alerts@example.org");
+        assert_eq!(mine[0].to, "ops@example.org, oncall@example.org");
+        let text = mine[0].text.as_deref().unwrap();
+        assert!(
+            text.contains("greenhouse-hot/greenhouse/node1/temperature"),
+            "{text}"
+        );
+        assert!(mine[0].html.as_deref().unwrap().contains("<table>"));
+    }
+    // Both copies are the same message.
     assert_eq!(
-        mails[0].subject,
-        "[CRITICAL] greenhouse/node1/temperature 31.2 °C > 30"
+        mails
+            .iter()
+            .filter(|m| m.message_id == mails[0].message_id)
+            .count(),
+        2
     );
-    assert_eq!(
-        mails[1].subject,
-        "[RESOLVED] greenhouse/node1/temperature 27.5 °C ≤ 30"
-    );
-    assert_eq!(mails[0].mail_from, "alerts@example.org");
-    assert_eq!(
-        mails[0].rcpt_tos,
-        vec!["ops@example.org", "oncall@example.org"]
-    );
-    let text = mails[0].text.as_deref().unwrap();
-    assert!(
-        text.contains("greenhouse-hot/greenhouse/node1/temperature"),
-        "{text}"
-    );
-    assert!(mails[0].html.as_deref().unwrap().contains("<table>"));
 
     // The same events again (an engine replay) are recognised: nothing new is sent.
     assert_eq!(s.outbox.enqueue(&events, now_ms()).await.unwrap(), 0);
     tokio::time::sleep(Duration::from_millis(600)).await;
-    assert_eq!(server.mails().len(), 2);
+    assert_eq!(server.mails().len(), 4);
     let counts = notify::counts(s.outbox.pool()).await.unwrap();
     assert_eq!(
         (
@@ -98,6 +119,45 @@ async fn a_firing_and_its_resolution_arrive_as_two_mails_with_phone_subjects() {
         ),
         ("email", 0, 2, 0)
     );
+    let _ = s.stop.send(true);
+}
+
+#[tokio::test]
+async fn a_refused_recipient_costs_only_its_own_copy() {
+    let server = SmtpServer::start();
+    let cfg = email_to(
+        server.port,
+        None,
+        &["ops@example.org", "bounce@example.org"],
+    );
+    let s = setup(
+        EmailSender::with_password(&cfg, None).unwrap(),
+        fast_policy(),
+    )
+    .await;
+    s.outbox
+        .enqueue(
+            &[event("a/b/c", AlertState::Firing, 31.0, 1, &["email"])],
+            now_ms(),
+        )
+        .await
+        .unwrap();
+    let mut dead = vec![];
+    let start = std::time::Instant::now();
+    while dead.is_empty() && start.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        dead = notify::dead(s.outbox.pool()).await.unwrap();
+    }
+    let mails = server.mails();
+    assert_eq!(mails.len(), 1);
+    assert_eq!(mails[0].rcpt_tos, vec!["ops@example.org"]);
+    assert_eq!(dead.len(), 1, "the bad address is reported");
+    let err = dead[0].last_error.as_deref().unwrap();
+    assert!(
+        err.contains("refused the mail for bounce@example.org") && err.contains("550"),
+        "{err}"
+    );
+    assert_eq!(dead[0].done, vec!["ops@example.org"]);
     let _ = s.stop.send(true);
 }
 

@@ -1,12 +1,14 @@
 //! Email channel: renders notifications ([`super::render`]) into a multipart
 //! text + HTML mail and sends it over SMTP with lettre (STARTTLS, implicit TLS, or plain
 //! for a local relay; AUTH when a username is set). One mail per notification, or one
-//! digest mail for a storm.
+//! digest mail for a storm, sent to each recipient separately (one envelope each, the
+//! same message) so that one bad address costs only its own copy.
 
+use lettre::address::Envelope;
 use lettre::message::{header, Mailbox, MultiPart};
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Tls, TlsParameters};
-use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use lettre::{Address, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
 use super::outbox::OutboxRow;
 use super::{render, BoxFuture, Secret, SendError, Sender};
@@ -111,7 +113,7 @@ impl EmailSender {
             .send(msg)
             .await
             .map(|_| ())
-            .map_err(|e| classify(&e, &self.server))
+            .map_err(|e| classify(&e, &self.server, "the recipients"))
     }
 
     pub fn server(&self) -> &str {
@@ -147,11 +149,11 @@ pub fn message(
 /// Maps an SMTP error to what the worker does: a permanent refusal of the message or
 /// of a recipient ends it; anything else (connection, timeouts, 4xx, and auth failures,
 /// which a fixed password cures) is retried.
-fn classify(e: &lettre::transport::smtp::Error, server: &str) -> SendError {
+fn classify(e: &lettre::transport::smtp::Error, server: &str, rcpt: &str) -> SendError {
     let code = e.status().map(|c| c.to_string());
     let auth = matches!(code.as_deref(), Some("530" | "534" | "535" | "538"));
     if e.is_permanent() && !auth {
-        SendError::Refused(format!("{server} refused the mail: {e}"))
+        SendError::Refused(format!("{server} refused the mail for {rcpt}: {e}"))
     } else if auth {
         SendError::retry(format!(
             "{server} refused the login ({e}): check username and the password variable"
@@ -166,8 +168,10 @@ impl Sender for EmailSender {
         "email"
     }
 
+    /// Each recipient is a target: one refusing address (550) does not stop the mail
+    /// to the others, and a retry goes only to those that did not get it yet.
     fn targets(&self) -> Vec<String> {
-        vec![String::new()]
+        self.to.iter().map(|m| m.email.to_string()).collect()
     }
 
     fn digests(&self) -> bool {
@@ -176,21 +180,27 @@ impl Sender for EmailSender {
 
     fn send<'a>(
         &'a self,
-        _target: &'a str,
+        target: &'a str,
         rows: &'a [OutboxRow],
     ) -> BoxFuture<'a, Result<(), SendError>> {
         Box::pin(async move {
             let Some(first) = rows.first() else {
                 return Ok(());
             };
+            let rcpt: Address = target
+                .parse()
+                .map_err(|e| SendError::Refused(format!("{target}: not an address ({e})")))?;
             let events: Vec<&AlertEvent> = rows.iter().map(|r| &r.event).collect();
+            // The same mail (every recipient in To:, one Message-ID), one envelope recipient.
             let msg = message(&self.from, &self.to, &first.id, &events)
                 .map_err(|e| SendError::Refused(format!("cannot build the mail: {e}")))?;
+            let envelope = Envelope::new(Some(self.from.email.clone()), vec![rcpt])
+                .map_err(|e| SendError::Refused(format!("{target}: {e}")))?;
             self.transport
-                .send(msg)
+                .send_raw(&envelope, &msg.formatted())
                 .await
                 .map(|_| ())
-                .map_err(|e| classify(&e, &self.server))
+                .map_err(|e| classify(&e, &self.server, target))
         })
     }
 }

@@ -2,7 +2,7 @@
 
 usage: smtp_server.py PORT OUTDIR [USER PASSWORD]
 
-Every accepted mail is written to OUTDIR as <n>.eml (raw) and <n>.json (envelope,
+Recipients starting with "bounce" are refused (550). Every accepted mail is written to OUTDIR as <n>.eml (raw) and <n>.json (envelope,
 decoded subject, text part). With USER and PASSWORD, AUTH (PLAIN/LOGIN, without TLS)
 is required and only that pair is accepted; attempts are appended to OUTDIR/auth.log.
 """
@@ -37,6 +37,13 @@ def login_of(session):
 
 
 class Handler:
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        # Addresses starting with "bounce" do not exist.
+        if address.startswith("bounce"):
+            return "550 5.1.1 <%s>: no such user" % address
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
     async def handle_DATA(self, server, session, envelope):
         n = time.time_ns()
         raw = envelope.original_content or envelope.content
@@ -49,6 +56,7 @@ class Handler:
             "mail_from": envelope.mail_from,
             "rcpt_tos": envelope.rcpt_tos,
             "subject": str(msg["subject"]),
+            "to": str(msg["to"]),
             "message_id": str(msg["message-id"]),
             "text": text.get_content() if text is not None else None,
             "html": html.get_content() if html is not None else None,

@@ -13,6 +13,8 @@ pub struct Mail {
     pub mail_from: String,
     pub rcpt_tos: Vec<String>,
     pub subject: String,
+    /// The To: header (every recipient), whatever the envelope said.
+    pub to: String,
     pub message_id: String,
     pub text: Option<String>,
     pub html: Option<String>,
