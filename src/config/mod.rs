@@ -11,7 +11,10 @@ mod notify;
 mod rules;
 
 pub use duration::Duration;
-pub use notify::{EmailConfig, MqttNotifyConfig, NotifyConfig, OutboxConfig, SmtpTls, TelegramConfig, WebhookConfig};
+pub use notify::{
+    EmailConfig, MqttNotifyConfig, NotifyConfig, OutboxConfig, SmtpTls, TelegramConfig,
+    WebhookConfig,
+};
 pub use rules::{Agg, RuleConfig, RuleKind};
 
 use std::fmt;

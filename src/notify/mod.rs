@@ -15,6 +15,17 @@
 //!
 //! Rendering ([`render`]) is pure and unit-tested; the channel modules are thin shells
 //! around it. [`doctor`] checks each configured channel in words a person can act on.
+//!
+//! # Wiring
+//! - Run the migrations (`sqlx::migrate!()`, which includes `0003_outbox.sql`), then
+//!   `let outbox = Outbox::new(pool)`.
+//! - The engine's events go through [`Outbox::enqueue`] (it wakes the workers; the
+//!   free [`enqueue`] does the same write without waking them, they then poll).
+//! - `spawn_workers(&outbox, &cfg.notify, senders(&cfg.notify, mqtt_publish)?, shutdown)`.
+//! - With `[notify.telegram] bot = true`: `bot::TelegramBot::from_config(t, backend,
+//!   Some(pool))?.spawn(shutdown)`, where `backend` implements [`bot::BotBackend`].
+//! - `centinela alerts --outbox`: [`dead`]; metrics and the TUI: [`counts`];
+//!   `centinela doctor`: [`doctor::doctor`].
 
 pub mod bot;
 pub mod doctor;

@@ -215,7 +215,8 @@ pub async fn get(pool: &SqlitePool, id: &str) -> Result<Option<OutboxRow>, Outbo
     row.as_ref().map(decode).transpose()
 }
 
-/// Pending, delivered and dead per channel, channels in name order.
+/// Pending, delivered and dead per channel, channels in name order. Delivered rows
+/// are kept for `keep_delivered`, so `delivered` counts that window.
 pub async fn counts(pool: &SqlitePool) -> Result<Vec<ChannelCounts>, OutboxError> {
     let rows = sqlx::query("SELECT channel, status, COUNT(*) AS n FROM outbox GROUP BY channel, status ORDER BY channel")
         .fetch_all(pool)
