@@ -364,3 +364,43 @@ async fn an_unreachable_server_ends_dead_after_max_attempts_with_the_last_error(
     assert_eq!(dead[0].event.series, "a/b/c");
     let _ = s.stop.send(true);
 }
+
+#[tokio::test]
+async fn a_trickling_storm_is_gathered_into_a_digest_after_the_first_few() {
+    let server = SmtpServer::start();
+    let policy = centinela::config::OutboxConfig {
+        storm_threshold: 3,
+        storm_window: centinela::config::Duration::from_millis(1500),
+        ..fast_policy()
+    };
+    let s = setup(
+        EmailSender::with_password(&email_cfg(server.port, None), None).unwrap(),
+        policy,
+    )
+    .await;
+    for i in 0..6 {
+        let e = event(
+            &format!("site/node{i}/temperature"),
+            AlertState::Firing,
+            31.0,
+            1,
+            &["email"],
+        );
+        s.outbox.enqueue(&[e], now_ms()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    let mails = server.wait_for(4, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let subjects: Vec<String> = server.mails().into_iter().map(|m| m.subject).collect();
+    assert_eq!(
+        subjects,
+        vec![
+            "[CRITICAL] site/node0/temperature 31 °C > 30".to_string(),
+            "[CRITICAL] site/node1/temperature 31 °C > 30".to_string(),
+            "[CRITICAL] site/node2/temperature 31 °C > 30".to_string(),
+            "[DIGEST] 3 alerts: 3 critical".to_string(),
+        ],
+        "{mails:?}"
+    );
+    let _ = s.stop.send(true);
+}

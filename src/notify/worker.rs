@@ -51,8 +51,8 @@ pub enum Plan {
     Send(Vec<usize>),
 }
 
-/// Decides from the pending rows (oldest first), how many were enqueued within the
-/// storm window, and `now`. Pure.
+/// Decides from the pending rows (oldest first), how many were enqueued from
+/// `storm_window` before the oldest pending one until now, and `now`. Pure.
 pub fn plan(
     pending: &[OutboxRow],
     enqueued_recently: u64,
@@ -176,11 +176,14 @@ impl Worker {
             .await?;
         }
         let rows = outbox::pending(&pool, &channel, self.policy.digest_max.max(1)).await?;
-        let recent = if self.sender.digests() {
-            outbox::enqueued_since(&pool, &channel, now - self.policy.storm_window.as_millis())
-                .await?
-        } else {
-            0
+        // Storm measure: enqueued from `storm_window` before the oldest waiting one on.
+        // Anchored to that row, it does not shrink while the worker gathers.
+        let recent = match rows.first() {
+            Some(head) if self.sender.digests() => {
+                let since = head.created_at - self.policy.storm_window.as_millis();
+                outbox::enqueued_since(&pool, &channel, since).await?
+            }
+            _ => 0,
         };
         match plan(&rows, recent, self.sender.digests(), &self.policy, now) {
             Plan::Idle => Ok(Some(now + self.policy.poll_interval.as_millis())),
