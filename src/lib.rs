@@ -12,6 +12,7 @@
 //!  engine        rules per series; alert state machine; emits AlertEvent
 //!     ├─► store::sqlite     readings (chunks), rollups, alerts, alert state
 //!     ├─► store::influx     line protocol batches; replays its backlog (optional)
+//!     ├─► notify            outbox ► email | telegram (+ bot) | webhook | mqtt republish
 //!     └─► live bus          summaries for the terminal
 //! ```
 //!
@@ -23,6 +24,8 @@
 //! - [`engine`]: rule evaluation and the alert lifecycle, pure.
 //! - [`store`]: SQLite (chunks, rollups, catalogue, alerts); InfluxDB (line protocol,
 //!   durable backlog).
+//! - [`notify`]: durable outbox, per-channel workers, email, Telegram (and its bot),
+//!   webhook, MQTT republish, `doctor`.
 //! - [`service`]: the topology: tasks, bounded channels, shutdown.
 //! - [`tui`]: the terminal UI (in-process, or attached through the broker).
 //! - [`cli`]: the `centinela` command.
@@ -38,3 +41,4 @@ pub mod service;
 pub mod source;
 pub mod store;
 pub mod tui;
+pub mod notify;

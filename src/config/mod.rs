@@ -8,10 +8,15 @@
 
 mod duration;
 mod influx;
+mod notify;
 mod rules;
 
 pub use duration::Duration;
 pub use influx::{InfluxApi, InfluxConfig};
+pub use notify::{
+    EmailConfig, MqttNotifyConfig, NotifyConfig, OutboxConfig, SmtpTls, TelegramConfig,
+    WebhookConfig,
+};
 pub use rules::{Agg, RuleConfig, RuleKind};
 
 use std::fmt;
@@ -168,35 +173,6 @@ impl Default for EngineConfig {
             flap_window: Duration::from_secs(600),
             tick: Duration::from_secs(1),
         }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct NotifyConfig {
-    pub email: Option<toml::Table>,
-    pub telegram: Option<toml::Table>,
-    pub webhook: Option<toml::Table>,
-    pub mqtt: Option<toml::Table>,
-}
-
-impl NotifyConfig {
-    /// Names of the configured channels, as rules refer to them in `notify`.
-    pub fn channels(&self) -> Vec<&'static str> {
-        let mut v = Vec::new();
-        if self.email.is_some() {
-            v.push("email");
-        }
-        if self.telegram.is_some() {
-            v.push("telegram");
-        }
-        if self.webhook.is_some() {
-            v.push("webhook");
-        }
-        if self.mqtt.is_some() {
-            v.push("mqtt");
-        }
-        v
     }
 }
 
@@ -388,6 +364,7 @@ impl Config {
                 "must be longer than zero",
             ));
         }
+        out.extend(self.notify.validate());
         let channels = self.notify.channels();
         let mut names = std::collections::HashSet::new();
         for (i, r) in self.rules.iter().enumerate() {
