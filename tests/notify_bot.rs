@@ -53,7 +53,7 @@ impl Backend {
             series: s.to_string(),
             value: 20.5 + i as f64,
             unit: Some("°C".into()),
-            ts: now_ms() - 5_000,
+            ts: now_ms() - 300_000,
         })
         .collect()
     }
@@ -177,7 +177,7 @@ async fn commands_reach_the_backend_and_answer_in_the_chat() {
         "{status}"
     );
     assert!(
-        status.contains("<code>coldroom/node1/temperature</code> 22.5 °C (5s ago)"),
+        status.contains("<code>coldroom/node1/temperature</code> 22.5 °C (5m ago)"),
         "{status}"
     );
 

@@ -519,3 +519,49 @@ async fn measure_enqueue_and_delivery_rates() {
         m as f64 / dt.as_secs_f64()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn marks_are_idempotent_and_wait_for_concurrent_writers() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = notify_db::open(&dir.path().join("c.db")).await;
+    let e = event("a/b/c", AlertState::Firing, 31.0, 1, &["telegram"]);
+    notify::enqueue(&pool, std::slice::from_ref(&e), now_ms())
+        .await
+        .unwrap();
+    let id = notify::outbox::pending(&pool, "telegram", 1).await.unwrap()[0]
+        .id
+        .clone();
+
+    // Many targets recorded at once while other writers insert: none may fail.
+    let mut tasks = Vec::new();
+    for t in 0..40 {
+        let (p, id) = (pool.clone(), id.clone());
+        tasks.push(tokio::spawn(async move {
+            notify::outbox::mark_target_done(&p, &[id.as_str()], &format!("chat{t}"), now_ms())
+                .await
+        }));
+        let p = pool.clone();
+        tasks.push(tokio::spawn(async move {
+            let other = event(
+                &format!("x/{t}/y"),
+                AlertState::Firing,
+                1.0,
+                1,
+                &["telegram"],
+            );
+            notify::enqueue(&p, &[other], now_ms()).await.map(|_| ())
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    notify::outbox::mark_target_done(&pool, &[id.as_str()], "chat0", now_ms())
+        .await
+        .unwrap();
+    let row = notify::outbox::get(&pool, &id).await.unwrap().unwrap();
+    let mut done = row.done.clone();
+    done.sort();
+    let mut expected: Vec<String> = (0..40).map(|t| format!("chat{t}")).collect();
+    expected.sort();
+    assert_eq!(done, expected, "each target once");
+}

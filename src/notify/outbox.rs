@@ -271,22 +271,19 @@ async fn add_to_list(
     error: Option<&str>,
     now: Timestamp,
 ) -> Result<(), OutboxError> {
+    // One UPDATE per row, no read first: a transaction that reads and then writes
+    // fails at once (SQLITE_BUSY) when another connection wrote in between, while a
+    // plain write waits for the lock (busy_timeout).
+    let sql = format!(
+        "UPDATE outbox SET {col} = CASE \
+             WHEN EXISTS (SELECT 1 FROM json_each({col}) WHERE value = ?1) THEN {col} \
+             ELSE json_insert({col}, '$[#]', ?1) END, \
+         last_error = COALESCE(?2, last_error), updated_at = ?3 WHERE id = ?4"
+    );
     let mut tx = pool.begin().await?;
     for id in ids {
-        let sql = format!("SELECT {col} FROM outbox WHERE id = ?");
-        let cur: Option<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?;
-        let mut list: Vec<String> = cur
-            .and_then(|s| serde_json::from_str(&s).ok())
-            .unwrap_or_default();
-        if !list.iter().any(|t| t == target) {
-            list.push(target.to_string());
-        }
-        let sql = format!("UPDATE outbox SET {col} = ?, last_error = COALESCE(?, last_error), updated_at = ? WHERE id = ?");
-        sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(serde_json::to_string(&list).unwrap_or_default())
+        sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+            .bind(target)
             .bind(error)
             .bind(now)
             .bind(id)

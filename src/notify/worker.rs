@@ -86,6 +86,27 @@ pub fn plan(
     Plan::Send(due.into_iter().take(policy.digest_max.max(1)).collect())
 }
 
+/// Records what was just sent, trying a few times: giving up here means sending the
+/// same notification again on the next round.
+async fn persist<F, Fut>(mut write: F) -> Result<(), OutboxError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), OutboxError>>,
+{
+    let mut tries = 0;
+    loop {
+        match write().await {
+            Ok(()) => return Ok(()),
+            Err(e) if tries < 5 => {
+                tries += 1;
+                warn!(error = %e, tries, "cannot record a delivery yet; trying again");
+                tokio::time::sleep(Duration::from_millis(200 * tries)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// The worker of one channel. Build with [`Worker::new`], start with [`Worker::spawn`].
 pub struct Worker {
     outbox: Outbox,
@@ -222,7 +243,7 @@ impl Worker {
                     served_any = true;
                     // With one target, "delivered" below is the only mark needed.
                     if !single_target {
-                        outbox::mark_target_done(&pool, &ids, target, now_ms()).await?;
+                        persist(|| outbox::mark_target_done(&pool, &ids, target, now_ms())).await?;
                     }
                     for r in batch.iter_mut().filter(|r| ids.contains(&r.id.as_str())) {
                         r.done.push(target.clone());
@@ -262,7 +283,7 @@ impl Worker {
             .map(|r| r.id.as_str())
             .collect();
         if !delivered.is_empty() {
-            outbox::mark_delivered(&pool, &delivered, now).await?;
+            persist(|| outbox::mark_delivered(&pool, &delivered, now)).await?;
             info!(channel = %channel, count = delivered.len(), "delivered");
         }
         let mut died = 0;
