@@ -57,6 +57,15 @@ pub enum Command {
     Readings(ReadingsArgs),
     /// Print the alerts history.
     Alerts(AlertsArgs),
+    /// Check every configured notification channel (SMTP login, Telegram bot and chats,
+    /// webhook) and InfluxDB, and say what is wrong.
+    Doctor {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Also send a test message through each channel.
+        #[arg(long)]
+        send_test: bool,
+    },
     /// Backtest: run the configured rules over recorded readings and print what they
     /// would have done. Sends nothing.
     Replay(ReplayArgs),
@@ -195,6 +204,10 @@ pub struct AlertsArgs {
     /// One JSON object a line.
     #[arg(long)]
     pub json: bool,
+    /// Instead of the history: notifications that could not be delivered, with the
+    /// last error, and the outbox counts per channel.
+    #[arg(long)]
+    pub outbox: bool,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -258,6 +271,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Readings(args) => readings(args).await,
         Command::Tui(args) => tui(args).await,
+        Command::Doctor { config, send_test } => doctor(config.config.as_deref(), send_test).await,
         Command::Alerts(args) => alerts(args).await,
         Command::Bench(args) => bench(args).await,
         Command::Replay(args) => replay(args).await,
@@ -602,6 +616,9 @@ async fn alerts(args: AlertsArgs) -> anyhow::Result<ExitCode> {
     let pool = sqlite::open_existing(&path)
         .await
         .with_context(|| format!("while opening {}", path.display()))?;
+    if args.outbox {
+        return outbox(&pool, args.json).await;
+    }
     let since = args
         .since
         .map_or(i64::MIN, |d| now_ms() - d.as_millis() as i64);
@@ -864,4 +881,86 @@ async fn tui(args: TuiArgs) -> anyhow::Result<ExitCode> {
     };
     crate::tui::remote::attach(remote, history, opts).await?;
     Ok(ExitCode::SUCCESS)
+}
+
+async fn outbox(pool: &sqlx::SqlitePool, json: bool) -> anyhow::Result<ExitCode> {
+    let dead = crate::notify::dead(pool).await?;
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    for r in &dead {
+        if json {
+            let row = serde_json::json!({
+                "id": r.id,
+                "channel": r.channel,
+                "status": r.status.as_str(),
+                "rule": r.event.rule,
+                "series": r.event.series,
+                "state": r.event.state,
+                "ts": format_ts(r.event.ts),
+                "attempts": r.attempts,
+                "last_error": r.last_error,
+            });
+            writeln!(out, "{row}")?;
+        } else {
+            writeln!(
+                out,
+                "{}  {:<9} {:<40} {:<10} {} attempts  {}",
+                format_ts(r.updated_at),
+                r.channel,
+                r.event.alert_id(),
+                r.event.state,
+                r.attempts,
+                r.last_error.as_deref().unwrap_or("")
+            )?;
+        }
+    }
+    if !json {
+        for c in crate::notify::counts(pool).await? {
+            writeln!(
+                out,
+                "{:<9} pending {:>6}  delivered {:>8}  dead {:>6}",
+                c.channel, c.pending, c.delivered, c.dead
+            )?;
+        }
+        if dead.is_empty() {
+            writeln!(out, "no dead notifications")?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn doctor(path: Option<&Path>, send_test: bool) -> anyhow::Result<ExitCode> {
+    let (cfg, source) = load(path)?;
+    println!("configuration: {source}");
+    let mut bad = 0;
+    let mut checked = 0;
+    for r in crate::notify::doctor::doctor(&cfg.notify, send_test).await {
+        checked += 1;
+        bad += usize::from(!r.ok);
+        println!(
+            "{} {:<9} {:<32} {}",
+            if r.ok { "ok  " } else { "FAIL" },
+            r.channel,
+            r.target,
+            r.message
+        );
+    }
+    if let Some(i) = &cfg.storage.influxdb {
+        checked += 1;
+        match crate::store::influx::health_check(i).await {
+            Ok(()) => println!("ok   influxdb  {:<32} writes are accepted", i.url),
+            Err(e) => {
+                bad += 1;
+                println!("FAIL influxdb  {:<32} {e}", i.url);
+            }
+        }
+    }
+    if checked == 0 {
+        println!("nothing to check: no [notify.*] channel and no [storage.influxdb] configured");
+    }
+    Ok(if bad == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }

@@ -74,16 +74,30 @@ impl Out {
     }
 }
 
-/// Publishes alert events and status from the live bus until `stop`.
+/// A publication asked for by another stage (the `[notify.mqtt]` channel): retained,
+/// answered once handed to the broker.
+pub struct Request {
+    pub topic: String,
+    pub payload: Vec<u8>,
+    pub done: tokio::sync::oneshot::Sender<Result<(), String>>,
+}
+
+/// Publishes alert events and status from the live bus, and `requests`, until `stop`.
 pub async fn run(
     mut out: Out,
     mut rx: broadcast::Receiver<LiveEvent>,
+    mut requests: tokio::sync::mpsc::Receiver<Request>,
     mut stop: watch::Receiver<bool>,
 ) {
     use broadcast::error::RecvError;
     loop {
         let ev = tokio::select! {
             ev = rx.recv() => ev,
+            Some(req) = requests.recv() => {
+                let ok = out.publish(req.topic, req.payload, true).await;
+                let _ = req.done.send(if ok { Ok(()) } else { Err("the broker is gone".into()) });
+                continue;
+            }
             _ = stop.changed() => break,
         };
         let (topic, payload) = match ev {
@@ -117,4 +131,24 @@ async fn drain(mut rx: LinkRx) {
             Err(_) => break,
         }
     }
+}
+
+/// A publish function for the `[notify.mqtt]` channel that goes through this task.
+pub fn publish_fn(tx: tokio::sync::mpsc::Sender<Request>) -> crate::notify::mqtt::PublishFn {
+    std::sync::Arc::new(move |topic: String, payload: Vec<u8>| {
+        let tx = tx.clone();
+        Box::pin(async move {
+            let (done, answer) = tokio::sync::oneshot::channel();
+            tx.send(Request {
+                topic,
+                payload,
+                done,
+            })
+            .await
+            .map_err(|_| "the service is stopping".to_string())?;
+            answer
+                .await
+                .map_err(|_| "the service is stopping".to_string())?
+        })
+    })
 }

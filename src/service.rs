@@ -42,6 +42,88 @@ pub struct ControlRequest {
     pub reply: Option<oneshot::Sender<Result<String, String>>>,
 }
 
+/// The Telegram bot's view of the service: the engine's published view, and its
+/// control channel.
+struct BotBridge {
+    control: mpsc::Sender<ControlRequest>,
+    view: watch::Receiver<Arc<EngineView>>,
+}
+
+impl BotBridge {
+    fn alert_views(&self, firing_only: bool) -> Vec<crate::notify::bot::AlertView> {
+        let view = self.view.borrow().clone();
+        view.alerts
+            .iter()
+            .filter(|a| !firing_only || a.state != crate::model::AlertState::Pending)
+            .map(|a| crate::notify::bot::AlertView {
+                alert_id: a.alert_id(),
+                state: a.state,
+                severity: a.severity,
+                value: a.value,
+                unit: a.unit.clone(),
+                since: a.since,
+                message: a.message.clone(),
+            })
+            .collect()
+    }
+
+    fn last_values(&self, pattern: &str) -> Vec<crate::notify::bot::LastValue> {
+        let view = self.view.borrow().clone();
+        let mut v: Vec<_> = view
+            .last
+            .iter()
+            .filter(|(s, _)| crate::model::topic_matches(pattern, s))
+            .map(|(s, l)| crate::notify::bot::LastValue {
+                series: s.to_string(),
+                value: l.value,
+                unit: l.unit.as_deref().map(str::to_string),
+                ts: l.ts,
+            })
+            .collect();
+        v.sort_by(|a, b| a.series.cmp(&b.series));
+        v
+    }
+}
+
+impl crate::notify::bot::BotBackend for BotBridge {
+    fn status(&self) -> crate::notify::BoxFuture<'_, crate::notify::bot::StatusView> {
+        let view = crate::notify::bot::StatusView {
+            firing: self.alert_views(true),
+            last: self.last_values("#"),
+        };
+        Box::pin(async move { view })
+    }
+
+    fn alerts(&self) -> crate::notify::BoxFuture<'_, Vec<crate::notify::bot::AlertView>> {
+        let v = self.alert_views(true);
+        Box::pin(async move { v })
+    }
+
+    fn last(
+        &self,
+        pattern: String,
+    ) -> crate::notify::BoxFuture<'_, Vec<crate::notify::bot::LastValue>> {
+        let v = self.last_values(&pattern);
+        Box::pin(async move { v })
+    }
+
+    fn control(&self, control: Control) -> crate::notify::BoxFuture<'_, Result<String, String>> {
+        Box::pin(async move {
+            let (reply, answer) = oneshot::channel();
+            self.control
+                .send(ControlRequest {
+                    control,
+                    reply: Some(reply),
+                })
+                .await
+                .map_err(|_| "the service is stopping".to_string())?;
+            answer
+                .await
+                .map_err(|_| "the engine did not answer".to_string())?
+        })
+    }
+}
+
 /// The terminal's acks and silences go to the engine, and its answer comes back.
 impl crate::tui::ControlSink for mpsc::Sender<ControlRequest> {
     fn send(
@@ -169,7 +251,8 @@ impl Service {
         let (live, _) = broadcast::channel::<LiveEvent>(LIVE_CAPACITY);
         let (stop_tx, stop_rx) = watch::channel(false);
 
-        let writer = Writer::new(pool.clone());
+        let outbox = crate::notify::Outbox::new(pool.clone());
+        let writer = Writer::new(pool.clone()).with_outbox(outbox.clone());
         let store_stats = writer.stats.clone();
         let sq = &cfg.storage.sqlite;
         let wcfg = WriterConfig {
@@ -287,17 +370,48 @@ impl Service {
                 }));
             }
         }
+        let (publish_tx, publish_rx) = mpsc::channel(256);
         tasks.push(tokio::spawn(crate::live::run(
             live_out,
             live.subscribe(),
+            publish_rx,
             stop_tx.subscribe(),
         )));
+
+        // Notifications: a worker per configured channel, reading the outbox the store
+        // writes; the Telegram bot when asked for.
+        let senders =
+            crate::notify::senders(&cfg.notify, Some(crate::live::publish_fn(publish_tx)))
+                .context("while setting up the notification channels")?;
+        if !senders.is_empty() {
+            let channels: Vec<&str> = senders.iter().map(|s| s.channel()).collect();
+            tracing::info!(?channels, "notification channels ready");
+        }
+        tasks.extend(crate::notify::spawn_workers(
+            &outbox,
+            &cfg.notify,
+            senders,
+            stop_tx.subscribe(),
+        ));
+        if let Some(t) = cfg.notify.telegram.as_ref().filter(|t| t.bot) {
+            let backend = Arc::new(BotBridge {
+                control: control_tx.clone(),
+                view: view.clone(),
+            });
+            let bot = crate::notify::bot::TelegramBot::from_config(t, backend, Some(pool.clone()))
+                .context("while starting the Telegram bot")?;
+            tasks.push(bot.spawn(stop_tx.subscribe()));
+        }
+        let figures = Figures {
+            broker: broker_desc,
+            storage: format!("sqlite {}", db_path.display()),
+            source: source_stats.clone(),
+            store: store_stats.clone(),
+            influx: influx_stats.clone(),
+            pool: pool.clone(),
+        };
         tasks.push(tokio::spawn(run_status(
-            broker_desc,
-            format!("sqlite {}", db_path.display()),
-            source_stats.clone(),
-            store_stats.clone(),
-            influx_stats.clone(),
+            figures,
             live.clone(),
             stop_tx.subscribe(),
         )));
@@ -575,16 +689,30 @@ fn describe(c: &Control, events: &[crate::model::AlertEvent]) -> String {
     }
 }
 
-/// Publishes pipeline figures on the live bus once a second.
-async fn run_status(
+/// Where the status line's figures come from.
+struct Figures {
     broker: String,
     storage: String,
     source: Arc<SourceStats>,
     store: Arc<StoreStats>,
     influx: Option<Arc<InfluxStats>>,
+    pool: sqlx::SqlitePool,
+}
+
+/// Publishes pipeline figures on the live bus once a second.
+async fn run_status(
+    f: Figures,
     live: broadcast::Sender<LiveEvent>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let Figures {
+        broker,
+        storage,
+        source,
+        store,
+        influx,
+        pool,
+    } = f;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut last = (Instant::now(), 0u64);
     loop {
@@ -596,6 +724,13 @@ async fn run_status(
         let now = Instant::now();
         let rate = (received - last.1) as f64 / now.duration_since(last.0).as_secs_f64().max(1e-3);
         last = (now, received);
+        let (outbox_pending, outbox_dead) = match crate::notify::counts(&pool).await {
+            Ok(c) => (
+                c.iter().map(|c| c.pending).sum(),
+                c.iter().map(|c| c.dead).sum(),
+            ),
+            Err(_) => (0, 0),
+        };
         let status = PipelineStatus {
             broker: broker.clone(),
             broker_up: source.connected.load(Ordering::Relaxed),
@@ -605,8 +740,8 @@ async fn run_status(
             received_total: received,
             stored_total: store.stored.load(Ordering::Relaxed),
             decode_errors_total: source.errors_total(),
-            outbox_pending: 0,
-            outbox_dead: 0,
+            outbox_pending,
+            outbox_dead,
             influx_backlog: influx.as_ref().map(|s| s.snapshot().backlog),
         };
         let _ = live.send(LiveEvent::Status(status));

@@ -104,6 +104,19 @@ pub async fn enqueue(
     now: Timestamp,
 ) -> Result<usize, OutboxError> {
     let mut tx = pool.begin().await?;
+    let added = enqueue_in(&mut tx, events, now).await?;
+    tx.commit().await?;
+    Ok(added)
+}
+
+/// [`enqueue`] inside the caller's transaction: the store writes an event to the
+/// history, the engine state it leaves and its notifications in one commit, so a
+/// crash can separate none of them.
+pub async fn enqueue_in(
+    conn: &mut sqlx::SqliteConnection,
+    events: &[AlertEvent],
+    now: Timestamp,
+) -> Result<usize, OutboxError> {
     let mut added = 0;
     for event in events {
         if event.notify.is_empty() {
@@ -122,12 +135,11 @@ pub async fn enqueue(
             .bind(now)
             .bind(now)
             .bind(now)
-            .execute(&mut *tx)
+            .execute(&mut *conn)
             .await?;
             added += r.rows_affected() as usize;
         }
     }
-    tx.commit().await?;
     Ok(added)
 }
 
@@ -416,6 +428,12 @@ impl Outbox {
             self.wake.send_modify(|v| *v = v.wrapping_add(1));
         }
         Ok(n)
+    }
+
+    /// Tells the workers that rows were added by someone else (the store, in its own
+    /// transaction).
+    pub fn wake(&self) {
+        self.wake.send_modify(|v| *v = v.wrapping_add(1));
     }
 
     /// A receiver that changes on every enqueue, for a worker to wait on.

@@ -30,6 +30,8 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("database: {0}")]
     Sql(#[from] sqlx::Error),
+    #[error("outbox: {0}")]
+    Outbox(String),
     #[error("corrupt chunk {id}: {source}")]
     Chunk { id: i64, source: chunk::ChunkError },
 }
@@ -127,6 +129,8 @@ pub struct Writer {
     pool: SqlitePool,
     ids: HashMap<SeriesId, i64>,
     pending: HashMap<SeriesId, Pending>,
+    /// Notifications of alert events are written with them and the workers woken.
+    outbox: Option<crate::notify::Outbox>,
     pending_count: usize,
     pub stats: Arc<StoreStats>,
 }
@@ -140,9 +144,17 @@ impl Writer {
             pool,
             ids: HashMap::new(),
             pending: HashMap::new(),
+            outbox: None,
             pending_count: 0,
             stats: Arc::default(),
         }
+    }
+
+    /// Writes the notifications of alert events to this outbox, in the same
+    /// transaction as the events.
+    pub fn with_outbox(mut self, outbox: crate::notify::Outbox) -> Self {
+        self.outbox = Some(outbox);
+        self
     }
 
     pub fn add(&mut self, readings: &[Reading]) {
@@ -370,7 +382,16 @@ impl Writer {
                     .await?;
             }
         }
+        let notified = match &self.outbox {
+            Some(_) => crate::notify::outbox::enqueue_in(&mut tx, &batch.events, now)
+                .await
+                .map_err(|e| StoreError::Outbox(e.to_string()))?,
+            None => 0,
+        };
         tx.commit().await?;
+        if let (Some(outbox), true) = (&self.outbox, notified > 0) {
+            outbox.wake();
+        }
         self.stats
             .events
             .fetch_add(batch.events.len() as u64, Ordering::Relaxed);
