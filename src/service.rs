@@ -252,7 +252,9 @@ impl Service {
         let (stop_tx, stop_rx) = watch::channel(false);
 
         let outbox = crate::notify::Outbox::new(pool.clone());
-        let writer = Writer::new(pool.clone()).with_outbox(outbox.clone());
+        let writer = Writer::new(pool.clone())
+            .with_outbox(outbox.clone())
+            .with_deadband(cfg.storage.sqlite.deadband.clone());
         let store_stats = writer.stats.clone();
         let sq = &cfg.storage.sqlite;
         let wcfg = WriterConfig {

@@ -141,6 +141,26 @@ pub struct SqliteConfig {
     pub retention: Duration,
     /// Per-minute rollups are kept this long.
     pub rollup_retention: Duration,
+    /// Store a reading only when it moved enough or enough time passed (first match
+    /// wins); rollups and rules still see every reading.
+    pub deadband: Vec<DeadbandConfig>,
+}
+
+/// `[[storage.sqlite.deadband]]`: spares the SD card readings that say nothing new.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeadbandConfig {
+    /// Series pattern (MQTT wildcards).
+    pub series: String,
+    /// Store when the value moved more than this from the last stored one…
+    pub delta: f64,
+    /// …or when this long passed since it (so a flat line still shows).
+    #[serde(default = "default_max_interval")]
+    pub max_interval: Duration,
+}
+
+fn default_max_interval() -> Duration {
+    Duration::from_secs(300)
 }
 
 impl Default for SqliteConfig {
@@ -150,6 +170,7 @@ impl Default for SqliteConfig {
             flush_interval: Duration::from_secs(1),
             retention: Duration::from_secs(30 * 86_400),
             rollup_retention: Duration::from_secs(365 * 86_400),
+            deadband: Vec::new(),
         }
     }
 }
@@ -351,6 +372,29 @@ impl Config {
         }
         if let Some(i) = &self.storage.influxdb {
             out.extend(i.validate(&[key("storage"), key("influxdb")]));
+        }
+        for (i, d) in s.deadband.iter().enumerate() {
+            let at = |f: &str| {
+                [
+                    key("storage"),
+                    key("sqlite"),
+                    key("deadband"),
+                    PathPart::Index(i),
+                    key(f),
+                ]
+            };
+            if let Err(e) = check_filter(&d.series) {
+                out.push(Invalid::new(&at("series"), e));
+            }
+            if !(d.delta.is_finite() && d.delta >= 0.0) {
+                out.push(Invalid::new(&at("delta"), "must be a number ≥ 0"));
+            }
+            if d.max_interval.is_zero() {
+                out.push(Invalid::new(
+                    &at("max_interval"),
+                    "must be longer than zero",
+                ));
+            }
         }
         if self.engine.tick.is_zero() {
             out.push(Invalid::new(

@@ -120,8 +120,20 @@ pub struct WriterConfig {
 }
 
 struct Pending {
+    /// Readings to store.
     points: Vec<(Timestamp, f64)>,
+    /// Readings the deadband keeps out of the chunks; they still count in rollups.
+    skipped: Vec<(Timestamp, f64)>,
     unit: Option<Arc<str>>,
+}
+
+/// A deadband as the writer applies it to one series.
+#[derive(Debug, Clone, Copy)]
+struct Band {
+    delta: f64,
+    max_interval: i64,
+    /// The last reading stored.
+    last: Option<(Timestamp, f64)>,
 }
 
 /// Buffers readings per series and writes them in one transaction per flush.
@@ -131,6 +143,9 @@ pub struct Writer {
     pending: HashMap<SeriesId, Pending>,
     /// Notifications of alert events are written with them and the workers woken.
     outbox: Option<crate::notify::Outbox>,
+    deadband: Vec<crate::config::DeadbandConfig>,
+    /// Per series: its deadband (`None`: every reading is stored).
+    bands: HashMap<SeriesId, Option<Band>>,
     pending_count: usize,
     pub stats: Arc<StoreStats>,
 }
@@ -145,6 +160,8 @@ impl Writer {
             ids: HashMap::new(),
             pending: HashMap::new(),
             outbox: None,
+            deadband: Vec::new(),
+            bands: HashMap::new(),
             pending_count: 0,
             stats: Arc::default(),
         }
@@ -157,16 +174,60 @@ impl Writer {
         self
     }
 
+    /// Stores a reading of a series matching a deadband only when it moved more than
+    /// `delta` from the last stored one or `max_interval` passed (the first match wins).
+    pub fn with_deadband(mut self, deadband: Vec<crate::config::DeadbandConfig>) -> Self {
+        self.deadband = deadband;
+        self
+    }
+
     pub fn add(&mut self, readings: &[Reading]) {
         for r in readings {
+            let band = if self.deadband.is_empty() {
+                None
+            } else {
+                let deadband = &self.deadband;
+                self.bands
+                    .entry(r.series.clone())
+                    .or_insert_with(|| {
+                        deadband
+                            .iter()
+                            .find(|d| crate::model::topic_matches(&d.series, &r.series))
+                            .map(|d| Band {
+                                delta: d.delta,
+                                max_interval: d.max_interval.as_millis(),
+                                last: None,
+                            })
+                    })
+                    .as_mut()
+            };
+            let keep = match band {
+                None => true,
+                Some(b) => {
+                    let keep = b.last.is_none_or(|(t, v)| {
+                        (r.value - v).abs() > b.delta
+                            || r.ts.saturating_sub(t) >= b.max_interval
+                            || r.ts < t
+                    });
+                    if keep {
+                        b.last = Some((r.ts, r.value));
+                    }
+                    keep
+                }
+            };
             let p = match self.pending.get_mut(&r.series) {
                 Some(p) => p,
                 None => self.pending.entry(r.series.clone()).or_insert(Pending {
                     points: Vec::new(),
+                    skipped: Vec::new(),
                     unit: None,
                 }),
             };
-            p.points.push((r.ts, r.value));
+            if keep {
+                p.points.push((r.ts, r.value));
+            } else {
+                p.skipped.push((r.ts, r.value));
+            }
             if r.unit.is_some() {
                 p.unit.clone_from(&r.unit);
             }
@@ -188,11 +249,12 @@ impl Writer {
         let mut batch: Vec<(SeriesId, Pending)> = self
             .pending
             .drain()
-            .filter(|(_, p)| !p.points.is_empty())
+            .filter(|(_, p)| !p.points.is_empty() || !p.skipped.is_empty())
             .collect();
         for (_, p) in &mut batch {
             // Stable: readings with equal timestamps keep their arrival order.
             p.points.sort_by_key(|pt| pt.0);
+            p.skipped.sort_by_key(|pt| pt.0);
         }
         match self.write_batch(&batch).await {
             Ok(()) => {
@@ -206,6 +268,7 @@ impl Writer {
                 // Keep the buffers' capacity for the next flush.
                 for (s, mut p) in batch {
                     p.points.clear();
+                    p.skipped.clear();
                     self.pending.insert(s, p);
                 }
                 Ok(n)
@@ -228,8 +291,19 @@ impl Writer {
                 "INSERT INTO series (name, unit, first_seen, last_seen, last_value) ",
             );
             q.push_values(part, |mut b, (s, p)| {
-                let first = p.points.first().map_or(0, |x| x.0);
-                let last = p.points.last().map_or((0, 0.0), |x| *x);
+                // The catalogue sees every reading, stored or kept out by a deadband.
+                let first = [p.points.first(), p.skipped.first()]
+                    .into_iter()
+                    .flatten()
+                    .map(|x| x.0)
+                    .min()
+                    .unwrap_or(0);
+                let last = [p.points.last(), p.skipped.last()]
+                    .into_iter()
+                    .flatten()
+                    .max_by_key(|x| x.0)
+                    .copied()
+                    .unwrap_or((0, 0.0));
                 b.push_bind(s.as_ref())
                     .push_bind(p.unit.as_deref())
                     .push_bind(first)
@@ -287,7 +361,16 @@ impl Writer {
         for (s, p) in batch {
             let Some(&id) = self.ids.get(s) else { continue };
             let mut cur: Option<(i64, f64, f64, f64, i64)> = None;
-            for &(ts, v) in &p.points {
+            let merged;
+            let all: &[(Timestamp, f64)] = if p.skipped.is_empty() {
+                &p.points
+            } else {
+                let mut v = [p.points.as_slice(), p.skipped.as_slice()].concat();
+                v.sort_by_key(|pt| pt.0);
+                merged = v;
+                &merged
+            };
+            for &(ts, v) in all {
                 let minute = ts.div_euclid(60_000) * 60_000;
                 match &mut cur {
                     Some(c) if c.0 == minute => {
@@ -880,6 +963,52 @@ mod tests {
             got.iter().map(|r| r.2).collect::<Vec<_>>(),
             (0..50).map(|i| i as f64).collect::<Vec<_>>()
         );
+    }
+
+    #[tokio::test]
+    async fn deadband_keeps_flat_readings_out_of_chunks_but_not_out_of_rollups() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = open(&dir.path().join("t.db")).await.unwrap();
+        let band = crate::config::DeadbandConfig {
+            series: "gh/+/t".into(),
+            delta: 0.5,
+            max_interval: crate::config::Duration::from_secs(10),
+        };
+        let mut w = Writer::new(pool.clone()).with_deadband(vec![band]);
+        let a: SeriesId = Arc::from("gh/n1/t");
+        let other: SeriesId = Arc::from("lab/x");
+        let base = 1_699_999_980_000; // a minute's start
+                                      // 20.0 stored; 20.2, 20.4 within the band; 21.0 moved; 21.1 within; at +12 s the
+                                      // interval forces a store; the other series has no band.
+        let values = [
+            (0, 20.0),
+            (1, 20.2),
+            (2, 20.4),
+            (3, 21.0),
+            (4, 21.1),
+            (16, 21.1),
+        ];
+        let batch: Vec<Reading> = values
+            .iter()
+            .map(|&(s, v)| reading(&a, base + s * 1000, v))
+            .chain((0..6).map(|i| reading(&other, base + i * 1000, 1.0)))
+            .collect();
+        w.add(&batch);
+        w.flush().await.unwrap();
+        let stored: Vec<f64> = query_series(&pool, "gh/n1/t", 0)
+            .await
+            .unwrap()
+            .iter()
+            .map(|p| p.1)
+            .collect();
+        assert_eq!(stored, vec![20.0, 21.0, 21.1]);
+        assert_eq!(query_series(&pool, "lab/x", 0).await.unwrap().len(), 6);
+        let (count, max): (i64, f64) =
+            sqlx::query_as("SELECT count, max FROM rollups_named WHERE series = 'gh/n1/t'")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        assert_eq!((count, max), (6, 21.1), "rollups count every reading");
     }
 
     #[tokio::test]
