@@ -119,6 +119,27 @@ pub struct WriterConfig {
     pub maintenance_interval: Duration,
 }
 
+/// How often the catalogue's last seen and last value are written.
+const CATALOGUE_EVERY_MS: i64 = 60_000;
+
+/// A series as the catalogue will get it.
+#[derive(Debug, Clone)]
+struct Seen {
+    first: Timestamp,
+    last: Timestamp,
+    value: f64,
+    unit: Option<Arc<str>>,
+}
+
+/// Per-minute aggregates not yet written.
+#[derive(Debug, Clone, Copy)]
+struct Rollup {
+    min: f64,
+    max: f64,
+    sum: f64,
+    count: i64,
+}
+
 struct Pending {
     /// Readings to store.
     points: Vec<(Timestamp, f64)>,
@@ -146,6 +167,11 @@ pub struct Writer {
     deadband: Vec<crate::config::DeadbandConfig>,
     /// Per series: its deadband (`None`: every reading is stored).
     bands: HashMap<SeriesId, Option<Band>>,
+    seen: HashMap<SeriesId, Seen>,
+    catalogue_written: Option<Timestamp>,
+    rollups: HashMap<(i64, i64), Rollup>,
+    /// Write the catalogue and every rollup now (the last flush, and tests).
+    pub force: bool,
     pending_count: usize,
     pub stats: Arc<StoreStats>,
 }
@@ -162,6 +188,10 @@ impl Writer {
             outbox: None,
             deadband: Vec::new(),
             bands: HashMap::new(),
+            seen: HashMap::new(),
+            catalogue_written: None,
+            rollups: HashMap::new(),
+            force: false,
             pending_count: 0,
             stats: Arc::default(),
         }
@@ -284,31 +314,60 @@ impl Writer {
     }
 
     async fn write_batch(&mut self, batch: &[(SeriesId, Pending)]) -> Result<(), StoreError> {
+        // What the catalogue and the rollups will get, kept in memory between writes.
+        for (s, p) in batch {
+            // The catalogue sees every reading, stored or kept out by a deadband.
+            let first = [p.points.first(), p.skipped.first()]
+                .into_iter()
+                .flatten()
+                .map(|x| x.0)
+                .min();
+            let last = [p.points.last(), p.skipped.last()]
+                .into_iter()
+                .flatten()
+                .max_by_key(|x| x.0)
+                .copied();
+            let (Some(first), Some(last)) = (first, last) else {
+                continue;
+            };
+            let e = self.seen.entry(s.clone()).or_insert(Seen {
+                first,
+                last: last.0,
+                value: last.1,
+                unit: None,
+            });
+            e.first = e.first.min(first);
+            if last.0 >= e.last {
+                (e.last, e.value) = last;
+            }
+            if p.unit.is_some() {
+                e.unit.clone_from(&p.unit);
+            }
+        }
+        let now = crate::model::now_ms();
+        let catalogue_due = self.force
+            || self
+                .catalogue_written
+                .is_none_or(|t| now - t >= CATALOGUE_EVERY_MS);
         let mut tx = self.pool.begin().await?;
-        // Catalogue: upsert every touched series; learn the ids of new ones.
-        for part in batch.chunks(ROWS_PER_STATEMENT) {
+        // Catalogue: new series at once (their ids are needed); the others' last seen
+        // and last value once a minute, to spare the disk a page write per flush.
+        let rows: Vec<(&SeriesId, &Seen)> = self
+            .seen
+            .iter()
+            .filter(|(s, _)| catalogue_due || !self.ids.contains_key(*s))
+            .collect();
+        let mut new_ids: Vec<(SeriesId, i64)> = Vec::new();
+        for part in rows.chunks(ROWS_PER_STATEMENT) {
             let mut q = sqlx::QueryBuilder::new(
                 "INSERT INTO series (name, unit, first_seen, last_seen, last_value) ",
             );
-            q.push_values(part, |mut b, (s, p)| {
-                // The catalogue sees every reading, stored or kept out by a deadband.
-                let first = [p.points.first(), p.skipped.first()]
-                    .into_iter()
-                    .flatten()
-                    .map(|x| x.0)
-                    .min()
-                    .unwrap_or(0);
-                let last = [p.points.last(), p.skipped.last()]
-                    .into_iter()
-                    .flatten()
-                    .max_by_key(|x| x.0)
-                    .copied()
-                    .unwrap_or((0, 0.0));
+            q.push_values(part, |mut b, (s, e)| {
                 b.push_bind(s.as_ref())
-                    .push_bind(p.unit.as_deref())
-                    .push_bind(first)
-                    .push_bind(last.0)
-                    .push_bind(last.1);
+                    .push_bind(e.unit.as_deref())
+                    .push_bind(e.first)
+                    .push_bind(e.last)
+                    .push_bind(e.value);
             });
             q.push(
                 " ON CONFLICT(name) DO UPDATE SET \
@@ -317,21 +376,26 @@ impl Writer {
                  first_seen = min(first_seen, excluded.first_seen), \
                  unit = coalesce(excluded.unit, unit) RETURNING id, name",
             );
-            let rows = q.build().fetch_all(&mut *tx).await?;
-            for row in rows {
+            for row in q.build().fetch_all(&mut *tx).await? {
                 let name: String = row.try_get("name")?;
                 if let Some((s, _)) = part.iter().find(|(s, _)| s.as_ref() == name) {
-                    if !self.ids.contains_key(s) {
-                        self.ids.insert(s.clone(), row.try_get("id")?);
+                    if !self.ids.contains_key(*s) {
+                        new_ids.push(((*s).clone(), row.try_get("id")?));
                     }
                 }
             }
         }
-        // Chunks: one row per series.
+        let id_of = |s: &SeriesId| {
+            self.ids
+                .get(s)
+                .copied()
+                .or_else(|| new_ids.iter().find(|(n, _)| n == s).map(|x| x.1))
+        };
+        // Chunks: one row per series, appended (see the migration on why unindexed by series).
         let blobs: Vec<(i64, Timestamp, Timestamp, i64, Vec<u8>)> = batch
             .iter()
             .filter_map(|(s, p)| {
-                let id = *self.ids.get(s)?;
+                let id = id_of(s)?;
                 let first = p.points.first()?.0;
                 let last = p.points.last()?.0;
                 Some((
@@ -356,52 +420,43 @@ impl Writer {
             });
             q.build().execute(&mut *tx).await?;
         }
-        // Rollups: merge this flush's per-minute aggregates into the table.
-        let mut rollups: Vec<(i64, i64, f64, f64, f64, i64)> = Vec::new();
+        // Rollups: accumulated per series and minute; a minute is written once it is
+        // over (a late reading merges into the stored row).
+        let mut acc = self.rollups.clone();
         for (s, p) in batch {
-            let Some(&id) = self.ids.get(s) else { continue };
-            let mut cur: Option<(i64, f64, f64, f64, i64)> = None;
-            let merged;
-            let all: &[(Timestamp, f64)] = if p.skipped.is_empty() {
-                &p.points
-            } else {
-                let mut v = [p.points.as_slice(), p.skipped.as_slice()].concat();
-                v.sort_by_key(|pt| pt.0);
-                merged = v;
-                &merged
-            };
-            for &(ts, v) in all {
-                let minute = ts.div_euclid(60_000) * 60_000;
-                match &mut cur {
-                    Some(c) if c.0 == minute => {
-                        c.1 = c.1.min(v);
-                        c.2 = c.2.max(v);
-                        c.3 += v;
-                        c.4 += 1;
-                    }
-                    _ => {
-                        if let Some(c) = cur.take() {
-                            rollups.push((id, c.0, c.1, c.2, c.3 / c.4 as f64, c.4));
-                        }
-                        cur = Some((minute, v, v, v, 1));
-                    }
-                }
-            }
-            if let Some(c) = cur {
-                rollups.push((id, c.0, c.1, c.2, c.3 / c.4 as f64, c.4));
+            let Some(id) = id_of(s) else { continue };
+            for &(ts, v) in p.points.iter().chain(&p.skipped) {
+                let r = acc
+                    .entry((id, ts.div_euclid(60_000) * 60_000))
+                    .or_insert(Rollup {
+                        min: v,
+                        max: v,
+                        sum: 0.0,
+                        count: 0,
+                    });
+                r.min = r.min.min(v);
+                r.max = r.max.max(v);
+                r.sum += v;
+                r.count += 1;
             }
         }
-        for part in rollups.chunks(ROWS_PER_STATEMENT) {
+        let open_minute = now.div_euclid(60_000) * 60_000 - 60_000;
+        let closed: Vec<((i64, i64), Rollup)> = acc
+            .iter()
+            .filter(|(k, _)| self.force || k.1 < open_minute)
+            .map(|(k, r)| (*k, *r))
+            .collect();
+        for part in closed.chunks(ROWS_PER_STATEMENT) {
             let mut q = sqlx::QueryBuilder::new(
                 "INSERT INTO rollups (series_id, minute, min, max, avg, count) ",
             );
-            q.push_values(part, |mut b, r| {
-                b.push_bind(r.0)
-                    .push_bind(r.1)
-                    .push_bind(r.2)
-                    .push_bind(r.3)
-                    .push_bind(r.4)
-                    .push_bind(r.5);
+            q.push_values(part, |mut b, ((id, minute), r)| {
+                b.push_bind(id)
+                    .push_bind(minute)
+                    .push_bind(r.min)
+                    .push_bind(r.max)
+                    .push_bind(r.sum / r.count as f64)
+                    .push_bind(r.count);
             });
             q.push(
                 " ON CONFLICT(series_id, minute) DO UPDATE SET \
@@ -412,6 +467,16 @@ impl Writer {
             q.build().execute(&mut *tx).await?;
         }
         tx.commit().await?;
+        // Only now is what was written true.
+        self.ids.extend(new_ids);
+        for (k, _) in &closed {
+            acc.remove(k);
+        }
+        self.rollups = acc;
+        if catalogue_due {
+            self.seen.clear();
+            self.catalogue_written = Some(now);
+        }
         Ok(())
     }
 
@@ -481,64 +546,63 @@ impl Writer {
         Ok(())
     }
 
-    /// Merges the small chunks of each series that lie wholly before `before` into one
-    /// chunk per series and hour. Works in steps of at most `max_groups` groups;
-    /// returns how many groups it merged.
-    pub async fn compact(&self, before: Timestamp, max_groups: i64) -> Result<usize, StoreError> {
-        let groups = sqlx::query(
-            "SELECT series_id, first_ts / 3600000 AS hour FROM chunks WHERE last_ts < ? \
-             GROUP BY series_id, hour HAVING count(*) > 1 LIMIT ?",
+    /// Merges the chunks written flush by flush that lie wholly before `before` into
+    /// one chunk per series and hour, indexed by series. Works on at most `max_rows`
+    /// chunks per call; returns how many merged chunks it wrote.
+    pub async fn compact(&self, before: Timestamp, max_rows: i64) -> Result<usize, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, series_id, first_ts, data FROM chunks WHERE compacted = 0 AND last_ts < ? LIMIT ?",
         )
         .bind(before)
-        .bind(max_groups)
+        .bind(max_rows)
         .fetch_all(&self.pool)
         .await?;
-        for g in &groups {
-            let series_id: i64 = g.try_get("series_id")?;
-            let hour: i64 = g.try_get("hour")?;
-            let mut tx = self.pool.begin().await?;
-            let rows = sqlx::query(
-                "SELECT id, data FROM chunks WHERE series_id = ? AND first_ts >= ? AND first_ts < ? AND last_ts < ?",
-            )
-            .bind(series_id)
-            .bind(hour * 3_600_000)
-            .bind((hour + 1) * 3_600_000)
-            .bind(before)
-            .fetch_all(&mut *tx)
-            .await?;
-            if rows.len() < 2 {
+        // (series, hour) → (chunk ids, points)
+        // (chunk ids, their points)
+        type Group = (Vec<i64>, Vec<(Timestamp, f64)>);
+        let mut groups: std::collections::BTreeMap<(i64, i64), Group> =
+            std::collections::BTreeMap::new();
+        for row in &rows {
+            let id: i64 = row.try_get("id")?;
+            let series_id: i64 = row.try_get("series_id")?;
+            let first: i64 = row.try_get("first_ts")?;
+            let data: Vec<u8> = row.try_get("data")?;
+            let g = groups
+                .entry((series_id, first.div_euclid(3_600_000)))
+                .or_default();
+            g.0.push(id);
+            g.1.extend(chunk::decode(&data).map_err(|source| StoreError::Chunk { id, source })?);
+        }
+        let written = groups.len();
+        let mut tx = self.pool.begin().await?;
+        for ((series_id, _), (ids, mut points)) in groups {
+            if points.is_empty() {
                 continue;
-            }
-            let mut points = Vec::new();
-            let mut ids = Vec::with_capacity(rows.len());
-            for row in &rows {
-                let id: i64 = row.try_get("id")?;
-                let data: Vec<u8> = row.try_get("data")?;
-                points.extend(
-                    chunk::decode(&data).map_err(|source| StoreError::Chunk { id, source })?,
-                );
-                ids.push(id);
             }
             points.sort_by_key(|p| p.0);
             let (first, last) = (points[0].0, points[points.len() - 1].0);
-            sqlx::query("INSERT INTO chunks (series_id, first_ts, last_ts, count, data) VALUES (?, ?, ?, ?, ?)")
-                .bind(series_id)
-                .bind(first)
-                .bind(last)
-                .bind(points.len() as i64)
-                .bind(chunk::encode(&points))
-                .execute(&mut *tx)
-                .await?;
-            let mut q = sqlx::QueryBuilder::new("DELETE FROM chunks WHERE id IN (");
-            let mut sep = q.separated(", ");
-            for id in ids {
-                sep.push_bind(id);
+            sqlx::query(
+                "INSERT INTO chunks (series_id, first_ts, last_ts, count, compacted, data) VALUES (?, ?, ?, ?, 1, ?)",
+            )
+            .bind(series_id)
+            .bind(first)
+            .bind(last)
+            .bind(points.len() as i64)
+            .bind(chunk::encode(&points))
+            .execute(&mut *tx)
+            .await?;
+            for part in ids.chunks(500) {
+                let mut q = sqlx::QueryBuilder::new("DELETE FROM chunks WHERE id IN (");
+                let mut sep = q.separated(", ");
+                for id in part {
+                    sep.push_bind(*id);
+                }
+                sep.push_unseparated(")");
+                q.build().execute(&mut *tx).await?;
             }
-            sep.push_unseparated(")");
-            q.build().execute(&mut *tx).await?;
-            tx.commit().await?;
         }
-        Ok(groups.len())
+        tx.commit().await?;
+        Ok(written)
     }
 
     /// Deletes raw chunks that ended before `raw_before` and rollups before
@@ -549,14 +613,19 @@ impl Writer {
         rollup_before: Timestamp,
         step: i64,
     ) -> Result<u64, StoreError> {
-        let a = sqlx::query(
-            "DELETE FROM chunks WHERE id IN (SELECT id FROM chunks WHERE last_ts < ? LIMIT ?)",
-        )
-        .bind(raw_before)
-        .bind(step)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
+        let mut a = 0;
+        // Literal `compacted` values, so each statement can use its partial index.
+        for sql in [
+            "DELETE FROM chunks WHERE id IN (SELECT id FROM chunks WHERE compacted = 1 AND last_ts < ?1 LIMIT ?2)",
+            "DELETE FROM chunks WHERE id IN (SELECT id FROM chunks WHERE compacted = 0 AND last_ts < ?1 LIMIT ?2)",
+        ] {
+            a += sqlx::query(sql)
+            .bind(raw_before)
+            .bind(step)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        }
         let b = sqlx::query(
             "DELETE FROM rollups WHERE (series_id, minute) IN \
              (SELECT series_id, minute FROM rollups WHERE minute < ? LIMIT ?)",
@@ -613,10 +682,17 @@ pub async fn run_writer(mut w: Writer, mut rx: mpsc::Receiver<StoreMsg>, cfg: Wr
                 let now = crate::model::now_ms();
                 let retention = i64::try_from(cfg.retention.as_millis()).unwrap_or(i64::MAX);
                 let rollup_retention = i64::try_from(cfg.rollup_retention.as_millis()).unwrap_or(i64::MAX);
-                match w.compact(now - 3_600_000, 500).await {
-                    Ok(n) if n > 0 => tracing::debug!(groups = n, "merged small chunks"),
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "chunk compaction failed"),
+                // Merge the flush-sized chunks of every hour that is over, in steps.
+                let hour_start = now - now.rem_euclid(3_600_000);
+                for _ in 0..20 {
+                    match w.compact(hour_start, 20_000).await {
+                        Ok(0) => break,
+                        Ok(n) => tracing::debug!(chunks = n, "merged an hour's chunks"),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "chunk compaction failed");
+                            break;
+                        }
+                    }
                 }
                 match w.retention(now.saturating_sub(retention), now.saturating_sub(rollup_retention), 5_000).await {
                     Ok(n) if n > 0 => tracing::info!(rows = n, "retention deleted old rows"),
@@ -627,6 +703,7 @@ pub async fn run_writer(mut w: Writer, mut rx: mpsc::Receiver<StoreMsg>, cfg: Wr
         }
     }
     // The stream has ended: nothing buffered may be lost.
+    w.force = true;
     for attempt in 1..=5 {
         match w.flush().await {
             Ok(_) => break,
@@ -659,36 +736,46 @@ pub async fn query_readings(
     pattern: &str,
     since: Timestamp,
 ) -> Result<Vec<(String, Timestamp, f64)>, StoreError> {
-    let series = sqlx::query("SELECT id, name FROM series ORDER BY name")
+    let series = sqlx::query("SELECT id, name FROM series")
         .fetch_all(pool)
         .await?;
-    let mut out = Vec::new();
+    let mut names: HashMap<i64, String> = HashMap::new();
     for s in series {
         let name: String = s.try_get("name")?;
-        if !crate::model::topic_matches(pattern, &name) {
-            continue;
+        if crate::model::topic_matches(pattern, &name) {
+            names.insert(s.try_get("id")?, name);
         }
-        let id: i64 = s.try_get("id")?;
-        let rows = sqlx::query(
-            "SELECT id, data FROM chunks WHERE series_id = ? AND last_ts >= ? ORDER BY first_ts",
-        )
-        .bind(id)
+    }
+    if names.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut points: HashMap<i64, Vec<(Timestamp, f64)>> = HashMap::new();
+    let rows = sqlx::query("SELECT id, series_id, data FROM chunks WHERE last_ts >= ?")
         .bind(since)
         .fetch_all(pool)
         .await?;
-        let start = out.len();
-        for row in rows {
-            let cid: i64 = row.try_get("id")?;
-            let data: Vec<u8> = row.try_get("data")?;
-            for (ts, v) in
-                chunk::decode(&data).map_err(|source| StoreError::Chunk { id: cid, source })?
-            {
-                if ts >= since {
-                    out.push((name.clone(), ts, v));
-                }
-            }
+    for row in rows {
+        let series_id: i64 = row.try_get("series_id")?;
+        if !names.contains_key(&series_id) {
+            continue;
         }
-        out[start..].sort_by_key(|r| r.1);
+        let id: i64 = row.try_get("id")?;
+        let data: Vec<u8> = row.try_get("data")?;
+        let decoded = chunk::decode(&data).map_err(|source| StoreError::Chunk { id, source })?;
+        points
+            .entry(series_id)
+            .or_default()
+            .extend(decoded.into_iter().filter(|p| p.0 >= since));
+    }
+    let mut by_name: Vec<(String, Vec<(Timestamp, f64)>)> = points
+        .into_iter()
+        .map(|(id, pts)| (names.remove(&id).unwrap_or_default(), pts))
+        .collect();
+    by_name.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut out = Vec::new();
+    for (name, mut pts) in by_name {
+        pts.sort_by_key(|p| p.0);
+        out.extend(pts.into_iter().map(|(ts, v)| (name.clone(), ts, v)));
     }
     Ok(out)
 }
@@ -839,11 +926,19 @@ pub async fn query_series(
     series: &str,
     since: Timestamp,
 ) -> Result<Vec<(Timestamp, f64)>, StoreError> {
+    let Some(series_id): Option<i64> = sqlx::query_scalar("SELECT id FROM series WHERE name = ?")
+        .bind(series)
+        .fetch_optional(pool)
+        .await?
+    else {
+        return Ok(Vec::new());
+    };
+    // Merged chunks through the series index, recent ones through the time index.
     let rows = sqlx::query(
-        "SELECT c.id, c.data FROM chunks c JOIN series s ON s.id = c.series_id \
-         WHERE s.name = ? AND c.last_ts >= ? ORDER BY c.first_ts",
+        "SELECT id, data FROM chunks WHERE compacted = 1 AND series_id = ?1 AND last_ts >= ?2 \
+         UNION ALL SELECT id, data FROM chunks WHERE compacted = 0 AND last_ts >= ?2 AND series_id = ?1",
     )
-    .bind(series)
+    .bind(series_id)
     .bind(since)
     .fetch_all(pool)
     .await?;
@@ -880,6 +975,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let pool = open(&dir.path().join("t.db")).await.unwrap();
         let mut w = Writer::new(pool.clone());
+        w.force = true;
         let a: SeriesId = Arc::from("gh/n1/temperature");
         let b: SeriesId = Arc::from("gh/n2/temperature");
         let base = 1_700_000_020_000; // 40 s into a minute
