@@ -24,6 +24,8 @@
 //! - [`store`]: SQLite (chunks, rollups, catalogue, alerts); InfluxDB (line protocol,
 //!   durable backlog).
 //! - [`service`]: the topology: tasks, bounded channels, shutdown.
+//! - [`http`]: the `/metrics` and `/healthz` endpoint (self-monitoring).
+//! - [`systemd`]: readiness, reload, stop and watchdog notifications to systemd.
 //! - [`cli`]: the `centinela` command.
 
 pub mod bench;
@@ -31,7 +33,9 @@ pub mod broker;
 pub mod cli;
 pub mod config;
 pub mod engine;
+pub mod http;
 pub mod model;
 pub mod service;
 pub mod source;
 pub mod store;
+pub mod systemd;
