@@ -354,6 +354,17 @@ async fn run_service(cfg: Config, path: Option<PathBuf>) -> anyhow::Result<ExitC
     use tokio::signal::unix::{signal, SignalKind};
     let mut service = Service::start(cfg, Options::default()).await?;
     let mut hup = signal(SignalKind::hangup()).context("while installing the SIGHUP handler")?;
+    crate::systemd::ready();
+    crate::systemd::status("running");
+    // The watchdog is fed only while the engine stage keeps ticking: a stuck pipeline
+    // gets restarted by systemd.
+    let watchdog = crate::systemd::watchdog_interval().map(|interval| {
+        let beat = service.heartbeat.clone();
+        let limit = i64::try_from(interval.as_millis() * 2).unwrap_or(i64::MAX);
+        tokio::spawn(crate::systemd::run_watchdog(interval, move || {
+            crate::model::now_ms() - beat.load(std::sync::atomic::Ordering::Relaxed) < limit
+        }))
+    });
     let outcome = loop {
         tokio::select! {
             r = wait_for_stop(&mut service, None) => break r,
@@ -361,17 +372,23 @@ async fn run_service(cfg: Config, path: Option<PathBuf>) -> anyhow::Result<ExitC
                 None => tracing::warn!("SIGHUP: running on the embedded default, nothing to reload"),
                 Some(p) => match config::load(&p) {
                     Ok(new) => {
+                        crate::systemd::reloading();
                         tracing::info!(config = %p.display(), "SIGHUP: reloading rules and engine settings \
                             (changes to [broker], [ingest], [storage] and [notify] take effect at the next restart)");
                         if service.reload.send(new).await.is_err() {
                             tracing::error!("SIGHUP: the engine has stopped");
                         }
+                        crate::systemd::ready();
                     }
                     Err(e) => tracing::error!("SIGHUP: {e}; keeping the running configuration"),
                 },
             },
         }
     };
+    crate::systemd::stopping();
+    if let Some(w) = watchdog {
+        w.abort();
+    }
     service.shutdown().await?;
     outcome.map(|()| ExitCode::SUCCESS)
 }

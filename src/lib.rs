@@ -28,6 +28,8 @@
 //!   webhook, MQTT republish, `doctor`.
 //! - [`service`]: the topology: tasks, bounded channels, shutdown.
 //! - [`tui`]: the terminal UI (in-process, or attached through the broker).
+//! - [`http`]: the `/metrics` and `/healthz` endpoint (self-monitoring).
+//! - [`systemd`]: readiness, reload, stop and watchdog notifications to systemd.
 //! - [`cli`]: the `centinela` command.
 
 pub mod bench;
@@ -35,10 +37,12 @@ pub mod broker;
 pub mod cli;
 pub mod config;
 pub mod engine;
+pub mod http;
 pub mod live;
 pub mod model;
 pub mod notify;
 pub mod service;
 pub mod source;
 pub mod store;
+pub mod systemd;
 pub mod tui;

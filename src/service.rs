@@ -225,6 +225,9 @@ pub struct Service {
     pub reload: mpsc::Sender<Config>,
     /// Refreshed by the engine stage about once a second.
     pub view: watch::Receiver<Arc<EngineView>>,
+    /// Wall time (ms) of the engine stage's last tick: it stops moving when the
+    /// pipeline is stuck (the systemd watchdog reads it).
+    pub heartbeat: Arc<std::sync::atomic::AtomicI64>,
     stop_source: Arc<AtomicBool>,
     stop_tx: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -245,9 +248,14 @@ impl Service {
 
         let (readings_tx, readings_rx) = mpsc::channel::<Vec<Reading>>(64);
         let (store_tx, store_rx) = mpsc::channel::<StoreMsg>(64);
+        // For the queue-depth metrics, without keeping the channels open at shutdown.
+        let (readings_weak, store_weak) = (readings_tx.downgrade(), store_tx.downgrade());
         let (control_tx, control_rx) = mpsc::channel::<ControlRequest>(64);
         let (view_tx, view) = watch::channel(Arc::new(EngineView::default()));
         let (reload_tx, reload_rx) = mpsc::channel::<Config>(4);
+        let heartbeat = Arc::new(std::sync::atomic::AtomicI64::new(now_ms()));
+        let outbox_counts: Arc<std::sync::Mutex<Vec<crate::notify::ChannelCounts>>> =
+            Arc::default();
         let (live, _) = broadcast::channel::<LiveEvent>(LIVE_CAPACITY);
         let (stop_tx, stop_rx) = watch::channel(false);
 
@@ -298,6 +306,7 @@ impl Service {
 
         let engine = start_engine(&cfg, &pool).await?;
         let stage = EngineStage {
+            heartbeat: heartbeat.clone(),
             engine,
             influx: influx_tx,
             store: store_tx,
@@ -411,12 +420,34 @@ impl Service {
             store: store_stats.clone(),
             influx: influx_stats.clone(),
             pool: pool.clone(),
+            outbox_counts: outbox_counts.clone(),
         };
         tasks.push(tokio::spawn(run_status(
             figures,
             live.clone(),
             stop_tx.subscribe(),
         )));
+        if let Some(h) = &cfg.http {
+            let m = MetricsSource {
+                started: Instant::now(),
+                source: source_stats.clone(),
+                store: store_stats.clone(),
+                influx: influx_stats.clone(),
+                view: view.clone(),
+                heartbeat: heartbeat.clone(),
+                outbox: outbox_counts.clone(),
+                readings: readings_weak.clone(),
+                store_queue: store_weak.clone(),
+                tick_ms: cfg.engine.tick.as_millis(),
+            };
+            let listener = crate::http::bind(h.listen).await?;
+            let stop = stop_tx.subscribe();
+            tasks.push(tokio::spawn(crate::http::serve_on(
+                listener,
+                move || m.snapshot(),
+                stop,
+            )));
+        }
         tracing::info!(db = %db_path.display(), "pipeline started");
         Ok(Service {
             broker_addr,
@@ -428,6 +459,7 @@ impl Service {
             control: control_tx,
             reload: reload_tx,
             view,
+            heartbeat,
             stop_source,
             stop_tx,
             tasks,
@@ -523,6 +555,7 @@ async fn prime(
 /// The engine stage: readings in; readings, alert events and state out.
 struct EngineStage {
     engine: Engine,
+    heartbeat: Arc<std::sync::atomic::AtomicI64>,
     store: mpsc::Sender<StoreMsg>,
     /// The InfluxDB sink, when configured.
     influx: Option<mpsc::Sender<InfluxInput>>,
@@ -574,6 +607,7 @@ impl EngineStage {
                 }
                 _ = ticker.tick() => {
                     let now = now_ms();
+                    self.heartbeat.store(now, Ordering::Relaxed);
                     self.engine.tick(now, &mut self.events);
                     if !self.emit().await {
                         break;
@@ -691,6 +725,129 @@ fn describe(c: &Control, events: &[crate::model::AlertEvent]) -> String {
     }
 }
 
+/// What `/metrics` and `/healthz` read: shared counters only, never the database.
+struct MetricsSource {
+    started: Instant,
+    source: Arc<SourceStats>,
+    store: Arc<StoreStats>,
+    influx: Option<Arc<InfluxStats>>,
+    view: watch::Receiver<Arc<EngineView>>,
+    heartbeat: Arc<std::sync::atomic::AtomicI64>,
+    outbox: Arc<std::sync::Mutex<Vec<crate::notify::ChannelCounts>>>,
+    readings: mpsc::WeakSender<Vec<Reading>>,
+    store_queue: mpsc::WeakSender<StoreMsg>,
+    tick_ms: i64,
+}
+
+impl MetricsSource {
+    fn snapshot(&self) -> (crate::http::Metrics, crate::http::Health) {
+        use crate::http::{Health, InfluxCounts, Metrics, OutboxCounts, QueueDepth, StageHealth};
+        fn depth<T>(name: &str, w: &mpsc::WeakSender<T>) -> Option<QueueDepth> {
+            let tx = w.upgrade()?;
+            Some(QueueDepth {
+                queue: name.to_string(),
+                depth: (tx.max_capacity() - tx.capacity()) as u64,
+                capacity: tx.max_capacity() as u64,
+            })
+        }
+        let view = self.view.borrow().clone();
+        let mut firing: std::collections::BTreeMap<String, u64> = ["info", "warning", "critical"]
+            .iter()
+            .map(|s| (s.to_string(), 0))
+            .collect();
+        for a in view
+            .alerts
+            .iter()
+            .filter(|a| a.state != crate::model::AlertState::Pending)
+        {
+            *firing.entry(a.severity.as_str().to_string()).or_default() += 1;
+        }
+        let outbox: Vec<OutboxCounts> = self
+            .outbox
+            .lock()
+            .map(|c| {
+                c.iter()
+                    .map(|c| OutboxCounts {
+                        channel: c.channel.clone(),
+                        pending: c.pending,
+                        delivered: c.delivered,
+                        dead: c.dead,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let influx = self.influx.as_ref().map(|s| {
+            let s = s.snapshot();
+            InfluxCounts {
+                accepted: s.accepted,
+                written: s.written,
+                backlog: s.backlog,
+                dropped: s.dropped,
+                rejected: s.rejected,
+            }
+        });
+        let metrics = Metrics {
+            readings_received: self.source.readings.load(Ordering::Relaxed),
+            readings_stored: self.store.stored.load(Ordering::Relaxed),
+            decode_errors: self
+                .source
+                .errors_by_reason()
+                .into_iter()
+                .map(|(r, n)| (r.to_string(), n))
+                .collect(),
+            broker_lost: self.source.lost.load(Ordering::Relaxed),
+            queues: [
+                depth("readings", &self.readings),
+                depth("store", &self.store_queue),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
+            outbox,
+            influx,
+            alerts_firing: firing.into_iter().collect(),
+            disk_bytes_written: crate::http::disk_bytes_written(),
+            resident_memory_bytes: crate::http::resident_memory_bytes(),
+            uptime: self.started.elapsed(),
+        };
+        let beat_age = now_ms() - self.heartbeat.load(Ordering::Relaxed);
+        let influx_ok = self.influx.as_ref().map(|s| s.snapshot().dropped == 0);
+        let mut stages = vec![
+            StageHealth::new(
+                "broker",
+                self.source.connected.load(Ordering::Relaxed),
+                if self.source.connected.load(Ordering::Relaxed) {
+                    "connected"
+                } else {
+                    "not connected"
+                },
+            ),
+            StageHealth::new(
+                "engine",
+                beat_age < 10 * self.tick_ms.max(1000),
+                format!("last tick {beat_age} ms ago"),
+            ),
+            StageHealth::new(
+                "sqlite",
+                self.store.errors.load(Ordering::Relaxed) == 0,
+                format!("{} flush errors", self.store.errors.load(Ordering::Relaxed)),
+            ),
+        ];
+        if let Some(ok) = influx_ok {
+            stages.push(StageHealth::new(
+                "influxdb",
+                ok,
+                if ok {
+                    "nothing dropped"
+                } else {
+                    "points dropped past the backlog bound"
+                },
+            ));
+        }
+        (metrics, Health { stages })
+    }
+}
+
 /// Where the status line's figures come from.
 struct Figures {
     broker: String,
@@ -699,6 +856,8 @@ struct Figures {
     store: Arc<StoreStats>,
     influx: Option<Arc<InfluxStats>>,
     pool: sqlx::SqlitePool,
+    /// Shared with the metrics endpoint, which cannot wait for the database.
+    outbox_counts: Arc<std::sync::Mutex<Vec<crate::notify::ChannelCounts>>>,
 }
 
 /// Publishes pipeline figures on the live bus once a second.
@@ -714,6 +873,7 @@ async fn run_status(
         store,
         influx,
         pool,
+        outbox_counts,
     } = f;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut last = (Instant::now(), 0u64);
@@ -727,10 +887,16 @@ async fn run_status(
         let rate = (received - last.1) as f64 / now.duration_since(last.0).as_secs_f64().max(1e-3);
         last = (now, received);
         let (outbox_pending, outbox_dead) = match crate::notify::counts(&pool).await {
-            Ok(c) => (
-                c.iter().map(|c| c.pending).sum(),
-                c.iter().map(|c| c.dead).sum(),
-            ),
+            Ok(c) => {
+                let sums = (
+                    c.iter().map(|c| c.pending).sum(),
+                    c.iter().map(|c| c.dead).sum(),
+                );
+                if let Ok(mut shared) = outbox_counts.lock() {
+                    *shared = c;
+                }
+                sums
+            }
             Err(_) => (0, 0),
         };
         let status = PipelineStatus {

@@ -353,3 +353,75 @@ async fn sighup_reloads_rules_keeping_alert_state_and_refuses_a_broken_file() {
     assert!(log.contains("keeping the running configuration"), "{log}");
     assert!(log.contains("rules reloaded"), "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_tells_systemd_and_serves_metrics_and_health() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let http_port = free_port();
+    let config = write_config(
+        dir.path(),
+        port,
+        &format!("[http]\nlisten = \"127.0.0.1:{http_port}\"\n"),
+    );
+    let sock_path = dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut svc = Command::new(BIN)
+        .args(["run", "--config", config.to_str().unwrap()])
+        .env("NOTIFY_SOCKET", &sock_path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let n = sock.recv(&mut buf).unwrap();
+    assert!(
+        String::from_utf8_lossy(&buf[..n]).contains("READY=1"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+
+    let mut p = Publisher::connect(port, "metrics-test", None).await;
+    p.publish("sensors/a/b/c", "1.5").await;
+    p.publish("sensors/a/b/c", "warm").await;
+    p.wait_acked(2).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let get = |path: &str| {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", http_port)).unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    };
+    let metrics = get("/metrics");
+    assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+    assert!(
+        metrics.contains("centinela_readings_received_total 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("centinela_decode_errors_total{reason=\"not_a_number\"} 1\n"),
+        "{metrics}"
+    );
+    let health = get("/healthz");
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    assert!(health.contains("\"engine\""), "{health}");
+
+    signal(&svc, "-TERM");
+    let mut stopping = false;
+    while let Ok(n) = sock.recv(&mut buf) {
+        if String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1") {
+            stopping = true;
+            break;
+        }
+    }
+    assert!(stopping, "no STOPPING=1");
+    assert_eq!(svc.wait().unwrap().code(), Some(0));
+}

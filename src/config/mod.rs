@@ -53,6 +53,8 @@ pub struct Config {
     pub notify: NotifyConfig,
     #[serde(default)]
     pub log: LogConfig,
+    /// The `/metrics` and `/healthz` endpoint; absent means off.
+    pub http: Option<HttpConfig>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -208,6 +210,25 @@ impl Default for LogConfig {
     fn default() -> Self {
         Self {
             level: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address of the `/metrics` and `/healthz` endpoint.
+    pub listen: SocketAddr,
+    /// Listening on a non-loopback address must be asked for: the figures tell a lot
+    /// about the site and the endpoint has no authentication.
+    pub allow_remote: bool,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9184)),
+            allow_remote: false,
         }
     }
 }
@@ -409,6 +430,18 @@ impl Config {
             ));
         }
         out.extend(self.notify.validate());
+        if let Some(h) = &self.http {
+            if !h.listen.ip().is_loopback() && !h.allow_remote {
+                out.push(Invalid::new(
+                    &[key("http"), key("listen")],
+                    format!(
+                        "{} is reachable from the network and the endpoint has no \
+                         authentication: listen on 127.0.0.1 or set allow_remote = true",
+                        h.listen
+                    ),
+                ));
+            }
+        }
         let channels = self.notify.channels();
         let mut names = std::collections::HashSet::new();
         for (i, r) in self.rules.iter().enumerate() {
@@ -644,6 +677,28 @@ mod tests {
         assert_eq!(e.line, Some(2));
         let ok = "[broker]\nlisten = \"0.0.0.0:1883\"\nallow_anonymous = true\n";
         assert!(Config::parse(ok, "c.toml").is_ok());
+    }
+
+    #[test]
+    fn http_endpoint_is_off_by_default_and_loopback_only_unless_asked() {
+        assert!(Config::parse("", "c.toml").unwrap().http.is_none());
+        let cfg = Config::parse("[http]\n", "c.toml").unwrap();
+        assert_eq!(
+            cfg.http.unwrap().listen,
+            SocketAddr::from(([127, 0, 0, 1], 9184))
+        );
+        let text = "[log]\nlevel = \"info\"\n\n[http]\nlisten = \"0.0.0.0:9184\"\n";
+        let e = Config::parse(text, "c.toml").unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("http.listen"));
+        assert_eq!(e.line, Some(5), "{e}");
+        let ok = "[http]\nlisten = \"0.0.0.0:9184\"\nallow_remote = true\n";
+        assert!(
+            Config::parse(ok, "c.toml")
+                .unwrap()
+                .http
+                .unwrap()
+                .allow_remote
+        );
     }
 
     #[test]
