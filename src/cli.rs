@@ -103,21 +103,37 @@ pub struct ReplayArgs {
 pub struct BenchArgs {
     /// Configuration to benchmark (rules, broker buffer, flush interval); its broker
     /// address and database path are replaced by a free port and a temporary file.
+    /// Without rules, one rule of every kind over all bench series is added.
     #[command(flatten)]
     pub config: ConfigArg,
-    /// Messages to publish (QoS 0, flat out).
-    #[arg(long, default_value_t = 2_000_000)]
-    pub messages: u64,
+    /// How long to publish, e.g. 30s.
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    pub duration: Duration,
+    /// Publish this many messages instead of for a duration.
+    #[arg(long)]
+    pub messages: Option<u64>,
     /// Distinct series.
     #[arg(long, default_value_t = 1_000)]
     pub series: usize,
+    /// Messages per second in all.
+    #[arg(long, conflicts_with = "flat_out")]
+    pub rate: Option<f64>,
+    /// Publish as fast as the connections take it (the default without --rate).
+    #[arg(long)]
+    pub flat_out: bool,
     /// Publishing TCP connections.
     #[arg(long, default_value_t = 4)]
     pub publishers: usize,
-    /// Messages per second in all (flat out when not given).
+    /// QoS of the published messages (1: every message acknowledged, nothing lost).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=1))]
+    pub qos: u8,
+    /// Run the load through an external broker, mqtt://HOST:PORT.
+    #[arg(long, value_name = "URL")]
+    pub broker: Option<String>,
+    /// The broker alone: publish → a raw subscriber, no pipeline (the baseline).
     #[arg(long)]
-    pub rate: Option<f64>,
-    /// Print the report as JSON.
+    pub raw: bool,
+    /// Print the report as one JSON object.
     #[arg(long)]
     pub json: bool,
 }
@@ -665,42 +681,108 @@ async fn alerts(args: AlertsArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
-    let cfg = Config::parse(config::DEFAULT_TOML, "<embedded default>")?;
+    let (cfg, source) = load(args.config.config.as_deref())?;
     init_logging(&cfg, true);
+    let opts = crate::bench::BenchOptions {
+        load: crate::bench::Load {
+            publishers: args.publishers.max(1),
+            series: args.series.max(1),
+            rate: if args.flat_out { None } else { args.rate },
+            qos: args.qos,
+            messages: args.messages,
+        },
+        duration: args.duration,
+        broker: args.broker.clone(),
+        raw: args.raw,
+    };
+    let what = match (&args.broker, args.raw) {
+        (None, false) => "pipeline, embedded broker".to_string(),
+        (Some(b), false) => format!("pipeline through {b}"),
+        (None, true) => "embedded broker alone (raw)".to_string(),
+        (Some(b), true) => format!("{b} alone (raw)"),
+    };
+    let length = match args.messages {
+        Some(m) => format!("{m} messages"),
+        None => format!("{}", humantime::format_duration(args.duration)),
+    };
+    let rate = opts
+        .load
+        .rate
+        .map_or("flat out".to_string(), |r| format!("{r:.0} msg/s"));
     eprintln!(
-        "bench: {} messages over {} series from {} connections…",
-        args.messages, args.series, args.publishers
+        "bench: {what}; {length}, {rate}, QoS {}, {} series, {} connections; config {source}",
+        args.qos, opts.load.series, opts.load.publishers
     );
-    let r = crate::bench::run(
-        cfg,
-        args.publishers.max(1),
-        args.messages,
-        args.series.max(1),
-        args.rate,
-    )
-    .await?;
+    let mut progress = |p: &crate::bench::Progress| {
+        let stored = p
+            .stored
+            .map_or(String::new(), |s| format!("  stored {s:>11}"));
+        eprintln!(
+            "  {:>5.1}s  published {:>11}  received {:>11}{stored}  {:>9.0}/s",
+            p.elapsed_s, p.published, p.received, p.rate
+        );
+    };
+    let r = crate::bench::run(cfg, &opts, &mut progress).await?;
     if args.json {
         println!("{}", serde_json::to_string(&r)?);
     } else {
+        let opt = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
+        println!("mode             {:>12}   broker {}", r.mode, r.broker);
         println!(
-            "published        {:>12}   {:>10.0} msg/s (load generator)",
-            r.published, r.publish_rate
+            "published        {:>12}   {:>10.0} msg/s (load generator, {:.1} s)",
+            r.published, r.publish_rate, r.publish_seconds
         );
-        println!("received         {:>12}", r.received);
+        if let Some(a) = r.acked {
+            println!("acknowledged     {a:>12}");
+        }
         println!(
-            "stored           {:>12}   {:>10.0} readings/s end to end",
-            r.stored, r.stored_rate
+            "received         {:>12}   {:>10.0} msg/s end to end",
+            r.received, r.received_rate
         );
-        println!("lost in broker   {:>12}", r.lost_in_broker);
+        if r.readings.is_some() {
+            println!("readings         {:>12}", opt(r.readings));
+            println!(
+                "stored           {:>12}   {:>10.0} readings/s end to end",
+                opt(r.stored),
+                r.stored_rate.unwrap_or(0.0)
+            );
+        }
+        println!(
+            "lost             {:>12}   (published − received){}",
+            r.lost,
+            r.lost_in_broker
+                .map_or(String::new(), |l| format!("; broker log overran by {l}"))
+        );
         println!("decode errors    {:>12}", r.decode_errors);
+        if let Some(l) = &r.latency {
+            println!(
+                "publish→alert    p50 {:.3} ms   p99 {:.3} ms   max {:.3} ms   ({} samples, {} missed)",
+                l.p50_ms, l.p99_ms, l.max_ms, l.samples, l.missed
+            );
+        }
         println!("elapsed          {:>12.2} s", r.end_to_end_seconds);
         println!("peak RSS         {:>12.1} MiB", r.peak_rss_mib);
         println!(
-            "database         {:>12.1} bytes/reading",
-            r.db_bytes_per_reading
+            "CPU              {:>12.2} s per million messages (process {:.1} s − load generator {:.1} s)",
+            r.cpu_s_per_million, r.process_cpu_s, r.loadgen_cpu_s
+        );
+        if let Some(b) = r.db_bytes_per_reading {
+            println!("database         {b:>12.1} bytes/reading");
+        }
+    }
+    let lossless = r.lost == 0 && r.stored.is_none_or(|s| Some(s) == r.readings);
+    if !lossless {
+        eprintln!(
+            "bench: messages were lost: {} of {} published did not arrive{}",
+            r.lost,
+            r.published,
+            match (r.stored, r.readings) {
+                (Some(s), Some(n)) if s != n => format!("; {} readings not stored", n - s),
+                _ => String::new(),
+            }
         );
     }
-    Ok(if r.stored == r.published {
+    Ok(if lossless {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)

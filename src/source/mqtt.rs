@@ -159,9 +159,15 @@ pub fn run_embedded(
     let mut ing = Ingest::new(ingest, max_payload, stats.clone(), control);
     let mut next_offset: Option<u64> = None;
     let track_gaps = ingest.topics.len() == 1;
-    let mut last_send = Instant::now();
     loop {
-        let deadline = Instant::now() + Duration::from_millis(5);
+        // A batch goes downstream as soon as the link has nothing more ready (or it is
+        // full): batches grow with the load, and a lone reading waits for nobody.
+        let deadline = if ing.batch.is_empty() {
+            Instant::now() + Duration::from_millis(5)
+        } else {
+            Instant::now()
+        };
+        let mut idle = false;
         match link.rx.recv_deadline(deadline) {
             Ok(Some(rumqttd::Notification::Forward(f))) => {
                 let topic = std::str::from_utf8(&f.publish.topic).unwrap_or("");
@@ -182,19 +188,18 @@ pub fn run_embedded(
                     break;
                 }
             }
-            Ok(Some(_)) | Ok(None) => {}
-            Err(rumqttd::local::LinkError::RecvTimeout(_)) => {}
+            Ok(Some(_)) => {}
+            Ok(None) => idle = true,
+            Err(rumqttd::local::LinkError::RecvTimeout(_)) => idle = true,
             Err(e) => {
                 tracing::error!(error = %e, "in-process link to the broker closed");
                 break;
             }
         }
-        let full = ing.batch.len() >= BATCH;
-        if full || (!ing.batch.is_empty() && last_send.elapsed() >= Duration::from_millis(5)) {
-            if out.blocking_send(ing.take()).is_err() {
-                break;
-            }
-            last_send = Instant::now();
+        if (ing.batch.len() >= BATCH || (idle && !ing.batch.is_empty()))
+            && out.blocking_send(ing.take()).is_err()
+        {
+            break;
         }
         if stop.load(Ordering::Relaxed) {
             break;

@@ -654,29 +654,21 @@ pub async fn run_writer(mut w: Writer, mut rx: mpsc::Receiver<StoreMsg>, cfg: Wr
     let mut maintenance = tokio::time::interval(cfg.maintenance_interval);
     maintenance.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     maintenance.tick().await;
+    let mut held = Vec::new();
     loop {
         tokio::select! {
             msg = rx.recv() => match msg {
-                Some(StoreMsg::Readings(r)) => w.add(&r),
-                Some(StoreMsg::Alerts(batch)) => {
-                    // Alerts matter more than a missed retry: try a few times.
-                    for attempt in 1..=5 {
-                        match w.write_alerts(&batch, crate::model::now_ms()).await {
-                            Ok(()) => break,
-                            Err(err) => {
-                                tracing::error!(error = %err, attempt, events = batch.events.len(), "cannot write alert events");
-                                tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
-                            }
-                        }
-                    }
-                }
-                Some(StoreMsg::Flush(done)) => {
-                    flush_logged(&mut w).await;
-                    let _ = done.send(());
-                }
+                Some(msg) => handle(&mut w, msg).await,
                 None => break,
             },
-            _ = flush.tick() => flush_logged(&mut w).await,
+            _ = flush.tick() => {
+                // The stream keeps moving while the chunks are written: what arrives
+                // meanwhile is held (up to HELD_MAX readings) and applied in order after.
+                flush_receiving(&mut w, &mut rx, &mut held).await;
+                for msg in held.drain(..) {
+                    handle(&mut w, msg).await;
+                }
+            }
             _ = maintenance.tick() => {
                 flush_logged(&mut w).await;
                 let now = crate::model::now_ms();
@@ -711,6 +703,60 @@ pub async fn run_writer(mut w: Writer, mut rx: mpsc::Receiver<StoreMsg>, cfg: Wr
                 tracing::error!(error = %e, attempt, pending = w.pending(), "final flush failed");
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
+        }
+    }
+}
+
+/// Readings the writer accepts while a timed flush runs, at most (~6 MB); past that the
+/// input waits, as it does between flushes when the writer falls behind.
+const HELD_MAX: usize = 131_072;
+
+/// Flushes while taking messages from `rx` into `held` (not applied until the flush
+/// ends).
+async fn flush_receiving(
+    w: &mut Writer,
+    rx: &mut mpsc::Receiver<StoreMsg>,
+    held: &mut Vec<StoreMsg>,
+) {
+    let mut n = 0;
+    let mut open = true;
+    let flush = flush_logged(w);
+    tokio::pin!(flush);
+    loop {
+        tokio::select! {
+            _ = &mut flush => break,
+            msg = rx.recv(), if open && n < HELD_MAX => match msg {
+                Some(m) => {
+                    n += match &m {
+                        StoreMsg::Readings(r) => r.len(),
+                        _ => 1,
+                    };
+                    held.push(m);
+                }
+                None => open = false,
+            },
+        }
+    }
+}
+
+async fn handle(w: &mut Writer, msg: StoreMsg) {
+    match msg {
+        StoreMsg::Readings(r) => w.add(&r),
+        StoreMsg::Alerts(batch) => {
+            // Alerts matter more than a missed retry: try a few times.
+            for attempt in 1..=5 {
+                match w.write_alerts(&batch, crate::model::now_ms()).await {
+                    Ok(()) => break,
+                    Err(err) => {
+                        tracing::error!(error = %err, attempt, events = batch.events.len(), "cannot write alert events");
+                        tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+                    }
+                }
+            }
+        }
+        StoreMsg::Flush(done) => {
+            flush_logged(w).await;
+            let _ = done.send(());
         }
     }
 }
