@@ -85,8 +85,10 @@ pub struct BrokerConfig {
     /// Most MQTT connections the embedded broker accepts at once.
     pub max_connections: usize,
     /// Size of the embedded broker's buffer between publishers and the pipeline, in
-    /// MiB: what a burst may reach before the pipeline catches up. Memory use grows to
-    /// this size under a steady stream.
+    /// MiB of message bytes: what a burst may reach before the pipeline catches up.
+    /// rumqttd keeps every message until its buffer rotates, at about 8× its bytes in
+    /// memory: a steady fast stream grows the process by up to ~8 × this figure
+    /// (measured: 32 → ~300 MB peak at 400k msg/s, 4 → ~100 MB).
     pub buffer_mib: usize,
 }
 
