@@ -333,9 +333,19 @@ async fn sighup_reloads_rules_keeping_alert_state_and_refuses_a_broken_file() {
     )
     .unwrap();
     signal(&svc, "-HUP");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    p.publish("sensors/gh/n1/temperature", send(1, 36.0)).await;
-    p.wait_acked(2).await;
+    // The reload lands between two readings; on a busy machine it may take a moment,
+    // so keep sending 36 (hot under the old rule, not under the new one) until the
+    // alert resolves.
+    let mut sent = 1;
+    for i in 1..=50 {
+        p.publish("sensors/gh/n1/temperature", send(i, 36.0)).await;
+        sent += 1;
+        p.wait_acked(sent).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if alerts_json(&db).len() >= 2 {
+            break;
+        }
+    }
     wait_until("resolved under the new threshold", || {
         alerts_json(&db).len() == 2
     })
@@ -400,7 +410,12 @@ async fn the_service_tells_systemd_and_serves_metrics_and_health() {
         s.read_to_string(&mut out).unwrap();
         out
     };
-    let metrics = get("/metrics");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut metrics = get("/metrics");
+    while !metrics.contains("centinela_readings_received_total 1\n") && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        metrics = get("/metrics");
+    }
     assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
     assert!(
         metrics.contains("centinela_readings_received_total 1\n"),

@@ -56,8 +56,15 @@ async fn alerts_reach_the_chat_and_the_bot_acts_on_the_engine() {
     assert_eq!(alert.parse_mode.as_deref(), Some("HTML"));
     assert!(alert.reply_markup.is_some(), "Ack and Silence buttons");
 
-    // /status after the engine published its view (once a tick).
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // /status once the engine has published its view with the alert (once a tick).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while svc.view.borrow().alerts.is_empty() || svc.view.borrow().last.is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the engine view never showed the alert"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     tg.push_message(111, "/status");
     tg.wait_until(Duration::from_secs(20), |s| {
         s.iter()
