@@ -442,12 +442,16 @@ impl TelegramBot {
                     Some(p) => outbox::counts(p).await.unwrap_or_default(),
                     None => vec![],
                 };
-                render_status(&status, &counts, now)
+                // Ages are counted from when the data was read, not from before.
+                render_status(&status, &counts, now_ms())
             }
-            Command::Alerts => render_alerts(&self.backend.alerts().await, now),
+            Command::Alerts => {
+                let alerts = self.backend.alerts().await;
+                render_alerts(&alerts, now_ms())
+            }
             Command::Last(p) => {
                 let values = self.backend.last(p.clone()).await;
-                render_last(&p, &values, now)
+                render_last(&p, &values, now_ms())
             }
             Command::Ack(alert) => self.control(Control::Ack { alert, by }).await,
             Command::Silence {
