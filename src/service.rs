@@ -314,6 +314,7 @@ impl Service {
             view: view_tx,
             last: HashMap::new(),
             events: Vec::new(),
+            state_saved: 0,
         };
         let tick = cfg.engine.tick.std();
         tasks.push(tokio::spawn(stage.run(
@@ -564,7 +565,12 @@ struct EngineStage {
     last: HashMap<SeriesId, LastValue>,
     /// Reused between batches.
     events: Vec<crate::model::AlertEvent>,
+    /// When state without events was last handed to the store.
+    state_saved: Timestamp,
 }
+
+/// How often alert state that changed without an event is saved.
+const STATE_SAVE_MS: i64 = 10_000;
 
 impl EngineStage {
     async fn run(
@@ -609,8 +615,16 @@ impl EngineStage {
                     let now = now_ms();
                     self.heartbeat.store(now, Ordering::Relaxed);
                     self.engine.tick(now, &mut self.events);
-                    if !self.emit().await {
-                        break;
+                    // Events go out at once (with the state they leave). State that
+                    // changed without an event — deadman last-seen times, moving with
+                    // every reading — is saved every few seconds, not every tick: it
+                    // spares the disk and costs a restart at most that much precision.
+                    let state_due = now - self.state_saved >= STATE_SAVE_MS;
+                    if !self.events.is_empty() || state_due {
+                        if !self.emit().await {
+                            break;
+                        }
+                        self.state_saved = now;
                     }
                     self.publish_view(now);
                 }
