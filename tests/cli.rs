@@ -226,6 +226,49 @@ async fn sigterm_flushes_everything_and_readings_prints_json_and_csv() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sensors_that_connect_publish_and_disconnect_leave_no_error_in_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = write_config(dir.path(), port, "");
+    let mut svc = start_service(&config, port);
+    // Battery sensors wake, connect, publish and disconnect (DISCONNECT, then close),
+    // as mosquitto_pub does.
+    for i in 0..3u8 {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let id = format!("sleepy-{i}");
+        let mut connect = vec![0x10, (12 + id.len()) as u8, 0, 4];
+        connect.extend_from_slice(b"MQTT");
+        connect.extend_from_slice(&[4, 2, 0, 60, 0, id.len() as u8]);
+        connect.extend_from_slice(id.as_bytes());
+        s.write_all(&connect).unwrap();
+        let mut connack = [0u8; 4];
+        s.read_exact(&mut connack).unwrap();
+        assert_eq!(connack, [0x20, 2, 0, 0]);
+        let topic = b"sensors/garden/node1/moisture";
+        let payload = format!("{}", 30 + i);
+        let mut publish = vec![0x30, (2 + topic.len() + payload.len()) as u8, 0];
+        publish.push(topic.len() as u8);
+        publish.extend_from_slice(topic);
+        publish.extend_from_slice(payload.as_bytes());
+        s.write_all(&publish).unwrap();
+        s.write_all(&[0xe0, 0]).unwrap();
+        drop(s);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    signal(&svc, "-TERM");
+    assert_eq!(svc.wait().unwrap().code(), Some(0));
+    let mut log = String::new();
+    use std::io::Read;
+    svc.stderr.take().unwrap().read_to_string(&mut log).unwrap();
+    assert!(!log.contains("ERROR"), "{log}");
+    assert!(!log.contains("WARN"), "{log}");
+    let db = dir.path().join("c.db");
+    let o = centinela(&["readings", "--db", db.to_str().unwrap(), "--csv"]);
+    assert_eq!(stdout(&o).lines().count(), 4, "{}", stdout(&o));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_firing_alert_survives_kill_9_and_is_not_announced_again() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
