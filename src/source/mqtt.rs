@@ -143,6 +143,39 @@ impl Ingest {
     }
 }
 
+/// Tells, at most every 10 s, how many messages the broker's buffer overwrote before
+/// the pipeline read them.
+#[derive(Default)]
+struct Overrun {
+    unreported: u64,
+    last: Option<Instant>,
+}
+
+impl Overrun {
+    fn lost(&mut self, n: u64) {
+        self.unreported += n;
+        let now = Instant::now();
+        if self
+            .last
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(10))
+        {
+            self.report();
+            self.last = Some(now);
+        }
+    }
+
+    fn report(&mut self) {
+        if self.unreported > 0 {
+            tracing::warn!(
+                lost = self.unreported,
+                "the embedded broker's buffer overran: messages lost before the pipeline \
+                 read them (raise broker.buffer_mib, or slow the publishers)"
+            );
+            self.unreported = 0;
+        }
+    }
+}
+
 /// Reads from the embedded broker's in-process link on the calling thread until `stop`
 /// is set or the broker goes away. The link is already subscribed to the ingest topics
 /// and [`CONTROL_TOPIC`] (see `broker::start`). Blocking: run it on its own thread.
@@ -159,6 +192,7 @@ pub fn run_embedded(
     let mut ing = Ingest::new(ingest, max_payload, stats.clone(), control);
     let mut next_offset: Option<u64> = None;
     let track_gaps = ingest.topics.len() == 1;
+    let mut overrun = Overrun::default();
     loop {
         // A batch goes downstream as soon as the link has nothing more ready (or it is
         // full): batches grow with the load, and a lone reading waits for nobody.
@@ -177,6 +211,7 @@ pub fn run_embedded(
                     if let Some(expected) = next_offset {
                         if off > expected {
                             stats.lost.fetch_add(off - expected, Ordering::Relaxed);
+                            overrun.lost(off - expected);
                         }
                     }
                     next_offset = Some(off + 1);
@@ -208,6 +243,7 @@ pub fn run_embedded(
     if !ing.batch.is_empty() {
         let _ = out.blocking_send(ing.take());
     }
+    overrun.report();
     stats.connected.store(false, Ordering::Relaxed);
 }
 
