@@ -328,75 +328,12 @@ pub fn init_logging(cfg: &Config, quiet: bool) {
     } else {
         cfg.log.level.as_str()
     };
-    init_with(level, None);
+    crate::logging::init(level, None);
 }
 
 /// Logs at the configured level to `file` (appending), or to stderr when `None`.
 pub fn init_logging_to(cfg: &Config, file: Option<&Path>) {
-    init_with(&cfg.log.level, file);
-}
-
-fn init_with(level: &str, file: Option<&Path>) {
-    use std::io::IsTerminal;
-    use tracing_subscriber::prelude::*;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(format!(
-            "{level},rumqttd=warn,rumqttd::server::broker=off,rumqttc=warn,sqlx=warn"
-        ))
-    });
-    let registry = tracing_subscriber::registry()
-        .with(filter)
-        .with(QuietBroker);
-    let fmt = tracing_subscriber::fmt::layer().compact();
-    let opened = file.and_then(|p| {
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(p)
-            .ok()
-    });
-    let _ = match opened {
-        Some(f) => registry
-            .with(fmt.with_writer(std::sync::Mutex::new(f)).with_ansi(false))
-            .try_init(),
-        None => registry
-            .with(
-                fmt.with_writer(std::io::stderr)
-                    .with_ansi(std::io::stderr().is_terminal()),
-            )
-            .try_init(),
-    };
-}
-
-/// Drops one message of the embedded broker that is not an error: when a client sends
-/// DISCONNECT and then closes its socket, rumqttd's router sees the disconnection twice
-/// and logs "no-connection id N is already gone" at ERROR for the second. Every sensor
-/// that connects, publishes and disconnects would otherwise put an ERROR in the journal.
-struct QuietBroker;
-
-impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for QuietBroker {
-    fn event_enabled(
-        &self,
-        event: &tracing::Event<'_>,
-        _: tracing_subscriber::layer::Context<'_, S>,
-    ) -> bool {
-        if event.metadata().target() != "rumqttd::router::routing" {
-            return true;
-        }
-        let mut seen = AlreadyGone(false);
-        event.record(&mut seen);
-        !seen.0
-    }
-}
-
-struct AlreadyGone(bool);
-
-impl tracing::field::Visit for AlreadyGone {
-    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-        if field.name() == "message" {
-            self.0 = format!("{value:?}").ends_with("is already gone");
-        }
-    }
+    crate::logging::init(&cfg.log.level, file);
 }
 
 /// Runs the service until SIGINT/SIGTERM (or `limit`), then shuts it down cleanly.
@@ -1098,46 +1035,4 @@ async fn doctor(path: Option<&Path>, send_test: bool) -> anyhow::Result<ExitCode
     } else {
         ExitCode::from(1)
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use std::sync::{Arc, Mutex};
-
-    use tracing_subscriber::prelude::*;
-
-    use super::QuietBroker;
-
-    #[derive(Clone, Default)]
-    struct Buf(Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Buf {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    #[test]
-    fn the_broker_double_disconnect_error_is_dropped_and_other_errors_are_kept() {
-        let buf = Buf::default();
-        let out = buf.clone();
-        let subscriber = tracing_subscriber::registry().with(QuietBroker).with(
-            tracing_subscriber::fmt::layer()
-                .with_ansi(false)
-                .with_writer(move || out.clone()),
-        );
-        tracing::subscriber::with_default(subscriber, || {
-            tracing::error!(target: "rumqttd::router::routing", "no-connection id {} is already gone", 2);
-            tracing::error!(target: "rumqttd::router::routing", "Failed to append to commitlog");
-            tracing::error!(target: "centinela::service", "no-connection id 3 is already gone");
-        });
-        let log = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
-        assert!(!log.contains("id 2 is already gone"), "{log}");
-        assert!(log.contains("Failed to append to commitlog"), "{log}");
-        assert!(log.contains("id 3 is already gone"), "{log}");
-    }
 }

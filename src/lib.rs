@@ -39,6 +39,7 @@ pub mod config;
 pub mod engine;
 pub mod http;
 pub mod live;
+pub mod logging;
 pub mod model;
 pub mod notify;
 pub mod service;
