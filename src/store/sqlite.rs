@@ -8,7 +8,7 @@
 //! Small chunks are later merged per series and hour ([`Writer::compact`]); retention
 //! deletes old rows in small steps so no statement holds the database for long.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -648,49 +648,40 @@ impl Writer {
 }
 
 /// Runs the writer until `rx` closes, then flushes what is left and returns.
+///
+/// Every slow step (the timed flush, alert batches, maintenance) runs while the writer
+/// keeps taking messages: what arrives meanwhile is queued (up to [`HELD_MAX`]
+/// readings) and applied in order afterwards, so a large transaction never stalls the
+/// stream behind it.
 pub async fn run_writer(mut w: Writer, mut rx: mpsc::Receiver<StoreMsg>, cfg: WriterConfig) {
     let mut flush = tokio::time::interval(cfg.flush_interval);
     flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut maintenance = tokio::time::interval(cfg.maintenance_interval);
     maintenance.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     maintenance.tick().await;
-    let mut held = Vec::new();
+    let mut queue = VecDeque::new();
     loop {
         tokio::select! {
-            msg = rx.recv() => match msg {
-                Some(msg) => handle(&mut w, msg).await,
+            _ = std::future::ready(()), if !queue.is_empty() => {
+                // What is queued now; what arrives meanwhile waits for the next round,
+                // so the timers get their turn.
+                for _ in 0..queue.len() {
+                    match queue.pop_front() {
+                        Some(StoreMsg::Readings(r)) => w.add(&r),
+                        Some(msg) => receiving(handle(&mut w, msg), &mut rx, &mut queue).await,
+                        None => break,
+                    }
+                }
+            }
+            msg = rx.recv(), if queue.is_empty() => match msg {
+                Some(msg) => queue.push_back(msg),
                 None => break,
             },
             _ = flush.tick() => {
-                // The stream keeps moving while the chunks are written: what arrives
-                // meanwhile is held (up to HELD_MAX readings) and applied in order after.
-                flush_receiving(&mut w, &mut rx, &mut held).await;
-                for msg in held.drain(..) {
-                    handle(&mut w, msg).await;
-                }
+                receiving(flush_logged(&mut w), &mut rx, &mut queue).await;
             }
             _ = maintenance.tick() => {
-                flush_logged(&mut w).await;
-                let now = crate::model::now_ms();
-                let retention = i64::try_from(cfg.retention.as_millis()).unwrap_or(i64::MAX);
-                let rollup_retention = i64::try_from(cfg.rollup_retention.as_millis()).unwrap_or(i64::MAX);
-                // Merge the flush-sized chunks of every hour that is over, in steps.
-                let hour_start = now - now.rem_euclid(3_600_000);
-                for _ in 0..20 {
-                    match w.compact(hour_start, 20_000).await {
-                        Ok(0) => break,
-                        Ok(n) => tracing::debug!(chunks = n, "merged an hour's chunks"),
-                        Err(e) => {
-                            tracing::warn!(error = %e, "chunk compaction failed");
-                            break;
-                        }
-                    }
-                }
-                match w.retention(now.saturating_sub(retention), now.saturating_sub(rollup_retention), 5_000).await {
-                    Ok(n) if n > 0 => tracing::info!(rows = n, "retention deleted old rows"),
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "retention failed"),
-                }
+                receiving(maintain(&mut w, &cfg), &mut rx, &mut queue).await;
             }
         }
     }
@@ -707,35 +698,66 @@ pub async fn run_writer(mut w: Writer, mut rx: mpsc::Receiver<StoreMsg>, cfg: Wr
     }
 }
 
-/// Readings the writer accepts while a timed flush runs, at most (~6 MB); past that the
-/// input waits, as it does between flushes when the writer falls behind.
+/// Readings the writer queues while a slow step runs, at most (~6 MB); past that the
+/// input waits, as it does when the writer falls behind.
 const HELD_MAX: usize = 131_072;
 
-/// Flushes while taking messages from `rx` into `held` (not applied until the flush
-/// ends).
-async fn flush_receiving(
-    w: &mut Writer,
+/// Runs `step` while taking messages from `rx` into `queue` (applied after it).
+async fn receiving(
+    step: impl std::future::Future<Output = ()>,
     rx: &mut mpsc::Receiver<StoreMsg>,
-    held: &mut Vec<StoreMsg>,
+    queue: &mut VecDeque<StoreMsg>,
 ) {
-    let mut n = 0;
+    let size = |m: &StoreMsg| match m {
+        StoreMsg::Readings(r) => r.len(),
+        _ => 1,
+    };
+    let mut n: usize = queue.iter().map(size).sum();
     let mut open = true;
-    let flush = flush_logged(w);
-    tokio::pin!(flush);
+    tokio::pin!(step);
     loop {
         tokio::select! {
-            _ = &mut flush => break,
+            _ = &mut step => break,
             msg = rx.recv(), if open && n < HELD_MAX => match msg {
                 Some(m) => {
-                    n += match &m {
-                        StoreMsg::Readings(r) => r.len(),
-                        _ => 1,
-                    };
-                    held.push(m);
+                    n += size(&m);
+                    queue.push_back(m);
                 }
                 None => open = false,
             },
         }
+    }
+}
+
+/// The hourly merge of chunks, then retention, in small steps.
+async fn maintain(w: &mut Writer, cfg: &WriterConfig) {
+    flush_logged(w).await;
+    let now = crate::model::now_ms();
+    let retention = i64::try_from(cfg.retention.as_millis()).unwrap_or(i64::MAX);
+    let rollup_retention = i64::try_from(cfg.rollup_retention.as_millis()).unwrap_or(i64::MAX);
+    // Merge the flush-sized chunks of every hour that is over, in steps.
+    let hour_start = now - now.rem_euclid(3_600_000);
+    for _ in 0..20 {
+        match w.compact(hour_start, 20_000).await {
+            Ok(0) => break,
+            Ok(n) => tracing::debug!(chunks = n, "merged an hour's chunks"),
+            Err(e) => {
+                tracing::warn!(error = %e, "chunk compaction failed");
+                break;
+            }
+        }
+    }
+    match w
+        .retention(
+            now.saturating_sub(retention),
+            now.saturating_sub(rollup_retention),
+            5_000,
+        )
+        .await
+    {
+        Ok(n) if n > 0 => tracing::info!(rows = n, "retention deleted old rows"),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "retention failed"),
     }
 }
 
