@@ -86,7 +86,9 @@ pub fn start(cfg: &BrokerConfig, links: &[(&str, Vec<String>)]) -> Result<Vec<Li
             // Messages the router hands a subscriber per read at QoS 0. With rumqttd's
             // usual 1,000 the router's per-read work bounded the pipeline under a flood
             // (70–80k msgs/s read flat out, the rest overwritten in the log); 50,000
-            // lets it read ~550k/s and keep up. At a sensor's pace reads stay small.
+            // lets it read ~550k/s and keep up. At a sensor's pace reads stay small, and
+            // a lagging subscriber holds at most one read (~6 MB of small messages)
+            // before the router pauses it.
             max_outgoing_packet_count: 50_000,
             max_segment_size: segment,
             max_segment_count: 8,
