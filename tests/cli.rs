@@ -236,21 +236,18 @@ async fn sensors_that_connect_publish_and_disconnect_leave_no_error_in_the_log()
     for i in 0..3u8 {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-        let id = format!("sleepy-{i}");
-        let mut connect = vec![0x10, (12 + id.len()) as u8, 0, 4];
-        connect.extend_from_slice(b"MQTT");
-        connect.extend_from_slice(&[4, 2, 0, 60, 0, id.len() as u8]);
-        connect.extend_from_slice(id.as_bytes());
-        s.write_all(&connect).unwrap();
+        s.write_all(&centinela::bench::connect_packet(&format!("sleepy-{i}")))
+            .unwrap();
         let mut connack = [0u8; 4];
         s.read_exact(&mut connack).unwrap();
         assert_eq!(connack, [0x20, 2, 0, 0]);
-        let topic = b"sensors/garden/node1/moisture";
+        let mut publish = Vec::new();
         let payload = format!("{}", 30 + i);
-        let mut publish = vec![0x30, (2 + topic.len() + payload.len()) as u8, 0];
-        publish.push(topic.len() as u8);
-        publish.extend_from_slice(topic);
-        publish.extend_from_slice(payload.as_bytes());
+        centinela::bench::put_publish(
+            &mut publish,
+            "sensors/garden/node1/moisture",
+            payload.as_bytes(),
+        );
         s.write_all(&publish).unwrap();
         s.write_all(&[0xe0, 0]).unwrap();
         drop(s);

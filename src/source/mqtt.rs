@@ -143,21 +143,29 @@ impl Ingest {
     }
 }
 
-/// Tells, at most every 10 s, how many messages the broker's buffer overwrote before
-/// the pipeline read them.
-#[derive(Default)]
+/// Tells, at most every `ingest.warn_interval` (like bad input), how many messages the
+/// broker's buffer overwrote before the pipeline read them.
 struct Overrun {
+    every: Duration,
     unreported: u64,
     last: Option<Instant>,
 }
 
 impl Overrun {
+    fn new(every: Duration) -> Self {
+        Self {
+            every,
+            unreported: 0,
+            last: None,
+        }
+    }
+
     fn lost(&mut self, n: u64) {
         self.unreported += n;
         let now = Instant::now();
         if self
             .last
-            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(10))
+            .is_none_or(|t| now.duration_since(t) >= self.every)
         {
             self.report();
             self.last = Some(now);
@@ -192,7 +200,7 @@ pub fn run_embedded(
     let mut ing = Ingest::new(ingest, max_payload, stats.clone(), control);
     let mut next_offset: Option<u64> = None;
     let track_gaps = ingest.topics.len() == 1;
-    let mut overrun = Overrun::default();
+    let mut overrun = Overrun::new(ing.warn_every);
     loop {
         // A batch goes downstream as soon as the link has nothing more ready (or it is
         // full): batches grow with the load, and a lone reading waits for nobody.
