@@ -796,6 +796,9 @@ async fn run_raw(
             let mut b = cfg.broker.clone();
             b.listen = SocketAddr::from(([127, 0, 0, 1], crate::broker::free_port()?));
             b.username = None;
+            b.users.clear();
+            b.tls_only = false;
+            b.tls_listen = None;
             // The embedded broker alone: no in-process link, it runs until the process
             // exits.
             crate::broker::start(&b, &[])?;
@@ -884,6 +887,9 @@ async fn run_pipeline(
         None => {
             cfg.broker.mode = BrokerMode::Embedded;
             cfg.broker.username = None;
+            cfg.broker.users.clear();
+            cfg.broker.tls_only = false;
+            cfg.broker.tls_listen = None;
             cfg.broker.listen = SocketAddr::from(([127, 0, 0, 1], crate::broker::free_port()?));
             cfg.broker.listen
         }

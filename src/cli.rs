@@ -171,8 +171,9 @@ pub struct TuiArgs {
     /// The service's database, for history in the detail view.
     #[arg(long, value_name = "PATH")]
     pub db: Option<PathBuf>,
-    /// MQTT username (default: broker.username of the config); the password comes from
-    /// the variable named by broker.password_env.
+    /// MQTT username (default: broker.username of the config, else the local viewer
+    /// login of the embedded broker's service); the password comes from that user's
+    /// password_env in [[broker.users]], else broker.password_env.
     #[arg(long)]
     pub username: Option<String>,
 }
@@ -254,6 +255,12 @@ pub fn main(cli: Cli) -> ExitCode {
             if let Some(ce) = e.downcast_ref::<config::ConfigError>() {
                 eprintln!("error: {ce}");
                 return ExitCode::from(2);
+            }
+            if let Some(be) = e.downcast_ref::<crate::broker::BrokerError>() {
+                if be.is_setup() {
+                    eprintln!("error: {be}");
+                    return ExitCode::from(2);
+                }
             }
             eprintln!("error: {e:#}");
             ExitCode::from(1)
@@ -922,10 +929,27 @@ async fn tui(args: TuiArgs) -> anyhow::Result<ExitCode> {
         (None, config::BrokerMode::External) => cfg.broker.url.clone().unwrap_or_default(),
         (None, config::BrokerMode::Embedded) => format!("mqtt://{}", cfg.broker.listen),
     };
-    let username = args.username.clone().or(cfg.broker.username.clone());
-    let password = username
-        .as_ref()
-        .and_then(|_| std::env::var(&cfg.broker.password_env).ok());
+    let mut username = args.username.clone().or(cfg.broker.username.clone());
+    // A user of [[broker.users]] has its own password variable.
+    let mut password = username.as_ref().and_then(|u| {
+        let var = cfg
+            .broker
+            .users
+            .iter()
+            .find(|x| &x.name == u)
+            .map_or(&cfg.broker.password_env, |x| &x.password_env);
+        std::env::var(var).ok()
+    });
+    if username.is_none()
+        && args.broker.is_none()
+        && cfg.broker.mode == config::BrokerMode::Embedded
+    {
+        // The service on this machine: its local viewer login, when readable.
+        let db = args.db.clone().unwrap_or(cfg.storage.sqlite.path.clone());
+        if let Some((u, p)) = crate::broker::read_viewer_login(&db) {
+            (username, password) = (Some(u), Some(p));
+        }
+    }
     let remote = crate::tui::remote::RemoteOptions {
         url,
         client_id: format!("centinela-tui-{}", std::process::id()),

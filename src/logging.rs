@@ -182,3 +182,37 @@ mod tests {
         assert!(log.contains("Dropping connection"), "{log}");
     }
 }
+
+/// One warning per `every` at most, counting the ones it held back in between: what
+/// keeps a flood of bad input from flooding the log too.
+#[derive(Debug)]
+pub struct Throttle {
+    every: std::time::Duration,
+    last: Option<std::time::Instant>,
+    held_back: u64,
+}
+
+impl Throttle {
+    pub fn new(every: std::time::Duration) -> Self {
+        Self {
+            every,
+            last: None,
+            held_back: 0,
+        }
+    }
+
+    /// `Some(warnings held back since the last one)` when one may be logged now.
+    pub fn ready(&mut self) -> Option<u64> {
+        let now = std::time::Instant::now();
+        if self
+            .last
+            .is_none_or(|t| now.duration_since(t) >= self.every)
+        {
+            self.last = Some(now);
+            Some(std::mem::take(&mut self.held_back))
+        } else {
+            self.held_back += 1;
+            None
+        }
+    }
+}

@@ -214,6 +214,8 @@ pub struct Options {
 pub struct Service {
     /// Where the embedded broker listens (None with an external broker).
     pub broker_addr: Option<SocketAddr>,
+    /// The embedded broker's refusals and connections (None with an external broker).
+    pub broker_front: Option<Arc<crate::broker::FrontStats>>,
     pub db_path: PathBuf,
     pub source_stats: Arc<SourceStats>,
     pub store_stats: Arc<StoreStats>,
@@ -330,6 +332,7 @@ impl Service {
         let mut source_thread = None;
         let mut external = None;
         let mut broker_addr = None;
+        let mut broker_front = None;
         let broker_desc;
         let live_out;
         match cfg.broker.mode {
@@ -341,13 +344,20 @@ impl Service {
                     .cloned()
                     .chain([mqtt::CONTROL_TOPIC.to_string()])
                     .collect();
-                let mut links = crate::broker::start(
+                let viewer = crate::broker::write_viewer_login(&db_path)
+                    .map_err(
+                        |e| tracing::warn!(error = %e, "no local viewer login for centinela tui"),
+                    )
+                    .ok();
+                let (mut links, front) = crate::broker::start_broker(
                     &cfg.broker,
                     &[
                         ("centinela-ingest", filters),
                         ("centinela-live", Vec::new()),
                     ],
+                    viewer,
                 )?;
+                broker_front = Some(front);
                 let link = links.remove(0);
                 live_out = crate::live::Out::link(links.remove(0));
                 broker_addr = Some(cfg.broker.listen);
@@ -452,6 +462,7 @@ impl Service {
         tracing::info!(db = %db_path.display(), "pipeline started");
         Ok(Service {
             broker_addr,
+            broker_front,
             db_path,
             source_stats,
             store_stats,

@@ -10,6 +10,7 @@ mod duration;
 mod influx;
 mod notify;
 mod rules;
+mod trust;
 
 pub use duration::Duration;
 pub use influx::{InfluxApi, InfluxConfig};
@@ -18,6 +19,7 @@ pub use notify::{
     WebhookConfig,
 };
 pub use rules::{Agg, RuleConfig, RuleKind};
+pub use trust::{BrokerUser, TlsFiles};
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -90,6 +92,21 @@ pub struct BrokerConfig {
     /// memory: a steady fast stream grows the process by up to ~8 × this figure
     /// (measured: 32 → ~300 MB peak at 400k msg/s, 4 → ~100 MB).
     pub buffer_mib: usize,
+    /// `[[broker.users]]`: who may connect to the embedded broker and what each may do.
+    pub users: Vec<BrokerUser>,
+    /// A TLS listener of the embedded broker (beside `listen`, or alone with `tls_only`).
+    pub tls_listen: Option<SocketAddr>,
+    /// Certificate chain (PEM) of the TLS listener.
+    pub cert_file: Option<PathBuf>,
+    /// Private key (PEM) of the TLS listener.
+    pub key_file: Option<PathBuf>,
+    /// Only the TLS listener: no plain `listen`.
+    pub tls_only: bool,
+    /// Longest keepalive the broker honours: a client silent for 1.5 × this (or its own
+    /// shorter keepalive) is disconnected.
+    pub max_keepalive: Duration,
+    /// Most connections from one IP address at once.
+    pub max_connections_per_ip: usize,
 }
 
 impl Default for BrokerConfig {
@@ -105,6 +122,13 @@ impl Default for BrokerConfig {
             max_payload: 64 * 1024,
             max_connections: 1000,
             buffer_mib: 32,
+            users: Vec::new(),
+            tls_listen: None,
+            cert_file: None,
+            key_file: None,
+            tls_only: false,
+            max_keepalive: Duration::from_secs(300),
+            max_connections_per_ip: 100,
         }
     }
 }
@@ -336,7 +360,9 @@ impl Config {
         }
         if self.broker.mode == BrokerMode::Embedded
             && !self.broker.listen.ip().is_loopback()
+            && !self.broker.tls_only
             && self.broker.username.is_none()
+            && self.broker.users.is_empty()
             && !self.broker.allow_anonymous
         {
             out.push(Invalid::new(
@@ -348,6 +374,7 @@ impl Config {
                 ),
             ));
         }
+        out.extend(self.broker.validate_trust());
         if self.broker.buffer_mib == 0 {
             out.push(Invalid::new(
                 &[key("broker"), key("buffer_mib")],

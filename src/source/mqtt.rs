@@ -34,6 +34,8 @@ pub struct SourceStats {
     pub errors: [AtomicU64; DecodeError::REASONS.len()],
     /// Messages the embedded broker dropped before we read them (gaps in its log).
     pub lost: AtomicU64,
+    /// Messages on the control topic that are not a control request.
+    pub bad_control: AtomicU64,
     pub connected: AtomicBool,
 }
 
@@ -71,6 +73,7 @@ struct Ingest {
     suppressed: [u64; DecodeError::REASONS.len()],
     batch: Vec<Reading>,
     control: mpsc::Sender<ControlRequest>,
+    control_warn: crate::logging::Throttle,
 }
 
 impl Ingest {
@@ -88,6 +91,7 @@ impl Ingest {
             suppressed: [0; DecodeError::REASONS.len()],
             batch: Vec::with_capacity(BATCH),
             control,
+            control_warn: crate::logging::Throttle::new(ingest.warn_interval.std()),
         }
     }
 
@@ -106,7 +110,17 @@ impl Ingest {
                         tracing::warn!("control request dropped: the engine is busy");
                     }
                 }
-                Err(e) => tracing::warn!(topic, error = %e, "ignoring a malformed control request"),
+                Err(e) => {
+                    self.stats.bad_control.fetch_add(1, Ordering::Relaxed);
+                    if let Some(held_back) = self.control_warn.ready() {
+                        tracing::warn!(
+                            topic,
+                            error = %e,
+                            held_back,
+                            "ignoring a malformed control request"
+                        );
+                    }
+                }
             }
             return;
         }
