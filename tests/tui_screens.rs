@@ -35,7 +35,7 @@ fn overview_shows_series_values_states_and_header_figures() {
     // Series rows: name, value right-aligned with its unit, state, age.
     let row = line_with(&s, "greenhouse/node1/temperature");
     assert!(row.contains("● ok"), "{row}");
-    assert!(row.contains("21.50 °C"), "{row}");
+    assert!(row.contains("21.5 °C"), "{row}");
     assert!(
         row.trim_end_matches('│').trim_end().ends_with("1s"),
         "{row}"
@@ -320,7 +320,7 @@ fn narrow_terminal_stacks_the_panes() {
     app.set_size(80, 30);
     let s = render(&mut app);
     println!("{s}");
-    assert!(line_with(&s, "greenhouse/node1/temperature").contains("21.50 °C"));
+    assert!(line_with(&s, "greenhouse/node1/temperature").contains("21.5 °C"));
     assert!(s.contains("co2-high/lab/node7/co2"));
     assert!(s.contains("Events"));
     assert!(s.find("Alerts").unwrap() < s.find("Events").unwrap());
