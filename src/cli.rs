@@ -218,7 +218,7 @@ pub struct AlertsArgs {
     /// Only events newer than this (e.g. 1h, 7d).
     #[arg(long, value_parser = parse_duration)]
     pub since: Option<Duration>,
-    /// Only events of this state (pending, firing, resolved, acknowledged, repeat, flapping).
+    /// Only events of this state (pending, cancelled, firing, resolved, acknowledged, repeat, flapping).
     #[arg(long, value_parser = parse_state)]
     pub state: Option<AlertState>,
     /// One JSON object a line.
@@ -236,7 +236,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 fn parse_state(s: &str) -> Result<AlertState, String> {
     AlertState::parse(s).ok_or_else(|| {
-        format!("{s:?} is not a state (pending, firing, resolved, acknowledged, repeat, flapping)")
+        format!("{s:?} is not a state (pending, cancelled, firing, resolved, acknowledged, repeat, flapping)")
     })
 }
 

@@ -57,7 +57,7 @@ fn overview_shows_series_values_states_and_header_figures() {
     );
     let row = line_with(&s, "greenhouse/node1/humidity  ");
     assert!(
-        row.contains("● pending") && row.contains("40.50 %"),
+        row.contains("● pending") && row.contains("40.5 %"),
         "{row}"
     );
     // Sparkline drawn for a changing series.
@@ -93,7 +93,7 @@ fn alerts_pane_orders_by_severity_and_the_log_shows_transitions_and_failures() {
     );
     let warn = line_with(&s, "too-hot/greenhouse/node2/temperature");
     assert!(
-        warn.contains("warn ") && warn.contains("31.20 °C") && warn.contains("45s"),
+        warn.contains("warn ") && warn.contains("31.2 °C") && warn.contains("45s"),
         "{warn}"
     );
     let pending = line_with(&s, "dry/greenhouse/node1/humidity");
@@ -122,7 +122,7 @@ fn alerts_pane_orders_by_severity_and_the_log_shows_transitions_and_failures() {
         "{wide}"
     );
     assert!(
-        log[1].contains("pending info dry/greenhouse/node1/humidity = 40.50 %"),
+        log[1].contains("pending info dry/greenhouse/node1/humidity = 40.5 %"),
         "{wide}"
     );
     assert!(
@@ -219,8 +219,8 @@ fn detail_shows_chart_thresholds_and_alert_history() {
             || s.chars().any(|c| ('\u{2801}'..='\u{28ff}').contains(&c)),
         "no line drawn:\n{s}"
     );
-    let hist = line_with(&s, "too-hot 31.20 °C");
-    assert!(hist.contains("too-hot 31.20 °C"), "{hist}");
+    let hist = line_with(&s, "too-hot 31.2 °C");
+    assert!(hist.contains("too-hot 31.2 °C"), "{hist}");
     assert!(s.lines().last().unwrap().contains("5m/1h/24h"));
 }
 

@@ -226,6 +226,10 @@ fn locate(t: &Table, path: Vec<PathPart>, offset: usize) -> Option<Hit> {
                 }
             }
             Item::Table(sub) => {
+                // A field inside wins over the table as a whole.
+                if let Some(h) = locate(sub, here.clone(), offset) {
+                    return Some(h);
+                }
                 if within(&sub.span()) {
                     let start = sub.span().map_or(0, |s| s.start);
                     return Some(Hit {
@@ -235,24 +239,22 @@ fn locate(t: &Table, path: Vec<PathPart>, offset: usize) -> Option<Hit> {
                         key_at: 0,
                     });
                 }
-                if let Some(h) = locate(sub, here, offset) {
-                    return Some(h);
-                }
             }
             Item::ArrayOfTables(a) => {
                 for (i, sub) in a.iter().enumerate() {
                     let mut at = here.clone();
                     at.push(PathPart::Index(i));
+                    if let Some(h) = locate(sub, at.clone(), offset) {
+                        return Some(h);
+                    }
                     if within(&sub.span()) {
                         let start = sub.span().map_or(0, |s| s.start);
                         return Some(Hit {
                             path: at,
                             blank: start..table_end(sub),
                             table: true,
+                            key_at: 0,
                         });
-                    }
-                    if let Some(h) = locate(sub, at, offset) {
-                        return Some(h);
                     }
                 }
             }
@@ -377,9 +379,7 @@ fn in_words(msg: &str, path: &[PathPart]) -> String {
     if let Some(rest) = msg.strip_prefix("unknown variant ") {
         if let Some((got, one_of)) = rest.split_once(", expected ") {
             let got = got.trim().trim_matches('`');
-            let choices = one_of
-                .trim_start_matches("one of ")
-                .replace('`', "\"");
+            let choices = one_of.trim_start_matches("one of ").replace('`', "\"");
             return format!("unknown value \"{got}\": expected {choices}");
         }
     }
@@ -390,9 +390,7 @@ fn in_words(msg: &str, path: &[PathPart]) -> String {
             } else {
                 "this table".into()
             };
-            let fields = one_of
-                .trim_start_matches("one of ")
-                .replace('`', "");
+            let fields = one_of.trim_start_matches("one of ").replace('`', "");
             return format!("unknown field {got}: the fields of {here} are {fields}");
         }
     }
@@ -448,20 +446,18 @@ mod tests {
              [[rules]]\nname = \"e\"\nseries = \"#\"\nkind = \"threshold\"\nabove = 1.0\nnotify = [\"slack\"]\n"
         );
         let e = all(&text);
-        let got: Vec<(Option<&str>, Option<usize>)> = e
-            .iter()
-            .map(|e| (e.field.as_deref(), e.line))
-            .collect();
+        let got: Vec<(Option<&str>, Option<usize>)> =
+            e.iter().map(|e| (e.field.as_deref(), e.line)).collect();
         assert_eq!(
             got,
             [
                 (Some("broker.listen_on"), Some(2)),
                 (Some("engine.tick"), Some(5)),
                 (Some("rules[0].above"), Some(11)),
-                (Some("rules[1].kind"), Some(17)),
-                (Some("rules[2].clear"), Some(25)),
-                (Some("rules[3].kind"), Some(27)),
-                (Some("rules[4].notify[0]"), Some(37)),
+                (Some("rules[1].kind"), Some(16)),
+                (Some("rules[2].clear"), Some(24)),
+                (Some("rules[3].kind"), Some(26)),
+                (Some("rules[4].notify[0]"), Some(36)),
             ],
             "{e:#?}"
         );
@@ -474,7 +470,12 @@ mod tests {
             e[5].message,
             "`kind` is missing: every [[rules]] entry needs it"
         );
-        assert!(e[0].message.contains("the fields of broker are mode, listen"), "{}", e[0]);
+        assert!(
+            e[0].message
+                .contains("the fields of broker are mode, listen"),
+            "{}",
+            e[0]
+        );
     }
 
     #[test]

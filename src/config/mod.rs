@@ -698,7 +698,10 @@ mod tests {
                 "sensor-silent"
             ]
         );
-        assert!(Config::parse(DEFAULT_TOML, "default").unwrap().rules.is_empty());
+        assert!(Config::parse(DEFAULT_TOML, "default")
+            .unwrap()
+            .rules
+            .is_empty());
     }
 
     #[test]

@@ -436,7 +436,11 @@ mod tests {
             ("2026-11-20 10:00", Zone::Utc, utc),
             ("2026/11/20 10:00:00.250", Zone::Utc, utc + 250),
             ("2026-11-20 10:00:00", plus1, utc - 3_600_000),
-            ("2026-11-20 10:00:00", "-0530".parse().unwrap(), utc + 19_800_000),
+            (
+                "2026-11-20 10:00:00",
+                "-0530".parse().unwrap(),
+                utc + 19_800_000,
+            ),
             // An offset in the text wins over the zone.
             ("2026-11-20T10:00:00Z", plus1, utc),
             ("2026-11-20 10:00:00+02:00", Zone::Utc, utc - 7_200_000),
@@ -445,9 +449,14 @@ mod tests {
         for (text, zone, want) in table {
             assert_eq!(parse_time(text, *zone), Ok(*want), "{text} in {zone:?}");
         }
-        assert!(parse_time("yesterday", Zone::Utc).unwrap_err().contains("2026-11-20 10:00:00"));
+        assert!(parse_time("yesterday", Zone::Utc)
+            .unwrap_err()
+            .contains("2026-11-20 10:00:00"));
         assert!("+25:00".parse::<Zone>().is_err());
-        assert!("Europe/Madrid".parse::<Zone>().unwrap_err().contains("+01:00"));
+        assert!("Europe/Madrid"
+            .parse::<Zone>()
+            .unwrap_err()
+            .contains("+01:00"));
         assert_eq!("utc".parse::<Zone>(), Ok(Zone::Utc));
         assert_eq!("local".parse::<Zone>(), Ok(Zone::Local));
     }
