@@ -47,7 +47,7 @@ fn overview_shows_series_values_states_and_header_figures() {
     );
     let row = line_with(&s, "greenhouse/node2/temperature  ");
     assert!(
-        row.contains("● warning") && row.contains("31.21 °C"),
+        row.contains("● warning") && row.contains("31.213 °C"),
         "{row}"
     );
     let row = line_with(&s, "cellar/node3/temperature");
@@ -56,10 +56,7 @@ fn overview_shows_series_values_states_and_header_figures() {
         "{row}"
     );
     let row = line_with(&s, "greenhouse/node1/humidity  ");
-    assert!(
-        row.contains("● pending") && row.contains("40.5 %"),
-        "{row}"
-    );
+    assert!(row.contains("● pending") && row.contains("40.5 %"), "{row}");
     // Sparkline drawn for a changing series.
     assert!(line_with(&s, "lab/node7/co2  ").contains('█'));
     // Values line up on the right edge of the value column.
@@ -211,7 +208,7 @@ fn detail_shows_chart_thresholds_and_alert_history() {
     println!("{s}");
     let title = line_with(&s, "greenhouse/node2/temperature");
     assert!(
-        title.contains("31.21 °C") && title.contains("● warning"),
+        title.contains("31.213 °C") && title.contains("● warning"),
         "{title}"
     );
     assert!(
