@@ -164,7 +164,7 @@ impl Ingest {
             },
             batch: Vec::with_capacity(BATCH),
             control,
-            control_warn: crate::logging::Throttle::new(ingest.warn_interval.std()),
+            control_warn: crate::logging::Throttle::new(every),
         }
     }
 
