@@ -28,6 +28,8 @@ pub enum StoreError {
     Open { path: String, source: sqlx::Error },
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("database {0}")]
+    Backup(#[from] super::backup::BackupError),
     #[error("database: {0}")]
     Sql(#[from] sqlx::Error),
     #[error("outbox: {0}")]
@@ -57,7 +59,9 @@ pub async fn open(path: &Path) -> Result<SqlitePool, StoreError> {
             path: path.display().to_string(),
             source,
         })?;
-    sqlx::migrate!().run(&pool).await?;
+    let migrator = sqlx::migrate!();
+    super::backup::before_migrating(&pool, path, &migrator).await?;
+    migrator.run(&pool).await?;
     Ok(pool)
 }
 
