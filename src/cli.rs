@@ -1111,3 +1111,20 @@ async fn doctor(path: Option<&Path>, send_test: bool) -> anyhow::Result<ExitCode
         ExitCode::from(1)
     })
 }
+
+#[cfg(test)]
+mod error_text_tests {
+    use super::error_text;
+
+    #[test]
+    fn an_error_chain_says_each_thing_once() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("database x.db: {source}")]
+        struct Open {
+            source: std::io::Error,
+        }
+        let io = std::io::Error::other("no such file");
+        let e = anyhow::Error::new(Open { source: io }).context("while reading");
+        assert_eq!(error_text(&e), "while reading: database x.db: no such file");
+    }
+}
