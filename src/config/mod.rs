@@ -9,11 +9,13 @@
 mod check;
 mod duration;
 mod influx;
+mod ingest;
 mod notify;
 mod rules;
 
 pub use duration::Duration;
 pub use influx::{InfluxApi, InfluxConfig};
+pub use ingest::{MapConfig, MapFormat};
 pub use notify::{
     EmailConfig, MqttNotifyConfig, NotifyConfig, OutboxConfig, SmtpTls, TelegramConfig,
     WebhookConfig,
@@ -117,6 +119,11 @@ pub struct IngestConfig {
     pub prefix: String,
     /// How often a warning about bad input is logged per reason at most.
     pub warn_interval: Duration,
+    /// `[[ingest.map]]`: topic layouts of devices, tried in order before the prefix.
+    pub map: Vec<MapConfig>,
+    /// How far into the future a reading's own timestamp may be (the past is bounded by
+    /// `storage.sqlite.retention`); readings outside are refused and counted.
+    pub max_clock_skew: Duration,
 }
 
 impl Default for IngestConfig {
@@ -125,6 +132,8 @@ impl Default for IngestConfig {
             topics: vec!["sensors/#".into()],
             prefix: "sensors".into(),
             warn_interval: Duration::from_secs(10),
+            map: Vec::new(),
+            max_clock_skew: Duration::from_secs(300),
         }
     }
 }
@@ -401,6 +410,7 @@ impl Config {
                 "the prefix is a plain topic path, without wildcards",
             ));
         }
+        out.extend(ingest::validate(&self.ingest));
         let s = &self.storage.sqlite;
         for (name, d) in [
             ("flush_interval", s.flush_interval),
