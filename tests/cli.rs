@@ -244,7 +244,9 @@ async fn sigterm_flushes_everything_and_readings_prints_json_and_csv() {
 async fn sensors_that_connect_publish_and_disconnect_leave_no_error_in_the_log() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let config = write_config(dir.path(), port, "");
+    // A rule, so start-up has nothing to warn about.
+    let rule = "[[rules]]\nname = \"dry\"\nseries = \"garden/+/moisture\"\nkind = \"threshold\"\nbelow = 5.0\n";
+    let config = write_config(dir.path(), port, rule);
     let mut svc = start_service(&config, port);
     // Battery sensors wake, connect, publish and disconnect (DISCONNECT, then close),
     // as mosquitto_pub does.
