@@ -581,7 +581,9 @@ impl App {
                 ev => others.push(ev),
             }
         }
-        readings.sort_by_key(|r| r.ts);
+        readings.sort_by(|a, b| a.ts.cmp(&b.ts).then_with(|| a.series.cmp(&b.series)));
+        // The same last value from two sources is one point.
+        readings.dedup_by(|a, b| a.ts == b.ts && a.series == b.series);
         for r in readings {
             let at = r.ts.min(now);
             self.apply(LiveEvent::Readings(Arc::from([r])), at);
