@@ -230,6 +230,8 @@ pub struct Service {
     pub heartbeat: Arc<std::sync::atomic::AtomicI64>,
     stop_source: Arc<AtomicBool>,
     stop_tx: watch::Sender<bool>,
+    /// Held while the service runs: a second instance on the same database refuses.
+    _db_lock: sqlite::DbLock,
     tasks: Vec<JoinHandle<()>>,
     source_thread: Option<std::thread::JoinHandle<()>>,
     external: Option<JoinHandle<Result<(), mqtt::SourceError>>>,
@@ -242,7 +244,7 @@ impl Service {
             .db_path
             .clone()
             .unwrap_or_else(|| cfg.storage.sqlite.path.clone());
-        let pool = sqlite::open(&db_path)
+        let (pool, db_lock) = sqlite::open_for_writing(&db_path)
             .await
             .with_context(|| format!("while opening {}", db_path.display()))?;
 
@@ -326,6 +328,11 @@ impl Service {
         )));
 
         let source_stats = Arc::new(SourceStats::default());
+        let stored = sqlite::last_seen(&pool)
+            .await?
+            .into_iter()
+            .map(|(s, t, _)| (s, t));
+        let setup = mqtt::SourceSetup::new(&cfg, stored.collect());
         let stop_source = Arc::new(AtomicBool::new(false));
         let mut source_thread = None;
         let mut external = None;
@@ -336,9 +343,8 @@ impl Service {
             BrokerMode::Embedded => {
                 let filters = cfg
                     .ingest
-                    .topics
-                    .iter()
-                    .cloned()
+                    .filters()
+                    .into_iter()
                     .chain([mqtt::CONTROL_TOPIC.to_string()])
                     .collect();
                 let mut links = crate::broker::start(
@@ -352,22 +358,13 @@ impl Service {
                 live_out = crate::live::Out::link(links.remove(0));
                 broker_addr = Some(cfg.broker.listen);
                 broker_desc = format!("embedded {}", cfg.broker.listen);
-                let (ingest, max_payload) = (cfg.ingest.clone(), cfg.broker.max_payload);
                 let (stats, stop) = (source_stats.clone(), stop_source.clone());
                 let control = control_tx.clone();
                 source_thread = Some(
                     std::thread::Builder::new()
                         .name("ingest".into())
                         .spawn(move || {
-                            mqtt::run_embedded(
-                                link,
-                                &ingest,
-                                max_payload,
-                                stats,
-                                readings_tx,
-                                control,
-                                stop,
-                            )
+                            mqtt::run_embedded(link, &setup, stats, readings_tx, control, stop)
                         })
                         .context("while starting the ingest thread")?,
                 );
@@ -375,7 +372,7 @@ impl Service {
             BrokerMode::External => {
                 broker_desc = format!("external {}", cfg.broker.url.as_deref().unwrap_or(""));
                 live_out = crate::live::Out::external(&cfg.broker)?;
-                let (bcfg, icfg) = (cfg.broker.clone(), cfg.ingest.clone());
+                let (bcfg, icfg) = (cfg.broker.clone(), setup);
                 let (stats, control) = (source_stats.clone(), control_tx.clone());
                 external = Some(tokio::spawn(async move {
                     mqtt::run_external(&bcfg, &icfg, stats, readings_tx, control, stop_rx).await
@@ -463,6 +460,7 @@ impl Service {
             heartbeat,
             stop_source,
             stop_tx,
+            _db_lock: db_lock,
             tasks,
             source_thread,
             external,
@@ -498,6 +496,19 @@ impl Service {
         drop(self.control);
         for t in self.tasks {
             t.await.context("a pipeline task panicked")?;
+        }
+        let s = &self.store_stats;
+        let (readings, alerts, dropped) = (
+            s.pending.load(Ordering::Relaxed),
+            s.alerts_pending.load(Ordering::Relaxed),
+            s.dropped.load(Ordering::Relaxed),
+        );
+        if readings + alerts + dropped > 0 {
+            anyhow::bail!(
+                "pipeline stopped, but {readings} readings and {alerts} alert batches were not \
+                 written to {} ({dropped} more readings were dropped earlier while writes failed)",
+                self.db_path.display()
+            );
         }
         tracing::info!("pipeline stopped; everything flushed");
         Ok(())
@@ -812,6 +823,7 @@ impl MetricsSource {
                 .map(|(r, n)| (r.to_string(), n))
                 .collect(),
             broker_lost: self.source.lost.load(Ordering::Relaxed),
+            skipped_fields: self.source.skipped_fields.load(Ordering::Relaxed),
             queues: [
                 depth("readings", &self.readings),
                 depth("store", &self.store_queue),
@@ -843,11 +855,10 @@ impl MetricsSource {
                 beat_age < 10 * self.tick_ms.max(1000),
                 format!("last tick {beat_age} ms ago"),
             ),
-            StageHealth::new(
-                "sqlite",
-                self.store.errors.load(Ordering::Relaxed) == 0,
-                format!("{} flush errors", self.store.errors.load(Ordering::Relaxed)),
-            ),
+            {
+                let (ok, detail) = self.store.health(now_ms());
+                StageHealth::new("sqlite", ok, detail)
+            },
         ];
         if let Some(ok) = influx_ok {
             stages.push(StageHealth::new(
@@ -919,7 +930,7 @@ async fn run_status(
             broker: broker.clone(),
             broker_up: source.connected.load(Ordering::Relaxed),
             storage: storage.clone(),
-            storage_ok: store.errors.load(Ordering::Relaxed) == 0,
+            storage_ok: store.health(now_ms()).0,
             readings_per_s: rate,
             received_total: received,
             stored_total: store.stored.load(Ordering::Relaxed),
