@@ -27,6 +27,7 @@
 //! - [`notify`]: durable outbox, per-channel workers, email, Telegram (and its bot),
 //!   webhook, MQTT republish, `doctor`.
 //! - [`service`]: the topology: tasks, bounded channels, shutdown.
+//! - [`homeassistant`]: MQTT discovery of alert states for Home Assistant (optional).
 //! - [`tui`]: the terminal UI (in-process, or attached through the broker).
 //! - [`http`]: the `/metrics` and `/healthz` endpoint (self-monitoring).
 //! - [`systemd`]: readiness, reload, stop and watchdog notifications to systemd.
@@ -37,6 +38,7 @@ pub mod broker;
 pub mod cli;
 pub mod config;
 pub mod engine;
+pub mod homeassistant;
 pub mod http;
 pub mod live;
 pub mod logging;

@@ -12,7 +12,7 @@
 
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, MqttOptions, QoS};
+use rumqttc::{AsyncClient, QoS};
 use tokio::sync::{broadcast, watch};
 
 use crate::config::BrokerConfig;
@@ -43,9 +43,16 @@ impl Out {
 
     /// A client of the external broker, with its event loop driven in a task.
     pub fn external(cfg: &BrokerConfig) -> Result<Out, crate::source::mqtt::SourceError> {
-        let (mut opts, _): (MqttOptions, String) =
+        let (mut opts, _, _) =
             crate::source::mqtt::external_options(cfg, &format!("{}-live", cfg.client_id))?;
         opts.set_clean_session(true);
+        // Viewers and Home Assistant learn from the broker when the service dies.
+        opts.set_last_will(rumqttc::LastWill::new(
+            crate::homeassistant::AVAILABILITY_TOPIC,
+            "offline",
+            QoS::AtLeastOnce,
+            true,
+        ));
         let (client, mut events) = AsyncClient::new(opts, 1024);
         tokio::spawn(async move {
             loop {
@@ -82,14 +89,27 @@ pub struct Request {
     pub done: tokio::sync::oneshot::Sender<Result<(), String>>,
 }
 
-/// Publishes alert events and status from the live bus, and `requests`, until `stop`.
+/// Publishes alert events and status from the live bus, and `requests`, until `stop`;
+/// with Home Assistant discovery, the entities and their states too. Says `online` on
+/// [`crate::homeassistant::AVAILABILITY_TOPIC`] at start and `offline` at the end.
 pub async fn run(
     mut out: Out,
     mut rx: broadcast::Receiver<LiveEvent>,
     mut requests: tokio::sync::mpsc::Receiver<Request>,
+    mut discovery: Option<crate::homeassistant::Discovery>,
     mut stop: watch::Receiver<bool>,
 ) {
     use broadcast::error::RecvError;
+    let hello = match &discovery {
+        Some(d) => d.announce(),
+        None => vec![(
+            crate::homeassistant::AVAILABILITY_TOPIC.to_string(),
+            b"online".to_vec(),
+        )],
+    };
+    for (topic, payload) in hello {
+        out.publish(topic, payload, true).await;
+    }
     loop {
         let ev = tokio::select! {
             ev = rx.recv() => ev,
@@ -100,6 +120,11 @@ pub async fn run(
             }
             _ = stop.changed() => break,
         };
+        if let (Some(d), Ok(LiveEvent::Alert(e))) = (discovery.as_mut(), &ev) {
+            for (topic, payload) in d.on_event(e) {
+                out.publish(topic, payload, true).await;
+            }
+        }
         let (topic, payload) = match ev {
             Ok(LiveEvent::Alert(e)) => (alert_topic(&e), serde_json::to_vec(&e)),
             Ok(LiveEvent::Status(s)) => (STATUS_TOPIC.to_string(), serde_json::to_vec(&s)),
@@ -114,9 +139,11 @@ pub async fn run(
         let Ok(payload) = payload else { continue };
         if !out.publish(topic, payload, true).await {
             tracing::warn!("live publisher: the broker is gone");
-            break;
+            return;
         }
     }
+    let (topic, payload) = crate::homeassistant::Discovery::farewell();
+    out.publish(topic, payload, true).await;
 }
 
 async fn drain(mut rx: LinkRx) {
