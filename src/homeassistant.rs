@@ -2,14 +2,15 @@
 //!
 //! ```text
 //!  live bus ─► AlertEvent ─► Discovery::on_event ─► (topic, payload) ─► broker ─► Home Assistant
-//!  start    ─► Discovery::announce  (one binary_sensor per rule, "online")
-//!  stop / the service dies ─► "offline" (published at shutdown; the broker's last will)
+//!  start    ─► Discovery::announce  (one binary_sensor per rule)
 //! ```
 //!
 //! One `binary_sensor` (device class `problem`) per rule, on while any alert of the
 //! rule fires, and one per alert (rule × series), announced the first time that alert
-//! fires. Every entity shares the availability topic [`AVAILABILITY_TOPIC`]. The
-//! messages are retained, so Home Assistant learns them whenever it (re)connects.
+//! fires. Every entity is available while the service's retained status
+//! (`centinela/status`, see `live.rs`) does not say `offline`: the service says so
+//! when it stops, and with an external broker its last will says so when it dies.
+//! The messages are retained, so Home Assistant learns them whenever it (re)connects.
 //! Pure: it takes events and gives publications; `live.rs` sends them.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -18,8 +19,10 @@ use serde_json::json;
 
 use crate::model::{AlertEvent, AlertState};
 
-/// `online` while the service runs, `offline` after it stopped or died (last will).
-pub const AVAILABILITY_TOPIC: &str = "centinela/availability";
+/// Home Assistant reads availability from the service's status: `offline` is set on
+/// it when the service stopped or died (its last will).
+const AVAILABILITY_TEMPLATE: &str =
+    "{{ 'offline' if value_json.offline is defined and value_json.offline else 'online' }}";
 /// Where the entities' states are published: `<STATE_PREFIX>/<rule>[/<series>]`.
 pub const STATE_PREFIX: &str = "centinela/ha";
 
@@ -48,11 +51,9 @@ impl Discovery {
         }
     }
 
-    /// At start: one entity per rule, and the service online.
+    /// At start: one entity per rule.
     pub fn announce(&self) -> Vec<Publication> {
-        let mut out: Vec<Publication> = self.rules.iter().map(|r| self.config(r, None)).collect();
-        out.push((AVAILABILITY_TOPIC.to_string(), b"online".to_vec()));
-        out
+        self.rules.iter().map(|r| self.config(r, None)).collect()
     }
 
     /// What a transition changes in Home Assistant: the alert's entity (announced the
@@ -88,11 +89,6 @@ impl Discovery {
         out
     }
 
-    /// At a clean stop.
-    pub fn farewell() -> Publication {
-        (AVAILABILITY_TOPIC.to_string(), b"offline".to_vec())
-    }
-
     fn config(&self, rule: &str, series: Option<&str>) -> Publication {
         let (object, name) = match series {
             None => (object_id(&format!("rule_{rule}")), rule.to_string()),
@@ -109,9 +105,8 @@ impl Discovery {
             "payload_on": "ON",
             "payload_off": "OFF",
             "device_class": "problem",
-            "availability_topic": AVAILABILITY_TOPIC,
-            "payload_available": "online",
-            "payload_not_available": "offline",
+            "availability_topic": crate::live::STATUS_TOPIC,
+            "availability_template": AVAILABILITY_TEMPLATE,
             "device": {
                 "identifiers": ["centinela"],
                 "name": "centinela",
@@ -187,9 +182,9 @@ mod tests {
         );
         let cfg: serde_json::Value = serde_json::from_str(&start[0].1).unwrap();
         assert_eq!(cfg["state_topic"], "centinela/ha/hot");
-        assert_eq!(cfg["availability_topic"], AVAILABILITY_TOPIC);
+        assert_eq!(cfg["availability_topic"], "centinela/status");
         assert_eq!(cfg["device_class"], "problem");
-        assert_eq!(start[1], (AVAILABILITY_TOPIC.into(), "online".into()));
+        assert_eq!(start.len(), 1);
 
         let fired = topics(&d.on_event(&event("hot", "gh/n1/t", AlertState::Firing)));
         assert_eq!(

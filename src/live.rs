@@ -9,6 +9,11 @@
 //! With the embedded broker it publishes through an in-process link; with an external
 //! broker through its own client. Falling behind: the live bus is lossy; a lagged
 //! receiver skips to the newest events (status is refreshed every second anyway).
+//!
+//! On a clean stop the last status is published once more with `offline = true`, and
+//! the external client leaves the same as its last will, so a viewer attached to a
+//! broker that outlives the service says "service offline" instead of showing the
+//! retained figures as if they were current.
 
 use std::time::Duration;
 
@@ -16,7 +21,7 @@ use rumqttc::{AsyncClient, QoS};
 use tokio::sync::{broadcast, watch};
 
 use crate::config::BrokerConfig;
-use crate::model::{AlertEvent, LiveEvent};
+use crate::model::{AlertEvent, LiveEvent, PipelineStatus};
 use rumqttd::local::{LinkRx, LinkTx};
 
 pub const STATUS_TOPIC: &str = "centinela/status";
@@ -46,13 +51,18 @@ impl Out {
         let (mut opts, _, _) =
             crate::source::mqtt::external_options(cfg, &format!("{}-live", cfg.client_id))?;
         opts.set_clean_session(true);
-        // Viewers and Home Assistant learn from the broker when the service dies.
-        opts.set_last_will(rumqttc::LastWill::new(
-            crate::homeassistant::AVAILABILITY_TOPIC,
-            "offline",
-            QoS::AtLeastOnce,
-            true,
-        ));
+        // Plain data with string keys: serialising cannot fail.
+        if let Ok(will) = serde_json::to_vec(&offline(PipelineStatus {
+            broker: format!("external {}", cfg.url.as_deref().unwrap_or_default()),
+            ..Default::default()
+        })) {
+            opts.set_last_will(rumqttc::LastWill::new(
+                STATUS_TOPIC,
+                will,
+                QoS::AtLeastOnce,
+                true,
+            ));
+        }
         let (client, mut events) = AsyncClient::new(opts, 1024);
         tokio::spawn(async move {
             loop {
@@ -89,9 +99,7 @@ pub struct Request {
     pub done: tokio::sync::oneshot::Sender<Result<(), String>>,
 }
 
-/// Publishes alert events and status from the live bus, and `requests`, until `stop`;
-/// with Home Assistant discovery, the entities and their states too. Says `online` on
-/// [`crate::homeassistant::AVAILABILITY_TOPIC`] at start and `offline` at the end.
+/// Publishes alert events and status from the live bus, and `requests`, until `stop`.
 pub async fn run(
     mut out: Out,
     mut rx: broadcast::Receiver<LiveEvent>,
@@ -100,16 +108,11 @@ pub async fn run(
     mut stop: watch::Receiver<bool>,
 ) {
     use broadcast::error::RecvError;
-    let hello = match &discovery {
-        Some(d) => d.announce(),
-        None => vec![(
-            crate::homeassistant::AVAILABILITY_TOPIC.to_string(),
-            b"online".to_vec(),
-        )],
-    };
-    for (topic, payload) in hello {
+    // Home Assistant discovery: the rules' entities, once at start.
+    for (topic, payload) in discovery.iter().flat_map(|d| d.announce()) {
         out.publish(topic, payload, true).await;
     }
+    let mut last_status: Option<PipelineStatus> = None;
     loop {
         let ev = tokio::select! {
             ev = rx.recv() => ev,
@@ -127,7 +130,11 @@ pub async fn run(
         }
         let (topic, payload) = match ev {
             Ok(LiveEvent::Alert(e)) => (alert_topic(&e), serde_json::to_vec(&e)),
-            Ok(LiveEvent::Status(s)) => (STATUS_TOPIC.to_string(), serde_json::to_vec(&s)),
+            Ok(LiveEvent::Status(s)) => {
+                let json = serde_json::to_vec(&s);
+                last_status = Some(s);
+                (STATUS_TOPIC.to_string(), json)
+            }
             Ok(_) => continue,
             Err(RecvError::Lagged(n)) => {
                 tracing::debug!(missed = n, "live publisher fell behind");
@@ -142,8 +149,31 @@ pub async fn run(
             return;
         }
     }
-    let (topic, payload) = crate::homeassistant::Discovery::farewell();
-    out.publish(topic, payload, true).await;
+    // Goodbye: the retained status says the service stopped.
+    if let Some(s) = last_status {
+        if let Ok(payload) = serde_json::to_vec(&offline(s)) {
+            let _ = tokio::time::timeout(
+                Duration::from_secs(1),
+                out.publish(STATUS_TOPIC.to_string(), payload, true),
+            )
+            .await;
+            if let Out::Client(c) = &out {
+                // Let the event loop send it, then leave cleanly.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let _ = c.try_disconnect();
+            }
+        }
+    }
+}
+
+/// The status a stopped service leaves: its last figures, marked offline.
+fn offline(s: PipelineStatus) -> PipelineStatus {
+    PipelineStatus {
+        offline: true,
+        broker_up: false,
+        readings_per_s: 0.0,
+        ..s
+    }
 }
 
 async fn drain(mut rx: LinkRx) {

@@ -929,9 +929,16 @@ async fn run_status(
             received_total: received,
             stored_total: store.stored.load(Ordering::Relaxed),
             decode_errors_total: source.errors_total(),
+            decode_errors: source
+                .errors_by_reason()
+                .into_iter()
+                .filter(|(_, n)| *n > 0)
+                .map(|(r, n)| (r.to_string(), n))
+                .collect(),
             outbox_pending,
             outbox_dead,
             influx_backlog: influx.as_ref().map(|s| s.snapshot().backlog),
+            offline: false,
         };
         let _ = live.send(LiveEvent::Status(status));
     }

@@ -1,7 +1,8 @@
 //! Home Assistant MQTT discovery with the real binary: what a Home Assistant connected
 //! to the broker receives — one binary_sensor per rule at start, one per alert when it
-//! fires, ON/OFF states, `online`, and `offline` when the service stops (cleanly, or
-//! killed: the broker's last will, with an external Mosquitto).
+//! fires, ON/OFF states, and availability from the service's status, `offline` when
+//! the service stops (cleanly, or killed: the broker's last will, with an external
+//! Mosquitto).
 
 mod support;
 
@@ -71,11 +72,7 @@ impl Watcher {
                 ok = true;
             }
             if ok {
-                for f in [
-                    "homeassistant/#",
-                    "centinela/ha/#",
-                    "centinela/availability",
-                ] {
+                for f in ["homeassistant/#", "centinela/ha/#", "centinela/status"] {
                     client.subscribe(f, QoS::AtLeastOnce).await.unwrap();
                 }
                 let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
@@ -110,10 +107,25 @@ impl Watcher {
 
     /// Waits until `topic` last said `want` (or, with `want` empty, said anything).
     async fn wait(&mut self, topic: &str, want: &str) -> String {
+        self.wait_for(topic, want, |v| want.is_empty() || v == want)
+            .await
+    }
+
+    /// Waits until the service's retained status says it is `offline` (or not).
+    async fn wait_offline(&mut self, offline: bool) {
+        let what = if offline { "offline" } else { "online" };
+        self.wait_for("centinela/status", what, |v| {
+            let s: serde_json::Value = serde_json::from_str(v).unwrap();
+            s["offline"].as_bool().unwrap_or(false) == offline
+        })
+        .await;
+    }
+
+    async fn wait_for(&mut self, topic: &str, what: &str, ok: impl Fn(&str) -> bool) -> String {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             if let Some(v) = self.seen.get(topic) {
-                if want.is_empty() || v == want {
+                if ok(v) {
                     return v.clone();
                 }
             }
@@ -122,7 +134,7 @@ impl Watcher {
                 Ok(Some((t, b))) => {
                     self.seen.insert(t, b);
                 }
-                _ => panic!("{topic} never said {want:?}; seen: {:#?}", self.seen),
+                _ => panic!("{topic} never said {what:?}; seen: {:#?}", self.seen),
             }
         }
     }
@@ -159,8 +171,8 @@ async fn alert_states_appear_in_home_assistant() {
     let rule: serde_json::Value = serde_json::from_str(&rule).unwrap();
     assert_eq!(rule["state_topic"], "centinela/ha/greenhouse-hot");
     assert_eq!(rule["device_class"], "problem");
-    assert_eq!(rule["availability_topic"], "centinela/availability");
-    ha.wait("centinela/availability", "online").await;
+    assert_eq!(rule["availability_topic"], "centinela/status");
+    ha.wait_offline(false).await;
 
     let p = Publisher::connect(port, "sensor", Some((USER, PASS))).await;
     p.publish("sensors/greenhouse/node1/temperature", "35")
@@ -187,7 +199,7 @@ async fn alert_states_appear_in_home_assistant() {
     ha.wait("centinela/ha/greenhouse-hot", "OFF").await;
 
     stop(&mut child);
-    ha.wait("centinela/availability", "offline").await;
+    ha.wait_offline(true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -204,7 +216,7 @@ async fn a_killed_service_is_offline_through_the_last_will() {
     );
     let mut child = start(&cfg);
     let mut ha = Watcher::connect(port, false).await;
-    ha.wait("centinela/availability", "online").await;
+    ha.wait_offline(false).await;
     ha.wait(
         "homeassistant/binary_sensor/centinela/rule_greenhouse-hot/config",
         "",
@@ -213,5 +225,5 @@ async fn a_killed_service_is_offline_through_the_last_will() {
     child.kill().unwrap();
     let _ = child.wait();
     // Mosquitto publishes the will once it notices the connection is gone.
-    ha.wait("centinela/availability", "offline").await;
+    ha.wait_offline(true).await;
 }
