@@ -593,9 +593,10 @@ impl EngineStage {
         loop {
             tokio::select! {
                 batch = rx.recv() => {
-                    let Some(batch) = batch else { break };
+                    let Some(mut batch) = batch else { break };
                     let now = now_ms();
-                    for r in &batch {
+                    for r in &mut batch {
+                        crate::engine::carry_unit(r, self.last.get(&r.series).and_then(|l| l.unit.as_ref()));
                         self.engine.on_reading(r, now, &mut self.events);
                         match self.last.get_mut(&r.series) {
                             Some(l) if l.ts > r.ts => {}
@@ -696,6 +697,7 @@ impl EngineStage {
             return true;
         }
         for e in &batch.events {
+            crate::engine::log_event(e);
             let _ = self.live.send(LiveEvent::Alert(e.clone()));
         }
         if let (Some(tx), false) = (&self.influx, batch.events.is_empty()) {
