@@ -36,12 +36,15 @@
 
 pub mod bench;
 pub mod broker;
+pub mod build_info;
 pub mod cli;
+pub mod clidoc;
 pub mod config;
 pub mod engine;
 pub mod format;
 pub mod homeassistant;
 pub mod http;
+pub mod limits;
 pub mod live;
 pub mod logging;
 pub mod model;

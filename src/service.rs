@@ -326,6 +326,11 @@ impl Service {
         )));
 
         let source_stats = Arc::new(SourceStats::default());
+        let stored = sqlite::last_seen(&pool)
+            .await?
+            .into_iter()
+            .map(|(s, t, _)| (s, t));
+        let setup = mqtt::SourceSetup::new(&cfg, stored.collect());
         let stop_source = Arc::new(AtomicBool::new(false));
         let mut source_thread = None;
         let mut external = None;
@@ -336,9 +341,8 @@ impl Service {
             BrokerMode::Embedded => {
                 let filters = cfg
                     .ingest
-                    .topics
-                    .iter()
-                    .cloned()
+                    .filters()
+                    .into_iter()
                     .chain([mqtt::CONTROL_TOPIC.to_string()])
                     .collect();
                 let mut links = crate::broker::start(
@@ -352,22 +356,13 @@ impl Service {
                 live_out = crate::live::Out::link(links.remove(0));
                 broker_addr = Some(cfg.broker.listen);
                 broker_desc = format!("embedded {}", cfg.broker.listen);
-                let (ingest, max_payload) = (cfg.ingest.clone(), cfg.broker.max_payload);
                 let (stats, stop) = (source_stats.clone(), stop_source.clone());
                 let control = control_tx.clone();
                 source_thread = Some(
                     std::thread::Builder::new()
                         .name("ingest".into())
                         .spawn(move || {
-                            mqtt::run_embedded(
-                                link,
-                                &ingest,
-                                max_payload,
-                                stats,
-                                readings_tx,
-                                control,
-                                stop,
-                            )
+                            mqtt::run_embedded(link, &setup, stats, readings_tx, control, stop)
                         })
                         .context("while starting the ingest thread")?,
                 );
@@ -375,7 +370,7 @@ impl Service {
             BrokerMode::External => {
                 broker_desc = format!("external {}", cfg.broker.url.as_deref().unwrap_or(""));
                 live_out = crate::live::Out::external(&cfg.broker)?;
-                let (bcfg, icfg) = (cfg.broker.clone(), cfg.ingest.clone());
+                let (bcfg, icfg) = (cfg.broker.clone(), setup);
                 let (stats, control) = (source_stats.clone(), control_tx.clone());
                 external = Some(tokio::spawn(async move {
                     mqtt::run_external(&bcfg, &icfg, stats, readings_tx, control, stop_rx).await
@@ -819,6 +814,7 @@ impl MetricsSource {
                 .map(|(r, n)| (r.to_string(), n))
                 .collect(),
             broker_lost: self.source.lost.load(Ordering::Relaxed),
+            skipped_fields: self.source.skipped_fields.load(Ordering::Relaxed),
             queues: [
                 depth("readings", &self.readings),
                 depth("store", &self.store_queue),

@@ -4,6 +4,7 @@
 //!   the series catalogue, alerts history and alert state.
 //! - [`influx`]: the optional InfluxDB sink (line protocol over HTTP, durable backlog).
 
+pub mod backup;
 pub mod chunk;
 pub mod influx;
 pub mod sqlite;

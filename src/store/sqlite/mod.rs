@@ -42,6 +42,8 @@ pub enum StoreError {
     Open { path: String, source: sqlx::Error },
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("database {0}")]
+    Backup(#[from] crate::store::backup::BackupError),
     #[error("database: {0}")]
     Sql(#[from] sqlx::Error),
     #[error("outbox: {0}")]
@@ -71,7 +73,9 @@ pub async fn open(path: &Path) -> Result<SqlitePool, StoreError> {
             path: path.display().to_string(),
             source,
         })?;
-    sqlx::migrate!().run(&pool).await?;
+    let migrator = sqlx::migrate!();
+    crate::store::backup::before_migrating(&pool, path, &migrator).await?;
+    migrator.run(&pool).await?;
     Ok(pool)
 }
 
