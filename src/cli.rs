@@ -79,6 +79,11 @@ pub enum Command {
     Replay(ReplayArgs),
     /// Measure the pipeline end to end: MQTT over TCP → broker → decode → SQLite.
     Bench(BenchArgs),
+    /// The database: `db check` looks for damage (exit 1 when damaged).
+    Db {
+        #[command(subcommand)]
+        action: DbAction,
+    },
     /// Print the shell completion script, e.g.
     /// `centinela completions bash > /etc/bash_completion.d/centinela`.
     Completions {
@@ -87,6 +92,18 @@ pub enum Command {
     },
     /// Print the man page (roff), e.g. `centinela man | man -l -`.
     Man,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DbAction {
+    /// Full `PRAGMA integrity_check` (reads the whole file); prints "ok" or the damage.
+    Check {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Database file (default: storage.sqlite.path of the config).
+        #[arg(long, value_name = "PATH")]
+        db: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -359,6 +376,18 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Alerts(args) => alerts(args).await,
         Command::Bench(args) => bench(args).await,
         Command::Replay(args) => replay(args).await,
+        Command::Db {
+            action: DbAction::Check { config, db },
+        } => {
+            let path = db_path(&config, db)?;
+            match sqlite::startup::check(&path, true, None).await? {
+                sqlite::startup::Checked::Missing => {
+                    anyhow::bail!("{}: no such database", path.display())
+                }
+                _ => println!("ok: {} has no damage", path.display()),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -414,13 +443,15 @@ async fn run_service(cfg: Config, path: Option<PathBuf>) -> anyhow::Result<ExitC
     let mut hup = signal(SignalKind::hangup()).context("while installing the SIGHUP handler")?;
     crate::systemd::ready();
     crate::systemd::status("running");
-    // The watchdog is fed only while the engine stage keeps ticking: a stuck pipeline
-    // gets restarted by systemd.
+    // The watchdog is fed only while the engine stage keeps ticking and the database
+    // writer keeps up: a stuck pipeline gets restarted by systemd.
     let watchdog = crate::systemd::watchdog_interval().map(|interval| {
         let beat = service.heartbeat.clone();
+        let store = service.store_stats.clone();
         let limit = i64::try_from(interval.as_millis() * 2).unwrap_or(i64::MAX);
         tokio::spawn(crate::systemd::run_watchdog(interval, move || {
-            crate::model::now_ms() - beat.load(std::sync::atomic::Ordering::Relaxed) < limit
+            let now = crate::model::now_ms();
+            now - beat.load(std::sync::atomic::Ordering::Relaxed) < limit && store.health(now).0
         }))
     });
     let outcome = loop {

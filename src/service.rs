@@ -230,6 +230,8 @@ pub struct Service {
     pub heartbeat: Arc<std::sync::atomic::AtomicI64>,
     stop_source: Arc<AtomicBool>,
     stop_tx: watch::Sender<bool>,
+    /// Held while the service runs: a second instance on the same database refuses.
+    _db_lock: sqlite::DbLock,
     tasks: Vec<JoinHandle<()>>,
     source_thread: Option<std::thread::JoinHandle<()>>,
     external: Option<JoinHandle<Result<(), mqtt::SourceError>>>,
@@ -242,7 +244,7 @@ impl Service {
             .db_path
             .clone()
             .unwrap_or_else(|| cfg.storage.sqlite.path.clone());
-        let pool = sqlite::open(&db_path)
+        let (pool, db_lock) = sqlite::open_for_writing(&db_path)
             .await
             .with_context(|| format!("while opening {}", db_path.display()))?;
 
@@ -465,6 +467,7 @@ impl Service {
             heartbeat,
             stop_source,
             stop_tx,
+            _db_lock: db_lock,
             tasks,
             source_thread,
             external,
@@ -500,6 +503,19 @@ impl Service {
         drop(self.control);
         for t in self.tasks {
             t.await.context("a pipeline task panicked")?;
+        }
+        let s = &self.store_stats;
+        let (readings, alerts, dropped) = (
+            s.pending.load(Ordering::Relaxed),
+            s.alerts_pending.load(Ordering::Relaxed),
+            s.dropped.load(Ordering::Relaxed),
+        );
+        if readings + alerts + dropped > 0 {
+            anyhow::bail!(
+                "pipeline stopped, but {readings} readings and {alerts} alert batches were not \
+                 written to {} ({dropped} more readings were dropped earlier while writes failed)",
+                self.db_path.display()
+            );
         }
         tracing::info!("pipeline stopped; everything flushed");
         Ok(())
@@ -846,11 +862,10 @@ impl MetricsSource {
                 beat_age < 10 * self.tick_ms.max(1000),
                 format!("last tick {beat_age} ms ago"),
             ),
-            StageHealth::new(
-                "sqlite",
-                self.store.errors.load(Ordering::Relaxed) == 0,
-                format!("{} flush errors", self.store.errors.load(Ordering::Relaxed)),
-            ),
+            {
+                let (ok, detail) = self.store.health(now_ms());
+                StageHealth::new("sqlite", ok, detail)
+            },
         ];
         if let Some(ok) = influx_ok {
             stages.push(StageHealth::new(
@@ -922,7 +937,7 @@ async fn run_status(
             broker: broker.clone(),
             broker_up: source.connected.load(Ordering::Relaxed),
             storage: storage.clone(),
-            storage_ok: store.errors.load(Ordering::Relaxed) == 0,
+            storage_ok: store.health(now_ms()).0,
             readings_per_s: rate,
             received_total: received,
             stored_total: store.stored.load(Ordering::Relaxed),
