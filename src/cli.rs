@@ -1174,7 +1174,7 @@ async fn outbox(pool: &sqlx::SqlitePool, json: bool) -> anyhow::Result<ExitCode>
                 "state": r.event.state,
                 "ts": format_ts(r.event.ts),
                 "attempts": r.attempts,
-                "last_error": r.last_error,
+                "last_error": r.last_error.as_deref().map(crate::notify::redact_urls),
             });
             writeln!(out, "{row}")?;
         } else {
@@ -1186,7 +1186,7 @@ async fn outbox(pool: &sqlx::SqlitePool, json: bool) -> anyhow::Result<ExitCode>
                 r.event.alert_id(),
                 r.event.state,
                 r.attempts,
-                r.last_error.as_deref().unwrap_or("")
+                crate::notify::redact_urls(r.last_error.as_deref().unwrap_or(""))
             )?;
         }
     }
@@ -1215,7 +1215,7 @@ async fn doctor(path: Option<&Path>, send_test: bool) -> anyhow::Result<ExitCode
         bad += usize::from(!r.ok);
         println!(
             "{} {:<9} {:<32} {}",
-            if r.ok { "ok  " } else { "FAIL" },
+            r.mark(),
             r.channel,
             r.target,
             r.message
@@ -1224,10 +1224,17 @@ async fn doctor(path: Option<&Path>, send_test: bool) -> anyhow::Result<ExitCode
     if let Some(i) = &cfg.storage.influxdb {
         checked += 1;
         match crate::store::influx::health_check(i).await {
-            Ok(()) => println!("ok   influxdb  {:<32} writes are accepted", i.url),
+            Ok(()) => println!(
+                "ok   influxdb  {:<32} writes are accepted",
+                crate::notify::redact_urls(&i.url)
+            ),
             Err(e) => {
                 bad += 1;
-                println!("FAIL influxdb  {:<32} {e}", i.url);
+                println!(
+                    "FAIL influxdb  {:<32} {}",
+                    crate::notify::redact_urls(&i.url),
+                    crate::notify::redact_urls(&e.to_string())
+                );
             }
         }
     }
