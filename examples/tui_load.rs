@@ -87,7 +87,7 @@ impl Feed {
                 decode_errors_total: 0,
                 outbox_pending: 0,
                 outbox_dead: 0,
-                influx_backlog: None,
+                outputs: Vec::new(),
             }));
         }
         // Every 5 s an alert fires on some series, and one resolves.

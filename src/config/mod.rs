@@ -55,6 +55,9 @@ pub struct Config {
     pub log: LogConfig,
     /// The `/metrics` and `/healthz` endpoint; absent means off.
     pub http: Option<HttpConfig>,
+    /// `[output.*]`: the optional outputs registered in `store` (each absent means off).
+    #[serde(default)]
+    pub output: crate::store::OutputsConfig,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -432,6 +435,7 @@ impl Config {
             ));
         }
         out.extend(self.notify.validate());
+        out.extend(self.output.validate());
         if let Some(h) = &self.http {
             if !h.listen.ip().is_loopback() && !h.allow_remote {
                 out.push(Invalid::new(
