@@ -85,9 +85,11 @@ impl Feed {
                 received_total: self.step * 100,
                 stored_total: self.step * 100,
                 decode_errors_total: 0,
+                decode_errors: Vec::new(),
                 outbox_pending: 0,
                 outbox_dead: 0,
                 outputs: Vec::new(),
+                offline: false,
             }));
         }
         // Every 5 s an alert fires on some series, and one resolves.
@@ -275,7 +277,7 @@ fn live() {
             }
         });
         let thresholds = vec![Threshold { pattern: "+/+/co2".into(), label: "co2-high >".into(), value: 700.0 }];
-        if let Err(e) = tui::run(live_rx, EngineLink(control_tx), None, RunOptions { app: Options::default(), thresholds, initial: Vec::new() }).await {
+        if let Err(e) = tui::run(live_rx, EngineLink(control_tx), None, RunOptions { app: Options::default(), thresholds, initial: Vec::new(), db: None }).await {
             eprintln!("tui: {e}");
         }
     });

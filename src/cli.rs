@@ -255,10 +255,27 @@ pub fn main(cli: Cli) -> ExitCode {
                 eprintln!("error: {ce}");
                 return ExitCode::from(2);
             }
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_text(&e));
             ExitCode::from(1)
         }
     }
+}
+
+/// An error and its causes on one line, each said once: a cause whose text is
+/// already part of what was said (errors that print their source) is left out.
+pub fn error_text(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -462,12 +479,35 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         .then(|| tokio::spawn(print_summary(service.live.subscribe())));
     let outcome = if interactive {
         let view = service.view.borrow().clone();
+        let pool = sqlite::open_existing(&db).await.ok();
+        let mut about = vec![
+            ("broker".to_string(), format!("mqtt://{addr}")),
+            ("database".to_string(), db.display().to_string()),
+        ];
+        if args.data_dir.is_none() {
+            about.push((
+                String::new(),
+                "deleted on quit; keep it with --data-dir DIR".to_string(),
+            ));
+        }
+        about.push((
+            "try".to_string(),
+            format!(
+                "mosquitto_sub -h {} -p {} -t 'sensors/#' -v",
+                addr.ip(),
+                addr.port()
+            ),
+        ));
         let opts = crate::tui::RunOptions {
-            app: crate::tui::Options::default(),
+            app: crate::tui::Options {
+                about,
+                ..Default::default()
+            },
             thresholds: crate::tui::thresholds_from_rules(&cfg.rules),
             initial: view.initial_events(),
+            db: pool.clone(),
         };
-        let history = sqlite::open_existing(&db).await.ok().map(|pool| {
+        let history = pool.map(|pool| {
             std::sync::Arc::new(sqlite::SqliteHistory {
                 pool,
                 runtime: tokio::runtime::Handle::current(),
@@ -516,8 +556,13 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let a: i64 = sqlx::query_scalar("SELECT count(*) FROM alerts")
         .fetch_one(&pool)
         .await?;
+    let kept = if args.data_dir.is_some() {
+        ""
+    } else {
+        " (a temporary directory, deleted now; keep it with --data-dir DIR)"
+    };
     eprintln!(
-        "centinela demo: stored {n} readings of {s} series and {a} alert events in {}",
+        "centinela demo: stored {n} readings of {s} series and {a} alert events in {}{kept}",
         db.display()
     );
     Ok(ExitCode::SUCCESS)
@@ -568,10 +613,18 @@ async fn print_summary(mut rx: tokio::sync::broadcast::Receiver<LiveEvent>) {
 }
 
 fn db_path(config: &ConfigArg, db: Option<PathBuf>) -> anyhow::Result<PathBuf> {
-    match db {
-        Some(p) => Ok(p),
-        None => Ok(load(config.config.as_deref())?.0.storage.sqlite.path),
+    let path = match db {
+        Some(p) => p,
+        None => load(config.config.as_deref())?.0.storage.sqlite.path,
+    };
+    if !path.exists() {
+        anyhow::bail!(
+            "no database at {} (is storage.sqlite.path right? `centinela demo` keeps its \
+             database only with --data-dir DIR)",
+            path.display()
+        );
     }
+    Ok(path)
 }
 
 async fn readings(args: ReadingsArgs) -> anyhow::Result<ExitCode> {
@@ -599,7 +652,9 @@ async fn readings(args: ReadingsArgs) -> anyhow::Result<ExitCode> {
         } else if args.csv {
             writeln!(out, "{},{},{}", csv_field(series), format_ts(*ts), value)?;
         } else {
-            writeln!(out, "{}  {:<40} {}", format_ts(*ts), series, value)?;
+            // Names come from the network: control characters are shown escaped.
+            let name = crate::tui::format::printable(series);
+            writeln!(out, "{}  {:<40} {}", format_ts(*ts), name, value)?;
         }
     }
     out.flush()?;
@@ -936,20 +991,33 @@ async fn tui(args: TuiArgs) -> anyhow::Result<ExitCode> {
         max_payload: cfg.broker.max_payload,
     };
     let db = args.db.clone().unwrap_or(cfg.storage.sqlite.path.clone());
-    let history = match sqlite::open_existing(&db).await {
-        Ok(pool) => Some(std::sync::Arc::new(sqlite::SqliteHistory {
-            pool,
-            runtime: tokio::runtime::Handle::current(),
-        }) as std::sync::Arc<dyn crate::tui::HistorySource>),
+    let pool = match sqlite::open_existing(&db).await {
+        Ok(pool) => Some(pool),
         Err(e) => {
             eprintln!("note: no history ({e})");
             None
         }
     };
+    let history = pool.clone().map(|pool| {
+        std::sync::Arc::new(sqlite::SqliteHistory {
+            pool,
+            runtime: tokio::runtime::Handle::current(),
+        }) as std::sync::Arc<dyn crate::tui::HistorySource>
+    });
+    // Every series the service knows, with its last value, before the feed says
+    // anything: the list is whole from the first screen.
+    let initial = match &pool {
+        Some(p) => crate::tui::seed::last_values(p).await.unwrap_or_else(|e| {
+            eprintln!("note: series not read from {} ({e})", db.display());
+            Vec::new()
+        }),
+        None => Vec::new(),
+    };
     let opts = crate::tui::RunOptions {
         app: crate::tui::Options::default(),
         thresholds: crate::tui::thresholds_from_rules(&cfg.rules),
-        initial: Vec::new(),
+        initial,
+        db: pool,
     };
     crate::tui::remote::attach(remote, history, opts).await?;
     Ok(ExitCode::SUCCESS)

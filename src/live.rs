@@ -14,6 +14,11 @@
 //! With the embedded broker it publishes through an in-process link; with an external
 //! broker through its own client. Falling behind: the live bus is lossy; a lagged
 //! receiver skips to the newest events (status is refreshed every second anyway).
+//!
+//! On a clean stop the last status is published once more with `offline = true`, and
+//! the external client leaves the same as its last will, so a viewer attached to a
+//! broker that outlives the service says "service offline" instead of showing the
+//! retained figures as if they were current.
 
 use std::time::Duration;
 
@@ -22,7 +27,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinHandle;
 
 use crate::config::BrokerConfig;
-use crate::model::{AlertEvent, LiveEvent};
+use crate::model::{AlertEvent, LiveEvent, PipelineStatus};
 use crate::shutdown::Shutdown;
 use crate::store::{BoxFuture, Context, Output, OutputMsg, StartError, WhenFull};
 use rumqttd::local::{LinkRx, LinkTx};
@@ -100,6 +105,18 @@ impl Out {
         let (mut opts, _): (MqttOptions, String) =
             crate::source::mqtt::external_options(cfg, &format!("{}-live", cfg.client_id))?;
         opts.set_clean_session(true);
+        // Plain data with string keys: serialising cannot fail.
+        if let Ok(will) = serde_json::to_vec(&offline(PipelineStatus {
+            broker: format!("external {}", cfg.url.as_deref().unwrap_or_default()),
+            ..Default::default()
+        })) {
+            opts.set_last_will(rumqttc::LastWill::new(
+                STATUS_TOPIC,
+                will,
+                QoS::AtLeastOnce,
+                true,
+            ));
+        }
         let (client, mut events) = AsyncClient::new(opts, 1024);
         tokio::spawn(async move {
             loop {
@@ -145,6 +162,7 @@ pub async fn run(
     mut shutdown: Shutdown,
 ) {
     use broadcast::error::RecvError;
+    let mut last_status: Option<PipelineStatus> = None;
     loop {
         let ev = tokio::select! {
             ev = rx.recv() => ev,
@@ -157,7 +175,11 @@ pub async fn run(
         };
         let (topic, payload) = match ev {
             Ok(LiveEvent::Alert(e)) => (alert_topic(&e), serde_json::to_vec(&e)),
-            Ok(LiveEvent::Status(s)) => (STATUS_TOPIC.to_string(), serde_json::to_vec(&s)),
+            Ok(LiveEvent::Status(s)) => {
+                let json = serde_json::to_vec(&s);
+                last_status = Some(s);
+                (STATUS_TOPIC.to_string(), json)
+            }
             Ok(_) => continue,
             Err(RecvError::Lagged(n)) => {
                 tracing::debug!(missed = n, "live publisher fell behind");
@@ -169,8 +191,33 @@ pub async fn run(
         let Ok(payload) = payload else { continue };
         if !out.publish(topic, payload, true).await {
             tracing::warn!("live publisher: the broker is gone");
-            break;
+            return;
         }
+    }
+    // Goodbye: the retained status says the service stopped.
+    if let Some(s) = last_status {
+        if let Ok(payload) = serde_json::to_vec(&offline(s)) {
+            let _ = tokio::time::timeout(
+                Duration::from_secs(1),
+                out.publish(STATUS_TOPIC.to_string(), payload, true),
+            )
+            .await;
+            if let Out::Client(c) = &out {
+                // Let the event loop send it, then leave cleanly.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let _ = c.try_disconnect();
+            }
+        }
+    }
+}
+
+/// The status a stopped service leaves: its last figures, marked offline.
+fn offline(s: PipelineStatus) -> PipelineStatus {
+    PipelineStatus {
+        offline: true,
+        broker_up: false,
+        readings_per_s: 0.0,
+        ..s
     }
 }
 

@@ -194,6 +194,7 @@ pub enum LogLevel {
 
 /// Health and throughput of the stages, as the header of the TUI and `/healthz` show it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct PipelineStatus {
     /// "embedded 127.0.0.1:1883", "external mqtt://…", with "(down)" when lost.
     pub broker: String,
@@ -205,11 +206,19 @@ pub struct PipelineStatus {
     pub received_total: u64,
     pub stored_total: u64,
     pub decode_errors_total: u64,
+    /// Undecodable messages by reason (`not_a_number`, `malformed_json`, …): only the
+    /// reasons seen, in the order of `DecodeError::REASONS`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub decode_errors: Vec<(String, u64)>,
     pub outbox_pending: u64,
     pub outbox_dead: u64,
     /// The optional outputs' figures (`influx backlog 17`), in their order.
     #[serde(default)]
     pub outputs: Vec<OutputStatus>,
+    /// The service said it stopped (its last will, or its goodbye on a clean stop):
+    /// the figures are its last ones.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub offline: bool,
 }
 
 /// One output's figure in the status line and the TUI header: `influx backlog 17`.

@@ -171,9 +171,17 @@ pub async fn run_status(f: Figures, live: broadcast::Sender<LiveEvent>, mut shut
             received_total: received,
             stored_total: f.store.stored.load(Ordering::Relaxed),
             decode_errors_total: f.source.errors_total(),
+            decode_errors: f
+                .source
+                .errors_by_reason()
+                .into_iter()
+                .filter(|(_, n)| *n > 0)
+                .map(|(r, n)| (r.to_string(), n))
+                .collect(),
             outbox_pending,
             outbox_dead,
             outputs: f.outputs.iter().filter_map(|o| o.status()).collect(),
+            offline: false,
         };
         let _ = live.send(LiveEvent::Status(status));
     }

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::mqtt::{free_port, Publisher};
+use support::mqtt::{free_port, Mosquitto, Publisher};
 
 const BIN: &str = env!("CARGO_BIN_EXE_centinela");
 
@@ -15,6 +15,10 @@ struct Tmux(String);
 
 impl Tmux {
     fn start(name: &str) -> Option<Tmux> {
+        Self::sized(name, 150, 40)
+    }
+
+    fn sized(name: &str, w: u16, h: u16) -> Option<Tmux> {
         let ok = Command::new("tmux")
             .args([
                 "new-session",
@@ -22,9 +26,9 @@ impl Tmux {
                 "-s",
                 name,
                 "-x",
-                "150",
+                &w.to_string(),
                 "-y",
-                "40",
+                &h.to_string(),
                 "bash --norc --noprofile",
             ])
             .env("PS1", "$ ")
@@ -180,4 +184,161 @@ async fn tui_attached_to_a_service_shows_readings_alerts_and_acks() {
         s.contains("icanon+echo+") || s.contains("echo+icanon+")
     })
     .await;
+}
+
+fn tmux_missing() -> bool {
+    if Command::new("tmux").arg("-V").output().is_err() {
+        eprintln!("!!! SKIPPED: tmux is not installed (.ci/run installs it)");
+        return true;
+    }
+    false
+}
+
+/// The footer (last line of the screen) starts with the help and quit hints.
+fn footer_ok(s: &str) -> bool {
+    s.lines()
+        .rfind(|l| !l.trim().is_empty())
+        .is_some_and(|l| l.starts_with(" ?  help   q  quit"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_at_80x24_shows_the_keys_the_alerts_and_where_things_are() {
+    if tmux_missing() {
+        return;
+    }
+    let port = free_port();
+    let tmux = Tmux::sized(&format!("centinela-demo-{port}"), 80, 24).expect("tmux starts");
+    tmux.keys(&[
+        &format!("{BIN} demo --listen 127.0.0.1:{port} ; echo EXIT=$?"),
+        "Enter",
+    ]);
+    let s = tmux
+        .wait_for("series and the footer", |s| {
+            s.contains("Series") && s.contains("Alerts") && footer_ok(s)
+        })
+        .await;
+    println!("{s}");
+    // Where things are: in the event log at once, and in the help popup.
+    tmux.keys(&["?"]);
+    let s = tmux
+        .wait_for("the help popup", |s| s.contains("Keys · Esc closes"))
+        .await;
+    println!("{s}");
+    for want in [
+        format!("mqtt://127.0.0.1:{port}"),
+        "centinela.db".to_string(),
+        format!("mosquitto_sub -h 127.0.0.1 -p {port} -t 'sensors/#' -v"),
+        "series detail: chart, thresholds, alerts".to_string(),
+    ] {
+        assert!(s.contains(&want), "help lacks {want:?}:\n{s}");
+    }
+    tmux.keys(&["Escape"]);
+    tmux.wait_for("the help closed", |s| !s.contains("Keys · Esc closes"))
+        .await;
+    tmux.keys(&["q"]);
+    let s = tmux.wait_for("the exit", |s| s.contains("EXIT=0")).await;
+    // After quitting, the path printed says it is gone (lines wrap at 80 columns).
+    assert!(
+        s.replace('\n', "")
+            .contains("deleted now; keep it with --data-dir DIR"),
+        "{s}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_tui_at_80x24_lists_every_series_and_says_when_the_service_stops() {
+    if tmux_missing() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let Some(_mosquitto) = Mosquitto::start(dir.path(), port, None) else {
+        eprintln!("!!! SKIPPED: mosquitto is not installed (.ci/run installs it)");
+        return;
+    };
+    let db = dir.path().join("c.db");
+    let config = dir.path().join("c.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[broker]\nmode = \"external\"\nurl = \"mqtt://127.0.0.1:{port}\"\nclient_id = \"svc-{port}\"\n\
+             [storage.sqlite]\npath = \"{}\"\nflush_interval = \"200ms\"\n[engine]\ntick = \"100ms\"\n\
+             [[rules]]\nname = \"hot\"\nseries = \"gh/+/temperature\"\nkind = \"threshold\"\nabove = 30.0\nseverity = \"critical\"\n",
+            db.display()
+        ),
+    )
+    .unwrap();
+    let mut svc = Service(
+        Command::new(BIN)
+            .args(["run", "--config", config.to_str().unwrap()])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // Ten series report once, one of them hot, before the viewer starts.
+    let mut p = Publisher::connect(port, "tmux-sensors", None).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for i in 0..10 {
+        let v = if i == 3 { 31.5 } else { 20.0 + i as f64 };
+        p.publish(
+            &format!("sensors/gh/n{i}/temperature"),
+            format!(r#"{{"value":{v},"unit":"°C"}}"#),
+        )
+        .await;
+    }
+    p.wait_acked(10).await;
+    // Stored in the service's catalogue.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let o = Command::new(BIN)
+            .args(["readings", "--db", db.to_str().unwrap(), "--json"])
+            .output()
+            .unwrap();
+        if String::from_utf8_lossy(&o.stdout).lines().count() >= 10 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "readings not stored");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let tmux = Tmux::sized(&format!("centinela-remote-{port}"), 80, 24).expect("tmux starts");
+    tmux.keys(&[
+        &format!("{BIN} tui --config {} ; echo EXIT=$?", config.display()),
+        "Enter",
+    ]);
+    let s = tmux
+        .wait_for("every series with its value", |s| {
+            s.contains("Series 10 of 10") && s.contains("hot/gh/n3/temperature") && footer_ok(s)
+        })
+        .await;
+    println!("{s}");
+    let row = s
+        .lines()
+        .find(|l| l.contains("│● critical gh/n3/temperature"))
+        .unwrap_or_else(|| panic!("no row of the hot series:\n{s}"));
+    assert!(row.contains("31.50") && row.contains("°C"), "{row}");
+    assert!(!row.contains(" - "), "value or age missing: {row}");
+
+    // The service stops cleanly; the broker stays with its retained status.
+    unsafe_kill(svc.0.id(), 15);
+    let _ = svc.0.wait();
+    let s = tmux
+        .wait_for("the offline service", |s| {
+            s.lines()
+                .next()
+                .is_some_and(|l| l.contains("SERVICE OFFLINE"))
+        })
+        .await;
+    println!("{s}");
+    let header = s.lines().next().unwrap();
+    assert!(!header.contains("outbox"), "{header}");
+    tmux.keys(&["q"]);
+    tmux.wait_for("the exit", |s| s.contains("EXIT=0")).await;
+}
+
+fn unsafe_kill(pid: u32, sig: i32) {
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status();
 }

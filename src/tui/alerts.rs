@@ -58,7 +58,7 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
             Row::new(vec![
                 Cell::from(Span::styled(short(a.severity), sev)),
                 Cell::from(Span::styled(mark, if dim { theme::DIM } else { sev })),
-                Cell::from(a.id()),
+                Cell::from(format::printable(&a.id()).into_owned()),
                 Cell::from(Line::from(value).alignment(Alignment::Right)),
                 Cell::from(Line::from(format::age(now - a.since)).alignment(Alignment::Right)),
             ])

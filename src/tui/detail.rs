@@ -12,7 +12,7 @@ use ratatui::widgets::{
 use ratatui::Frame;
 
 use super::format;
-use super::state::{App, Areas, Range};
+use super::state::{App, Areas, Range, SeriesState};
 use super::theme;
 use crate::model::AlertState;
 
@@ -21,14 +21,36 @@ pub fn draw_chart(frame: &mut Frame, area: Rect, app: &App) {
     let s = app.series(&d.series);
     let st = app.series_state(&d.series);
     let unit = s.and_then(|s| s.unit.as_deref());
-    let mut title = vec![Span::styled(format!(" {} ", d.series), theme::TITLE)];
+    let mut title = vec![Span::styled(
+        format!(" {} ", format::printable(&d.series)),
+        theme::TITLE,
+    )];
     if let Some(v) = s.and_then(|s| s.value) {
         title.push(Span::styled(
             format!("{} ", format::value_unit(v, unit)),
             theme::state(st),
         ));
     }
-    title.push(Span::styled(format!("● {} ", st.label()), theme::state(st)));
+    let silenced = app
+        .silenced_until(&d.series)
+        .map(|until| format!("silenced for {} ", format::age(until - app.now())));
+    match (st, &silenced) {
+        (SeriesState::Silenced, Some(text)) => {
+            title.push(Span::styled(format!("● {text}"), theme::state(st)));
+        }
+        (_, silenced) => {
+            title.push(Span::styled(format!("● {} ", st.label()), theme::state(st)));
+            if let Some(text) = silenced {
+                title.push(Span::styled(
+                    format!("· {text}"),
+                    theme::state(SeriesState::Silenced),
+                ));
+            }
+        }
+    }
+    if st != SeriesState::Acked && app.is_acked(&d.series) {
+        title.push(Span::styled("· acked ", theme::state(SeriesState::Acked)));
+    }
     if d.history.is_none() {
         title.push(Span::styled("· loading history… ", theme::WARN));
     }
@@ -49,7 +71,7 @@ pub fn draw_chart(frame: &mut Frame, area: Rect, app: &App) {
         ranges.push(Span::styled(format!(" {} {} ", i + 1, r.label()), style));
         ranges.push(Span::raw(" "));
     }
-    let block = Block::default()
+    let mut block = Block::default()
         .borders(Borders::ALL)
         .border_style(theme::border(true))
         .title(Line::from(title))
@@ -110,6 +132,23 @@ pub fn draw_chart(frame: &mut Frame, area: Rect, app: &App) {
         Color::LightBlue,
         Color::Magenta,
     ];
+    // The legend goes in the bottom border, where it covers no data.
+    let mut legend = vec![
+        Span::styled("── ", Style::new().fg(Color::Cyan)),
+        Span::raw(format!("{} ", format::printable(&d.series))),
+    ];
+    for (i, t) in thresholds.iter().enumerate() {
+        legend.push(Span::styled(
+            "── ",
+            Style::new().fg(colours[i % colours.len()]),
+        ));
+        legend.push(Span::raw(format!(
+            "{} {} ",
+            t.label,
+            format::value(t.value)
+        )));
+    }
+    block = block.title_bottom(Line::from(legend).alignment(Alignment::Right));
     let mut datasets = vec![Dataset::default()
         .name(d.series.clone())
         .marker(Marker::Braille)
@@ -144,10 +183,7 @@ pub fn draw_chart(frame: &mut Frame, area: Rect, app: &App) {
         .block(block)
         .x_axis(x)
         .y_axis(y)
-        .hidden_legend_constraints((
-            ratatui::layout::Constraint::Percentage(50),
-            ratatui::layout::Constraint::Percentage(50),
-        ));
+        .legend_position(None);
     frame.render_widget(chart, area);
 }
 
@@ -176,8 +212,8 @@ pub fn draw_history(frame: &mut Frame, area: Rect, app: &App) {
                     format!("{:<8} ", e.severity.as_str()),
                     theme::severity(e.severity),
                 ),
-                Span::raw(format!("{}{value} ", e.rule)),
-                Span::styled(e.message.as_str(), theme::DIM),
+                Span::raw(format!("{}{value} ", format::printable(&e.rule))),
+                Span::styled(format::printable(&e.message), theme::DIM),
             ]))
         })
         .collect();

@@ -1,6 +1,36 @@
 //! Compact text for the terminal: values, ages, durations and text sparklines. Pure.
 
+use std::borrow::Cow;
+
 use crate::model::Timestamp;
+
+/// `text` safe to print on a terminal: control characters (ESC, BEL, newlines, tabs,
+/// DEL, C1 codes) and the invisible direction overrides are shown as escapes (`\n`,
+/// `\u{1b}`), so a name from the network cannot move the cursor, change colours or
+/// hide part of itself. Everything else is kept as it is.
+pub fn printable(text: &str) -> Cow<'_, str> {
+    let odd = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    if !text.chars().any(odd) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if odd(c) {
+            match c {
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                '\t' => out.push_str("\\t"),
+                c => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
 
 /// A value in at most about seven characters, aligned on the right by the caller:
 /// `612`, `21.50`, `-3.25`, `123.4`, `12.3k`, `1.23M`.
@@ -131,6 +161,16 @@ mod tests {
         assert_eq!(value(0.0), "0");
         assert_eq!(value(0.001_5), "1.500e-3");
         assert_eq!(value_unit(21.5, Some("°C")), "21.50 °C");
+    }
+
+    #[test]
+    fn odd_characters_are_escaped() {
+        assert_eq!(printable("lab/node7/co2"), "lab/node7/co2");
+        assert!(matches!(printable("°C"), Cow::Borrowed(_)));
+        assert_eq!(printable("a\u{1b}[2Jb"), "a\\u{1b}[2Jb");
+        assert_eq!(printable("bell\u{7}"), "bell\\u{7}");
+        assert_eq!(printable("two\nlines\r\t"), "two\\nlines\\r\\t");
+        assert_eq!(printable("x\u{202e}y\u{9b}"), "x\\u{202e}y\\u{9b}");
     }
 
     #[test]

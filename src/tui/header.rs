@@ -58,7 +58,7 @@ fn header(app: &App, fit: Fit) -> Line<'static> {
         ));
         return Line::from(spans);
     };
-    if s.broker_up {
+    if s.broker_up && !s.offline {
         spans.push(Span::styled("● ", theme::GOOD));
         spans.push(Span::raw(if compact {
             "broker".to_string()
@@ -90,11 +90,21 @@ fn header(app: &App, fit: Fit) -> Line<'static> {
         return Line::from(spans);
     }
     let old = app.now() - app.status_at();
-    if old > STATUS_OLD_MS {
+    if s.offline || old > STATUS_OLD_MS {
+        // The figures are the service's last words: say so instead of showing them.
+        spans.push(Span::raw("  "));
+        spans.push(Span::styled(" SERVICE OFFLINE ", theme::BAD));
         spans.push(Span::styled(
-            format!("  status {} old", format::age(old)),
+            if compact {
+                format!("  {} ago", format::age(old))
+            } else if s.offline {
+                "  it said goodbye; waiting for it to return".to_string()
+            } else {
+                format!("  no status for {}", format::age(old))
+            },
             theme::WARN,
         ));
+        return Line::from(spans);
     }
     spans.push(Span::raw("  "));
     let r = s.readings_per_s;

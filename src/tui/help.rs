@@ -9,20 +9,18 @@ use ratatui::Frame;
 use super::state::{App, Popup};
 use super::theme;
 
+/// The keys, one line each; a second line of a key starts with an empty key. Lines are
+/// kept short enough for the smallest screen, so none wraps.
 const KEYS: &[(&str, &str)] = &[
-    ("↑ ↓  j k", "move in the pane (PgUp PgDn, g G: page, ends)"),
+    ("↑ ↓  j k", "move in the pane"),
+    ("PgUp PgDn", "a page; g G: first, last"),
     ("Tab", "next pane: series, alerts, events"),
-    (
-        "Enter",
-        "series detail (chart, thresholds, alert history); event in full",
-    ),
+    ("Enter", "series detail: chart, thresholds, alerts"),
+    ("", "on an event: the event in full"),
     ("1 2 3", "in detail: chart over 5 min, 1 h, 24 h"),
     ("Esc", "back; clears the filter"),
     ("a", "acknowledge the selected alert"),
-    (
-        "s",
-        "silence the series or rule for a while (asks how long)",
-    ),
+    ("s", "silence the series or rule (asks how long)"),
     ("u", "lift the silence of the series"),
     ("/", "filter series: part of the name, or MQTT + and #"),
     ("o  O", "sort by name, value, age, state; reverse"),
@@ -32,7 +30,7 @@ const KEYS: &[(&str, &str)] = &[
 
 pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
     match app.popup() {
-        Some(Popup::Help) => draw_help(frame, area),
+        Some(Popup::Help) => draw_help(frame, area, app),
         Some(Popup::Event(line)) => {
             let title = format!(" Event at {} ", crate::model::format_ts(line.ts));
             let r = centered(area, area.width.saturating_sub(8).min(100), 8);
@@ -42,9 +40,12 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
                 .border_style(theme::border(true))
                 .title(Span::styled(title, theme::TITLE))
                 .title_bottom(Line::styled(" Esc closes ", theme::DIM));
-            let text = Paragraph::new(Line::styled(line.text.clone(), theme::level(line.level)))
-                .block(block)
-                .wrap(Wrap { trim: false });
+            let text = Paragraph::new(Line::styled(
+                super::format::printable(&line.text).into_owned(),
+                theme::level(line.level),
+            ))
+            .block(block)
+            .wrap(Wrap { trim: false });
             frame.render_widget(text, r);
         }
         Some(Popup::Filter { input }) => {
@@ -97,7 +98,7 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
     }
 }
 
-fn draw_help(frame: &mut Frame, area: Rect) {
+fn draw_help(frame: &mut Frame, area: Rect, app: &App) {
     let mut lines: Vec<Line> = KEYS
         .iter()
         .map(|(k, what)| {
@@ -109,15 +110,18 @@ fn draw_help(frame: &mut Frame, area: Rect) {
         .collect();
     lines.push(Line::raw(""));
     lines.push(Line::from(vec![
-        Span::styled("states  ", theme::DIM),
+        Span::styled("    states  ", theme::DIM),
         Span::styled("ok ", theme::GOOD),
         Span::styled("pending ", theme::state(super::state::SeriesState::Pending)),
         Span::styled("info ", theme::severity(crate::model::Severity::Info)),
         Span::styled("warning ", theme::severity(crate::model::Severity::Warning)),
         Span::styled(
-            "critical ",
+            "critical",
             theme::severity(crate::model::Severity::Critical),
         ),
+    ]));
+    lines.push(Line::from(vec![
+        Span::raw("            "),
         Span::styled("acked ", theme::state(super::state::SeriesState::Acked)),
         Span::styled(
             "silenced ",
@@ -125,7 +129,17 @@ fn draw_help(frame: &mut Frame, area: Rect) {
         ),
         Span::styled("stale", theme::state(super::state::SeriesState::Stale)),
     ]));
-    let r = centered(area, 76, lines.len() as u16 + 2);
+    if !app.opts.about.is_empty() {
+        lines.push(Line::raw(""));
+        for (what, text) in &app.opts.about {
+            lines.push(Line::from(vec![
+                Span::styled(format!("{what:>10}  "), theme::TITLE),
+                Span::raw(text.clone()),
+            ]));
+        }
+    }
+    let w = lines.iter().map(Line::width).max().unwrap_or(0) as u16 + 4;
+    let r = centered(area, w, lines.len() as u16 + 2);
     frame.render_widget(Clear, r);
     let block = Block::default()
         .borders(Borders::ALL)

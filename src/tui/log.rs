@@ -30,7 +30,7 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
                 Span::styled(format::clock(l.ts), theme::DIM),
                 Span::raw(" "),
                 Span::styled(
-                    l.text.as_str(),
+                    format::printable(&l.text),
                     if l.level == LogLevel::Info {
                         ratatui::style::Style::new()
                     } else {

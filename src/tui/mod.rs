@@ -24,6 +24,7 @@ pub mod header;
 pub mod help;
 pub mod log;
 pub mod remote;
+pub mod seed;
 pub mod series_table;
 pub mod state;
 pub mod theme;
@@ -101,7 +102,13 @@ pub struct RunOptions {
     /// Applied before the live bus: what happened before the viewer started (the
     /// alerts already open, the last value of each series), so they show at once.
     pub initial: Vec<LiveEvent>,
+    /// The service's database, when reachable: the engine's silences are read from it
+    /// every [`SILENCES_EVERY`] (they send no event of their own).
+    pub db: Option<sqlx::SqlitePool>,
 }
+
+/// How often the engine's silences are read from the database.
+pub const SILENCES_EVERY: Duration = Duration::from_secs(3);
 
 /// Draws the whole screen from the state. [`App::prepare`] must have run since the
 /// last change.
@@ -134,7 +141,7 @@ pub fn draw(frame: &mut Frame, app: &App) {
         );
         return;
     }
-    let areas = state::Areas::compute(area);
+    let areas = app.areas();
     header::draw(frame, areas.header, app);
     if app.detail().is_some() {
         detail::draw_chart(frame, areas.chart, app);
@@ -186,9 +193,25 @@ pub async fn run(
     let mut hup = signal(SignalKind::hangup())?;
 
     let mut guard = TerminalGuard::enter()?;
+    let about = opts.app.about.clone();
     let mut app = App::new(opts.app, now_ms());
     app.set_thresholds(opts.thresholds);
     let now = now_ms();
+    // Where things are, also in the event log (oldest first, so they read in order).
+    for (what, text) in about.into_iter().rev() {
+        app.apply(
+            LiveEvent::Log {
+                ts: now,
+                level: crate::model::LogLevel::Info,
+                text: if what.is_empty() {
+                    text
+                } else {
+                    format!("{what}: {text}")
+                },
+            },
+            now,
+        );
+    }
     app.apply_initial(opts.initial, now);
     let size = guard.terminal.size()?;
     app.set_size(size.width, size.height);
@@ -198,6 +221,23 @@ pub async fn run(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let (hist_tx, mut hist_rx) = mpsc::channel::<(String, Vec<(Timestamp, f64)>)>(4);
     let (answer_tx, mut answer_rx) = mpsc::channel::<Result<String, String>>(8);
+    let (silences_tx, mut silences_rx) = mpsc::channel::<Vec<state::Silence>>(1);
+    let silences_task = opts.db.map(|pool| {
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(SILENCES_EVERY);
+            loop {
+                every.tick().await;
+                match seed::silences(&pool, now_ms()).await {
+                    Ok(s) => {
+                        if silences_tx.send(s).await.is_err() {
+                            break;
+                        }
+                    }
+                    Err(e) => tracing::debug!(error = %e, "cannot read silences"),
+                }
+            }
+        })
+    });
     let mut feed_open = true;
 
     loop {
@@ -289,6 +329,7 @@ pub async fn run(
                 }
             }
             Some((series, points)) = hist_rx.recv() => app.set_history(&series, points),
+            Some(silences) = silences_rx.recv() => app.set_engine_silences(silences),
             Some(answer) = answer_rx.recv() => match answer {
                 Ok(words) => app.notice(words),
                 Err(why) => app.notice(format!("refused: {why}")),
@@ -296,6 +337,9 @@ pub async fn run(
             _ = term.recv() => break,
             _ = hup.recv() => break,
         }
+    }
+    if let Some(t) = silences_task {
+        t.abort();
     }
     drop(guard);
     Ok(())

@@ -177,6 +177,12 @@ pub async fn feed(
                         if topic == STATUS_TOPIC {
                             match serde_json::from_slice::<PipelineStatus>(&payload) {
                                 Ok(s) => {
+                                    let was = last_status.as_ref().map(|l| l.offline);
+                                    if s.offline && was != Some(true) {
+                                        log(LogLevel::Error, "the service is offline: its last status says it stopped".to_string());
+                                    } else if !s.offline && was == Some(true) {
+                                        log(LogLevel::Info, "the service is back".to_string());
+                                    }
                                     last_status = Some(s.clone());
                                     send(LiveEvent::Status(s));
                                 }
@@ -195,6 +201,7 @@ pub async fn feed(
                                 decode_errors += 1;
                                 if last_error_log.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) {
                                     last_error_log = Some(Instant::now());
+                                    let topic = super::format::printable(&topic);
                                     log(LogLevel::Warn, format!("{topic}: {e} ({decode_errors} undecodable so far)"));
                                 }
                             }

@@ -13,6 +13,16 @@ use super::format;
 use super::state::{App, Areas, Focus, SeriesState};
 use super::theme;
 
+/// The series' name, then `acked` when one of its alerts is acknowledged and the
+/// state label says something louder.
+pub fn name_with_marks(app: &App, name: &str, st: SeriesState) -> Vec<Span<'static>> {
+    let mut spans = vec![Span::raw(format::printable(name).into_owned())];
+    if st != SeriesState::Acked && app.is_acked(name) {
+        spans.push(Span::styled(" acked", theme::state(SeriesState::Acked)));
+    }
+    spans
+}
+
 pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
     let (sel, offset) = app.selection(Focus::Series);
     let (sort, reverse) = app.sort();
@@ -28,6 +38,29 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
             theme::DIM,
         ),
     ];
+    if let Some(n) = app
+        .status()
+        .map(|s| s.decode_errors_total)
+        .filter(|n| *n > 0)
+    {
+        // Messages that gave no reading: how many and why, so a wrong payload format
+        // shows here rather than as a silent gap.
+        let why: Vec<String> = app
+            .status()
+            .into_iter()
+            .flat_map(|s| &s.decode_errors)
+            .map(|(r, n)| format!("{n} {}", r.replace('_', " ")))
+            .collect();
+        let short = format!("· {n} bad payloads ");
+        let long = format!("· bad payloads: {} ", why.join(", "));
+        let used: usize = title.iter().map(Span::width).sum();
+        let text = if why.is_empty() || used + long.chars().count() + 2 > area.width as usize {
+            short
+        } else {
+            long
+        };
+        title.push(Span::styled(text, theme::WARN));
+    }
     if let Some(f) = app.filter() {
         title.push(Span::styled(format!("· filter {f} "), theme::WARN));
     }
@@ -36,13 +69,7 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
         .border_style(theme::border(app.focus() == Focus::Series))
         .title(Line::from(title));
 
-    let trend = if area.width >= 100 {
-        24
-    } else if area.width >= 80 {
-        12
-    } else {
-        0
-    };
+    let trend = app.areas().trend as usize;
     let now = app.now();
     let rows = app
         .rows()
@@ -59,7 +86,7 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
                 .unwrap_or_else(|| "-".to_string());
             let mut cells = vec![
                 Cell::from(Span::styled(format!("● {}", st.label()), style)),
-                Cell::from(Span::raw(&*s.name)),
+                Cell::from(Line::from(name_with_marks(app, &s.name, st))),
                 Cell::from(
                     Line::from(Span::styled(
                         value,
@@ -72,7 +99,7 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
                     .alignment(Alignment::Right),
                 ),
                 Cell::from(Span::styled(
-                    s.unit.as_deref().unwrap_or("").to_string(),
+                    format::printable(s.unit.as_deref().unwrap_or("")),
                     theme::DIM,
                 )),
             ];
@@ -91,7 +118,8 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
         Constraint::Length(10),
         Constraint::Fill(1),
         Constraint::Length(8),
-        Constraint::Length(5),
+        // Units are short words (°C, ppm, bottles): shown whole.
+        Constraint::Length(app.content().unit_width.max(4)),
     ];
     if trend > 0 {
         header.push("trend");

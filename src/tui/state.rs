@@ -13,6 +13,7 @@ use crossterm::event::{
     KeyCode, KeyEvent, KeyEventKind, KeyModifiers, MouseButton, MouseEvent, MouseEventKind,
 };
 use ratatui::layout::{Position, Rect};
+use ratatui::text::Span;
 
 use crate::model::{
     topic_matches, AlertEvent, AlertState, Control, LiveEvent, LogLevel, PipelineStatus, SeriesId,
@@ -31,6 +32,8 @@ pub const ALERT_HISTORY_CAP: usize = 2_000;
 /// Below this size the layout does not fit and a message is shown instead.
 pub const MIN_WIDTH: u16 = 60;
 pub const MIN_HEIGHT: u16 = 15;
+/// Bad payloads are told in the event log at most this often.
+pub const DECODE_LOG_EVERY_MS: i64 = 10_000;
 /// Redraw at most this often.
 pub const REDRAW_INTERVAL_MS: u64 = 100;
 /// History points kept for a chart after downsampling (min and max per bucket).
@@ -43,6 +46,9 @@ pub struct Options {
     pub stale_after_ms: i64,
     /// Who the engine records for acknowledgements and silences.
     pub by: String,
+    /// Where things are, shown in the help popup: (what, text), e.g. the demo's
+    /// broker address, database path and a `mosquitto_sub` command to try.
+    pub about: Vec<(String, String)>,
 }
 
 impl Default for Options {
@@ -50,6 +56,7 @@ impl Default for Options {
         Self {
             stale_after_ms: 60_000,
             by: "tui".to_string(),
+            about: Vec::new(),
         }
     }
 }
@@ -273,12 +280,48 @@ pub struct Areas {
     pub chart: Rect,
     pub history: Rect,
     pub footer: Rect,
+    /// Width of the series table's sparkline column (0: none).
+    pub trend: u16,
+}
+
+/// What the panes hold, so the layout can give room where the text is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Content {
+    /// Rows of the series table and of the alerts pane.
+    pub series: usize,
+    pub alerts: usize,
+    /// Widest series name and unit, in columns.
+    pub name_width: u16,
+    pub unit_width: u16,
+    /// Widest event line on screen (time stamp included), in columns.
+    pub log_width: u16,
+}
+
+/// At least this wide, the events get a column of their own beside the series table
+/// and the alerts; narrower, the three panes are stacked.
+pub const COLUMNS_FROM: u16 = 140;
+
+impl Content {
+    /// Columns the series table needs to show every name and unit whole, with a
+    /// sparkline `trend` wide (borders included).
+    pub fn series_width(&self, trend: u16) -> u16 {
+        // state, name, value, unit, [trend], age; one space between columns.
+        let mut w = 10 + self.name_width.max(6) + 8 + self.unit_width.max(4) + 5 + 4;
+        if trend > 0 {
+            w += trend + 1;
+        }
+        w + 2
+    }
 }
 
 impl Areas {
-    /// Overview: header, series table, alerts and log under it (side by side when
-    /// wide), footer. Detail: header, chart, alert history, footer.
-    pub fn compute(area: Rect) -> Self {
+    /// Overview: header, series table, alerts and events, footer. Narrow, the three
+    /// panes are stacked; from [`COLUMNS_FROM`] columns the events get a column of
+    /// their own as wide as their text, beside the series table and the alerts as
+    /// wide as theirs. Heights follow what each pane holds: the alerts pane shows
+    /// every open alert (up to half the screen), the series table takes what its rows
+    /// need, the events the rest. Detail: header, chart, alert history, footer.
+    pub fn compute(area: Rect, c: &Content) -> Self {
         let header = Rect { height: 1, ..area };
         let footer = Rect {
             y: area.bottom().saturating_sub(1),
@@ -290,38 +333,80 @@ impl Areas {
             height: area.height.saturating_sub(2),
             ..area
         };
-        let bottom_h = (body.height * 2 / 5).max(7).min(body.height);
-        let series = Rect {
-            height: body.height - bottom_h,
-            ..body
-        };
-        let bottom = Rect {
-            y: series.bottom(),
-            height: bottom_h,
-            ..body
-        };
-        let (alerts, log) = if area.width >= 100 {
-            let w = bottom.width * 3 / 5;
+        let h = body.height;
+        // Bordered tables: two borders and a header row around the rows.
+        let alerts_want = (c.alerts as u16).saturating_add(3).max(4);
+        let series_want = (c.series as u16).saturating_add(3).max(5);
+        let (series, alerts, log, trend) = if area.width >= COLUMNS_FROM {
+            let log_min = 40u16;
+            // The sparkline is the first thing to give up for the events' text, but
+            // a short one stays while the events keep 80 columns.
+            let trend = [24u16, 12, 0]
+                .into_iter()
+                .find(|t| c.series_width(*t) + log_min.max(c.log_width + 2) <= area.width)
+                .unwrap_or(if c.series_width(12) + 80 <= area.width {
+                    12
+                } else {
+                    0
+                });
+            let left_w = c
+                .series_width(trend)
+                .clamp(60, area.width.saturating_sub(log_min));
+            let alerts_h = alerts_want.min(h / 2);
+            // The alerts take what the series rows leave: more alerts may come.
+            let series_h = series_want.max(h / 3).min(h - alerts_h);
+            let alerts_h = h - series_h;
+            let left = Rect {
+                width: left_w,
+                ..body
+            };
             (
-                Rect { width: w, ..bottom },
                 Rect {
-                    x: bottom.x + w,
-                    width: bottom.width - w,
-                    ..bottom
+                    height: series_h,
+                    ..left
                 },
+                Rect {
+                    y: body.y + series_h,
+                    height: alerts_h,
+                    ..left
+                },
+                Rect {
+                    x: body.x + left_w,
+                    width: body.width - left_w,
+                    ..body
+                },
+                trend,
             )
         } else {
-            let h = bottom.height / 2;
+            let log_min = 4u16.min(h);
+            let alerts_h = alerts_want.min(h / 2);
+            let series_h = series_want
+                .min(h.saturating_sub(alerts_h + log_min))
+                .max(5.min(h.saturating_sub(alerts_h)));
+            let log_h = h.saturating_sub(alerts_h + series_h);
+            let trend = if area.width >= 100 {
+                24
+            } else if area.width >= 80 {
+                12
+            } else {
+                0
+            };
             (
                 Rect {
-                    height: h,
-                    ..bottom
+                    height: series_h,
+                    ..body
                 },
                 Rect {
-                    y: bottom.y + h,
-                    height: bottom.height - h,
-                    ..bottom
+                    y: body.y + series_h,
+                    height: alerts_h,
+                    ..body
                 },
+                Rect {
+                    y: body.y + series_h + alerts_h,
+                    height: log_h,
+                    ..body
+                },
+                trend,
             )
         };
         let hist_h = (body.height / 4).clamp(4, 10).min(body.height);
@@ -342,6 +427,7 @@ impl Areas {
             chart,
             history,
             footer,
+            trend,
         }
     }
 
@@ -364,6 +450,9 @@ pub struct App {
     /// The rows of the series table: filtered and sorted, rebuilt by [`App::prepare`].
     order: Vec<SeriesId>,
     order_stale: bool,
+    /// Widest name and unit among the rows, for the layout.
+    name_width: u16,
+    unit_width: u16,
     /// Open alerts by (series, rule).
     alerts: BTreeMap<(String, String), Alert>,
     /// The rows of the alerts pane, rebuilt by [`App::prepare`].
@@ -371,9 +460,14 @@ pub struct App {
     alerts_stale: bool,
     alert_history: VecDeque<AlertEvent>,
     silences: Vec<Silence>,
+    /// The engine's silences as last read from the store (any source: Telegram, other
+    /// viewers, the control topic).
+    engine_silences: Vec<Silence>,
     log: VecDeque<LogLine>,
     status: Option<PipelineStatus>,
     status_at: Timestamp,
+    /// Bad payloads by reason and in all as last told in the event log, and when.
+    decode_told: (Vec<(String, u64)>, u64, Option<Timestamp>),
     /// Events the live bus dropped because this viewer fell behind.
     lagged: u64,
     feed_closed: bool,
@@ -403,14 +497,18 @@ impl App {
             series: HashMap::new(),
             order: Vec::new(),
             order_stale: false,
+            name_width: 0,
+            unit_width: 0,
             alerts: BTreeMap::new(),
             alert_order: Vec::new(),
             alerts_stale: false,
             alert_history: VecDeque::new(),
             silences: Vec::new(),
+            engine_silences: Vec::new(),
             log: VecDeque::new(),
             status: None,
             status_at: 0,
+            decode_told: (Vec::new(), 0, None),
             lagged: 0,
             feed_closed: false,
             thresholds: Vec::new(),
@@ -449,8 +547,9 @@ impl App {
                         }
                     };
                     s.value = Some(r.value);
-                    if r.unit.is_some() {
+                    if r.unit.is_some() && r.unit != s.unit {
                         s.unit.clone_from(&r.unit);
+                        self.order_stale = true;
                     }
                     if s.recent.len() == RECENT_CAP {
                         s.recent.pop_front();
@@ -461,6 +560,7 @@ impl App {
             }
             LiveEvent::Alert(ev) => self.apply_alert(ev),
             LiveEvent::Status(s) => {
+                self.note_decode_errors(&s, now);
                 self.status = Some(s);
                 self.status_at = now;
             }
@@ -549,6 +649,43 @@ impl App {
         self.alert_history.push_back(ev);
     }
 
+    /// Tells in the event log which kinds of bad payload arrived since it last told,
+    /// at most every [`DECODE_LOG_EVERY_MS`].
+    fn note_decode_errors(&mut self, s: &PipelineStatus, now: Timestamp) {
+        if s.decode_errors_total <= self.decode_told.1
+            || self
+                .decode_told
+                .2
+                .is_some_and(|t| now - t < DECODE_LOG_EVERY_MS)
+        {
+            return;
+        }
+        let before = |r: &str| {
+            self.decode_told
+                .0
+                .iter()
+                .find(|(x, _)| x == r)
+                .map_or(0, |(_, n)| *n)
+        };
+        let mut parts: Vec<String> = s
+            .decode_errors
+            .iter()
+            .filter(|(r, n)| *n > before(r))
+            .map(|(r, n)| format!("{} {}", n - before(r), r.replace('_', " ")))
+            .collect();
+        let new = s.decode_errors_total - self.decode_told.1;
+        if parts.is_empty() {
+            parts.push(format!("{new}"));
+        }
+        let text = format!(
+            "bad payloads skipped: {} ({} in all; topics in the service's log)",
+            parts.join(", "),
+            s.decode_errors_total
+        );
+        self.decode_told = (s.decode_errors.clone(), s.decode_errors_total, Some(now));
+        self.push_log(now, LogLevel::Warn, text);
+    }
+
     fn push_log(&mut self, ts: Timestamp, level: LogLevel, text: String) {
         if self.log.len() == LOG_CAP {
             self.log.pop_back();
@@ -617,6 +754,7 @@ impl App {
     /// Rebuilds the sorted rows and keeps the selections in view. Call before drawing.
     pub fn prepare(&mut self) {
         self.silences.retain(|s| s.until > self.now);
+        self.engine_silences.retain(|s| s.until > self.now);
         if self.order_stale || matches!(self.sort, SortKey::Value | SortKey::Age | SortKey::State) {
             self.rebuild_order();
         }
@@ -662,6 +800,15 @@ impl App {
         if self.reverse {
             rows.reverse();
         }
+        let width = |t: &str| Span::raw(format::printable(t)).width().min(200) as u16;
+        self.name_width = rows.iter().map(|s| width(&s.name)).max().unwrap_or(0);
+        self.unit_width = rows
+            .iter()
+            .filter_map(|s| s.unit.as_deref())
+            .map(width)
+            .max()
+            .unwrap_or(0)
+            .min(16);
         self.order = rows.into_iter().map(|s| s.name.clone()).collect();
         if let Some(name) = &self.selected_name {
             if let Some(i) = self.order.iter().position(|n| n == name) {
@@ -684,7 +831,7 @@ impl App {
     }
 
     fn clamp_all(&mut self) {
-        let areas = Areas::compute(self.size);
+        let areas = self.areas();
         let lens = [self.order.len(), self.alert_order.len(), self.log.len()];
         let heights = [
             Areas::table_rows(areas.series),
@@ -705,6 +852,32 @@ impl App {
     }
 
     // ---- reading the state (for the widgets) ---------------------------------------
+
+    /// What the panes hold, for the layout.
+    pub fn content(&self) -> Content {
+        let rows = self.size.height as usize;
+        let log_width = self
+            .log
+            .iter()
+            .skip(self.offset[2])
+            .take(rows)
+            .map(|l| Span::raw(format::printable(&l.text)).width() + 9)
+            .max()
+            .unwrap_or(0)
+            .min(u16::MAX as usize) as u16;
+        Content {
+            series: self.order.len(),
+            alerts: self.alert_order.len(),
+            name_width: self.name_width,
+            unit_width: self.unit_width,
+            log_width,
+        }
+    }
+
+    /// The screen areas for the current size and content.
+    pub fn areas(&self) -> Areas {
+        Areas::compute(self.size, &self.content())
+    }
 
     pub fn now(&self) -> Timestamp {
         self.now
@@ -828,11 +1001,41 @@ impl App {
             .filter(move |t| topic_matches(&t.pattern, series))
     }
 
-    /// Whether a silence this viewer asked for covers the alert.
+    /// Whether a silence (the engine's, or one this viewer asked for) covers the alert.
     pub fn is_silenced(&self, a: &Alert) -> bool {
-        self.silences.iter().any(|s| {
+        self.all_silences().any(|s| {
             s.until > self.now && (topic_matches(&s.pattern, &a.series) || s.pattern == a.rule)
         })
+    }
+
+    fn all_silences(&self) -> impl Iterator<Item = &Silence> {
+        self.silences.iter().chain(&self.engine_silences)
+    }
+
+    /// Until when notifications about `series` are silenced: by a silence of the
+    /// series itself or of the rule of one of its alerts. `None` when not silenced.
+    pub fn silenced_until(&self, series: &str) -> Option<Timestamp> {
+        let rules: Vec<&str> = self.alerts_of(series).map(|a| a.rule.as_str()).collect();
+        self.all_silences()
+            .filter(|s| {
+                s.until > self.now
+                    && (topic_matches(&s.pattern, series) || rules.contains(&s.pattern.as_str()))
+            })
+            .map(|s| s.until)
+            .max()
+    }
+
+    /// Whether one of the series' alerts is acknowledged.
+    pub fn is_acked(&self, series: &str) -> bool {
+        self.alerts_of(series)
+            .any(|a| a.state == AlertState::Acknowledged)
+    }
+
+    /// The engine's silences, as read from the store; replaces the previous list.
+    pub fn set_engine_silences(&mut self, silences: Vec<Silence>) {
+        self.engine_silences = silences;
+        self.order_stale = true;
+        self.dirty = true;
     }
 
     /// The colour-giving state of a series.
@@ -858,6 +1061,10 @@ impl App {
             if st.rank() > best.rank() {
                 best = st;
             }
+        }
+        // Notifications about it are held: say so rather than `ok` or `stale`.
+        if best.rank() < SeriesState::Silenced.rank() && self.silenced_until(&s.name).is_some() {
+            best = SeriesState::Silenced;
         }
         best
     }
@@ -1051,7 +1258,7 @@ impl App {
         if self.popup.is_some() || self.too_small() {
             return None;
         }
-        let areas = Areas::compute(self.size);
+        let areas = self.areas();
         let at = Position::new(ev.column, ev.row);
         let pane = if self.detail.is_some() {
             return None;
@@ -1106,7 +1313,7 @@ impl App {
     }
 
     fn page(&self) -> usize {
-        let a = Areas::compute(self.size);
+        let a = self.areas();
         match self.focus {
             Focus::Series => Areas::table_rows(a.series),
             Focus::Alerts => Areas::table_rows(a.alerts),
@@ -1225,6 +1432,7 @@ impl App {
     fn unsilence(&mut self) -> Option<Action> {
         let pattern = self.silence_targets().into_iter().next()?;
         self.silences.retain(|s| s.pattern != pattern);
+        self.engine_silences.retain(|s| s.pattern != pattern);
         self.order_stale = true;
         self.notice(format!("unsilence sent: {pattern}"));
         Some(Action::Control(Control::Unsilence {

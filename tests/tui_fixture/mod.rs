@@ -56,6 +56,7 @@ pub fn status(broker_up: bool) -> PipelineStatus {
         received_total: 1_000_000,
         stored_total: 999_000,
         decode_errors_total: 3,
+        decode_errors: vec![("not_a_number".into(), 2), ("malformed_json".into(), 1)],
         outbox_pending: 2,
         outbox_dead: 1,
         outputs: vec![OutputStatus {
@@ -64,6 +65,7 @@ pub fn status(broker_up: bool) -> PipelineStatus {
             value: 17,
             warn: true,
         }],
+        offline: false,
     }
 }
 

@@ -1,123 +1,18 @@
-//! SQLite store: readings as per-series chunks, per-minute rollups, the series
-//! catalogue, the alerts history and the alert state that survives a restart.
-//!
-//! The writer is one task that owns its connection. Readings are buffered per series
-//! and written once per `flush_interval` in a single transaction: one chunk row per
-//! series, one rollup upsert per series-minute, one catalogue upsert per series —
-//! writes grow with the number of series, not of readings, which spares SD cards.
-//! Small chunks are later merged per series and hour ([`Writer::compact`]); retention
-//! deletes old rows in small steps so no statement holds the database for long.
+//! The writer task: readings buffered per series and written once per
+//! `flush_interval` in a single transaction (one chunk row per series, one rollup upsert
+//! per series-minute, catalogue upserts), while alert batches and maintenance run
+//! between flushes.
 
 use std::collections::{HashMap, VecDeque};
-use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 use tokio::sync::mpsc;
 
-use super::chunk;
-use crate::engine::{AlertRecord, SilenceRecord};
-use crate::model::{format_ts, AlertEvent, AlertState, Reading, SeriesId, Severity, Timestamp};
-
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("database {path}: {source}")]
-    Open { path: String, source: sqlx::Error },
-    #[error("database migration failed: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
-    #[error("database: {0}")]
-    Sql(#[from] sqlx::Error),
-    #[error("outbox: {0}")]
-    Outbox(String),
-    #[error("corrupt chunk {id}: {source}")]
-    Chunk { id: i64, source: chunk::ChunkError },
-}
-
-/// Opens (creating when missing) the database at `path` with WAL and
-/// `synchronous = NORMAL`, and brings its schema up to date.
-pub async fn open(path: &Path) -> Result<SqlitePool, StoreError> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        let _ = std::fs::create_dir_all(dir);
-    }
-    let opts = SqliteConnectOptions::new()
-        .filename(path)
-        .create_if_missing(true)
-        .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(SqliteSynchronous::Normal)
-        .busy_timeout(Duration::from_secs(10))
-        .pragma("temp_store", "memory");
-    let pool = SqlitePoolOptions::new()
-        .max_connections(4)
-        .connect_with(opts)
-        .await
-        .map_err(|source| StoreError::Open {
-            path: path.display().to_string(),
-            source,
-        })?;
-    sqlx::migrate!().run(&pool).await?;
-    Ok(pool)
-}
-
-/// Opens an existing database for reading (CLI commands): a missing file is an error
-/// rather than a new empty database.
-pub async fn open_existing(path: &Path) -> Result<SqlitePool, StoreError> {
-    if !path.exists() {
-        return Err(StoreError::Open {
-            path: path.display().to_string(),
-            source: sqlx::Error::Configuration("no such file".into()),
-        });
-    }
-    open(path).await
-}
-
-/// What flows into the writer task.
-#[derive(Debug)]
-pub enum StoreMsg {
-    Readings(Arc<[Reading]>),
-    /// Alert transitions and the engine state they leave behind, written in one
-    /// transaction so a crash never separates an event from its state.
-    Alerts(AlertBatch),
-    /// Write everything buffered now, then answer.
-    Flush(tokio::sync::oneshot::Sender<()>),
-}
-
-/// What the engine hands the store after a reading or a tick.
-#[derive(Debug, Default, Clone)]
-pub struct AlertBatch {
-    pub events: Vec<AlertEvent>,
-    /// Alert states changed since the last batch (upsert by rule and series).
-    pub state: Vec<AlertRecord>,
-    /// The whole set of silences, when it changed.
-    pub silences: Option<Vec<SilenceRecord>>,
-}
-
-impl AlertBatch {
-    pub fn is_empty(&self) -> bool {
-        self.events.is_empty() && self.state.is_empty() && self.silences.is_none()
-    }
-}
-
-/// Counters the writer keeps; read by the status line, `/metrics` and the bench.
-#[derive(Debug, Default)]
-pub struct StoreStats {
-    pub stored: AtomicU64,
-    pub flushes: AtomicU64,
-    pub chunks_written: AtomicU64,
-    pub errors: AtomicU64,
-    pub events: AtomicU64,
-}
-
-#[derive(Debug, Clone)]
-pub struct WriterConfig {
-    pub flush_interval: Duration,
-    pub retention: Duration,
-    pub rollup_retention: Duration,
-    /// How often small chunks are merged and old rows deleted.
-    pub maintenance_interval: Duration,
-}
+use super::{chunk, StoreError, StoreMsg, StoreStats, WriterConfig};
+use crate::model::{Reading, SeriesId, Timestamp};
 
 /// How often the catalogue's last seen and last value are written.
 const CATALOGUE_EVERY_MS: i64 = 60_000;
@@ -159,11 +54,11 @@ struct Band {
 
 /// Buffers readings per series and writes them in one transaction per flush.
 pub struct Writer {
-    pool: SqlitePool,
+    pub(super) pool: SqlitePool,
     ids: HashMap<SeriesId, i64>,
     pending: HashMap<SeriesId, Pending>,
     /// Notifications of alert events are written with them and the workers woken.
-    outbox: Option<crate::notify::Outbox>,
+    pub(super) outbox: Option<crate::notify::Outbox>,
     deadband: Vec<crate::config::DeadbandConfig>,
     /// Per series: its deadband (`None`: every reading is stored).
     bands: HashMap<SeriesId, Option<Band>>,
@@ -177,7 +72,7 @@ pub struct Writer {
 }
 
 /// Rows per multi-row INSERT (SQLite allows 32,766 bound values).
-const ROWS_PER_STATEMENT: usize = 200;
+pub(super) const ROWS_PER_STATEMENT: usize = 200;
 
 impl Writer {
     pub fn new(pool: SqlitePool) -> Self {
@@ -479,172 +374,6 @@ impl Writer {
         }
         Ok(())
     }
-
-    /// Appends alert events to the history and saves the engine state, in one
-    /// transaction.
-    pub async fn write_alerts(&self, batch: &AlertBatch, now: Timestamp) -> Result<(), StoreError> {
-        if batch.is_empty() {
-            return Ok(());
-        }
-        let mut tx = self.pool.begin().await?;
-        for part in batch.events.chunks(ROWS_PER_STATEMENT) {
-            let mut q = sqlx::QueryBuilder::new(
-                "INSERT INTO alerts (rule, series, state, severity, value, unit, ts, message, notify) ",
-            );
-            q.push_values(part, |mut b, e| {
-                b.push_bind(&e.rule)
-                    .push_bind(&e.series)
-                    .push_bind(e.state.as_str())
-                    .push_bind(e.severity.as_str())
-                    .push_bind(e.value)
-                    .push_bind(e.unit.as_deref())
-                    .push_bind(e.ts)
-                    .push_bind(&e.message)
-                    .push_bind(e.notify.join(","));
-            });
-            q.build().execute(&mut *tx).await?;
-        }
-        for part in batch.state.chunks(ROWS_PER_STATEMENT) {
-            let mut q =
-                sqlx::QueryBuilder::new("INSERT INTO alert_state (rule, series, record, updated) ");
-            q.push_values(part, |mut b, r| {
-                // Plain data with string keys: serialising cannot fail.
-                let json = serde_json::to_string(r).unwrap_or_default();
-                b.push_bind(&r.rule)
-                    .push_bind(&r.series)
-                    .push_bind(json)
-                    .push_bind(now);
-            });
-            q.push(" ON CONFLICT(rule, series) DO UPDATE SET record = excluded.record, updated = excluded.updated");
-            q.build().execute(&mut *tx).await?;
-        }
-        if let Some(silences) = &batch.silences {
-            sqlx::query("DELETE FROM silences")
-                .execute(&mut *tx)
-                .await?;
-            for s in silences {
-                sqlx::query("INSERT OR REPLACE INTO silences (id, record) VALUES (?, ?)")
-                    .bind(&s.pattern)
-                    .bind(serde_json::to_string(s).unwrap_or_default())
-                    .execute(&mut *tx)
-                    .await?;
-            }
-        }
-        let notified = match &self.outbox {
-            Some(_) => crate::notify::outbox::enqueue_in(&mut tx, &batch.events, now)
-                .await
-                .map_err(|e| StoreError::Outbox(e.to_string()))?,
-            None => 0,
-        };
-        tx.commit().await?;
-        if let (Some(outbox), true) = (&self.outbox, notified > 0) {
-            outbox.wake();
-        }
-        self.stats
-            .events
-            .fetch_add(batch.events.len() as u64, Ordering::Relaxed);
-        Ok(())
-    }
-
-    /// Merges the chunks written flush by flush that lie wholly before `before` into
-    /// one chunk per series and hour, indexed by series. Works on at most `max_rows`
-    /// chunks per call; returns how many merged chunks it wrote.
-    pub async fn compact(&self, before: Timestamp, max_rows: i64) -> Result<usize, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, series_id, first_ts, data FROM chunks WHERE compacted = 0 AND last_ts < ? LIMIT ?",
-        )
-        .bind(before)
-        .bind(max_rows)
-        .fetch_all(&self.pool)
-        .await?;
-        // (series, hour) → (chunk ids, points)
-        // (chunk ids, their points)
-        type Group = (Vec<i64>, Vec<(Timestamp, f64)>);
-        let mut groups: std::collections::BTreeMap<(i64, i64), Group> =
-            std::collections::BTreeMap::new();
-        for row in &rows {
-            let id: i64 = row.try_get("id")?;
-            let series_id: i64 = row.try_get("series_id")?;
-            let first: i64 = row.try_get("first_ts")?;
-            let data: Vec<u8> = row.try_get("data")?;
-            let g = groups
-                .entry((series_id, first.div_euclid(3_600_000)))
-                .or_default();
-            g.0.push(id);
-            g.1.extend(chunk::decode(&data).map_err(|source| StoreError::Chunk { id, source })?);
-        }
-        let written = groups.len();
-        let mut tx = self.pool.begin().await?;
-        for ((series_id, _), (ids, mut points)) in groups {
-            if points.is_empty() {
-                continue;
-            }
-            points.sort_by_key(|p| p.0);
-            let (first, last) = (points[0].0, points[points.len() - 1].0);
-            sqlx::query(
-                "INSERT INTO chunks (series_id, first_ts, last_ts, count, compacted, data) VALUES (?, ?, ?, ?, 1, ?)",
-            )
-            .bind(series_id)
-            .bind(first)
-            .bind(last)
-            .bind(points.len() as i64)
-            .bind(chunk::encode(&points))
-            .execute(&mut *tx)
-            .await?;
-            for part in ids.chunks(500) {
-                let mut q = sqlx::QueryBuilder::new("DELETE FROM chunks WHERE id IN (");
-                let mut sep = q.separated(", ");
-                for id in part {
-                    sep.push_bind(*id);
-                }
-                sep.push_unseparated(")");
-                q.build().execute(&mut *tx).await?;
-            }
-        }
-        tx.commit().await?;
-        Ok(written)
-    }
-
-    /// Deletes raw chunks that ended before `raw_before` and rollups before
-    /// `rollup_before`, at most `step` rows per statement; returns rows deleted.
-    pub async fn retention(
-        &self,
-        raw_before: Timestamp,
-        rollup_before: Timestamp,
-        step: i64,
-    ) -> Result<u64, StoreError> {
-        let mut a = 0;
-        // Literal `compacted` values, so each statement can use its partial index.
-        for sql in [
-            "DELETE FROM chunks WHERE id IN (SELECT id FROM chunks WHERE compacted = 1 AND last_ts < ?1 LIMIT ?2)",
-            "DELETE FROM chunks WHERE id IN (SELECT id FROM chunks WHERE compacted = 0 AND last_ts < ?1 LIMIT ?2)",
-        ] {
-            a += sqlx::query(sql)
-            .bind(raw_before)
-            .bind(step)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-        }
-        let b = sqlx::query(
-            "DELETE FROM rollups WHERE (series_id, minute) IN \
-             (SELECT series_id, minute FROM rollups WHERE minute < ? LIMIT ?)",
-        )
-        .bind(rollup_before)
-        .bind(step)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        let c = sqlx::query(
-            "DELETE FROM alerts WHERE id IN (SELECT id FROM alerts WHERE ts < ? LIMIT ?)",
-        )
-        .bind(rollup_before)
-        .bind(step)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        Ok(a + b + c)
-    }
 }
 
 /// Runs the writer until `rx` closes, then flushes what is left and returns.
@@ -681,7 +410,7 @@ pub async fn run_writer(mut w: Writer, mut rx: mpsc::Receiver<StoreMsg>, cfg: Wr
                 receiving(flush_logged(&mut w), &mut rx, &mut queue).await;
             }
             _ = maintenance.tick() => {
-                receiving(maintain(&mut w, &cfg), &mut rx, &mut queue).await;
+                receiving(super::maintenance::maintain(&mut w, &cfg), &mut rx, &mut queue).await;
             }
         }
     }
@@ -729,38 +458,6 @@ async fn receiving(
     }
 }
 
-/// The hourly merge of chunks, then retention, in small steps.
-async fn maintain(w: &mut Writer, cfg: &WriterConfig) {
-    flush_logged(w).await;
-    let now = crate::model::now_ms();
-    let retention = i64::try_from(cfg.retention.as_millis()).unwrap_or(i64::MAX);
-    let rollup_retention = i64::try_from(cfg.rollup_retention.as_millis()).unwrap_or(i64::MAX);
-    // Merge the flush-sized chunks of every hour that is over, in steps.
-    let hour_start = now - now.rem_euclid(3_600_000);
-    for _ in 0..20 {
-        match w.compact(hour_start, 20_000).await {
-            Ok(0) => break,
-            Ok(n) => tracing::debug!(chunks = n, "merged an hour's chunks"),
-            Err(e) => {
-                tracing::warn!(error = %e, "chunk compaction failed");
-                break;
-            }
-        }
-    }
-    match w
-        .retention(
-            now.saturating_sub(retention),
-            now.saturating_sub(rollup_retention),
-            5_000,
-        )
-        .await
-    {
-        Ok(n) if n > 0 => tracing::info!(rows = n, "retention deleted old rows"),
-        Ok(_) => {}
-        Err(e) => tracing::warn!(error = %e, "retention failed"),
-    }
-}
-
 async fn handle(w: &mut Writer, msg: StoreMsg) {
     match msg {
         StoreMsg::Readings(r) => w.add(&r),
@@ -783,251 +480,16 @@ async fn handle(w: &mut Writer, msg: StoreMsg) {
     }
 }
 
-async fn flush_logged(w: &mut Writer) {
+pub(super) async fn flush_logged(w: &mut Writer) {
     if let Err(e) = w.flush().await {
         tracing::error!(error = %e, pending = w.pending(), "flush failed; readings kept for the next try");
     }
 }
 
-/// One stored reading, as `centinela readings` prints it.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct StoredReading {
-    pub series: String,
-    pub ts: String,
-    pub value: f64,
-}
-
-/// Readings of the series matching `pattern` (MQTT wildcards) since `since`, ordered by
-/// series then time.
-pub async fn query_readings(
-    pool: &SqlitePool,
-    pattern: &str,
-    since: Timestamp,
-) -> Result<Vec<(String, Timestamp, f64)>, StoreError> {
-    let series = sqlx::query("SELECT id, name FROM series")
-        .fetch_all(pool)
-        .await?;
-    let mut names: HashMap<i64, String> = HashMap::new();
-    for s in series {
-        let name: String = s.try_get("name")?;
-        if crate::model::topic_matches(pattern, &name) {
-            names.insert(s.try_get("id")?, name);
-        }
-    }
-    if names.is_empty() {
-        return Ok(Vec::new());
-    }
-    let mut points: HashMap<i64, Vec<(Timestamp, f64)>> = HashMap::new();
-    let rows = sqlx::query("SELECT id, series_id, data FROM chunks WHERE last_ts >= ?")
-        .bind(since)
-        .fetch_all(pool)
-        .await?;
-    for row in rows {
-        let series_id: i64 = row.try_get("series_id")?;
-        if !names.contains_key(&series_id) {
-            continue;
-        }
-        let id: i64 = row.try_get("id")?;
-        let data: Vec<u8> = row.try_get("data")?;
-        let decoded = chunk::decode(&data).map_err(|source| StoreError::Chunk { id, source })?;
-        points
-            .entry(series_id)
-            .or_default()
-            .extend(decoded.into_iter().filter(|p| p.0 >= since));
-    }
-    let mut by_name: Vec<(String, Vec<(Timestamp, f64)>)> = points
-        .into_iter()
-        .map(|(id, pts)| (names.remove(&id).unwrap_or_default(), pts))
-        .collect();
-    by_name.sort_by(|a, b| a.0.cmp(&b.0));
-    let mut out = Vec::new();
-    for (name, mut pts) in by_name {
-        pts.sort_by_key(|p| p.0);
-        out.extend(pts.into_iter().map(|(ts, v)| (name.clone(), ts, v)));
-    }
-    Ok(out)
-}
-
-/// A row of the alerts history.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct AlertRow {
-    pub rule: String,
-    pub series: String,
-    pub state: String,
-    pub severity: String,
-    pub value: Option<f64>,
-    pub unit: Option<String>,
-    pub ts: String,
-    pub message: String,
-}
-
-impl AlertRow {
-    /// The row an event becomes in the history.
-    pub fn from_event(e: &AlertEvent) -> Self {
-        AlertRow {
-            rule: e.rule.clone(),
-            series: e.series.clone(),
-            state: e.state.as_str().to_string(),
-            severity: e.severity.as_str().to_string(),
-            value: e.value,
-            unit: e.unit.clone(),
-            ts: format_ts(e.ts),
-            message: e.message.clone(),
-        }
-    }
-}
-
-pub async fn query_alerts(
-    pool: &SqlitePool,
-    since: Timestamp,
-    state: Option<AlertState>,
-) -> Result<Vec<AlertRow>, StoreError> {
-    let rows = sqlx::query(
-        "SELECT rule, series, state, severity, value, unit, ts, message FROM alerts \
-         WHERE ts >= ? AND (? IS NULL OR state = ?) ORDER BY ts, id",
-    )
-    .bind(since)
-    .bind(state.map(AlertState::as_str))
-    .bind(state.map(AlertState::as_str))
-    .fetch_all(pool)
-    .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(AlertRow {
-                rule: r.try_get("rule")?,
-                series: r.try_get("series")?,
-                state: r.try_get("state")?,
-                severity: r.try_get("severity")?,
-                value: r.try_get("value")?,
-                unit: r.try_get("unit")?,
-                ts: format_ts(r.try_get("ts")?),
-                message: r.try_get("message")?,
-            })
-        })
-        .collect()
-}
-
-/// Persisted engine state. A row that does not parse (written by another version) is
-/// skipped with a warning rather than stopping the start.
-pub async fn load_engine_state(
-    pool: &SqlitePool,
-) -> Result<(Vec<AlertRecord>, Vec<SilenceRecord>), StoreError> {
-    let rows = sqlx::query("SELECT rule, series, record FROM alert_state")
-        .fetch_all(pool)
-        .await?;
-    let mut alerts = Vec::with_capacity(rows.len());
-    for r in &rows {
-        let record: String = r.try_get("record")?;
-        match serde_json::from_str(&record) {
-            Ok(a) => alerts.push(a),
-            Err(e) => {
-                let (rule, series): (String, String) = (r.try_get("rule")?, r.try_get("series")?);
-                tracing::warn!(rule, series, error = %e, "stored alert state unreadable: skipped");
-            }
-        }
-    }
-    let rows = sqlx::query("SELECT id, record FROM silences")
-        .fetch_all(pool)
-        .await?;
-    let mut silences = Vec::with_capacity(rows.len());
-    for r in &rows {
-        let record: String = r.try_get("record")?;
-        match serde_json::from_str(&record) {
-            Ok(s) => silences.push(s),
-            Err(e) => {
-                tracing::warn!(id = r.try_get::<String, _>("id")?, error = %e, "stored silence unreadable: skipped")
-            }
-        }
-    }
-    Ok((alerts, silences))
-}
-
-/// Last seen time of every series in the catalogue (deadman rules start from it).
-pub async fn last_seen(
-    pool: &SqlitePool,
-) -> Result<Vec<(String, Timestamp, Option<f64>)>, StoreError> {
-    let rows = sqlx::query("SELECT name, last_seen, last_value FROM series")
-        .fetch_all(pool)
-        .await?;
-    rows.iter()
-        .map(|r| {
-            Ok((
-                r.try_get("name")?,
-                r.try_get("last_seen")?,
-                r.try_get("last_value")?,
-            ))
-        })
-        .collect::<Result<Vec<_>, sqlx::Error>>()
-        .map_err(Into::into)
-}
-
-/// Severity as stored, for readers that need the type back.
-pub fn parse_severity(s: &str) -> Severity {
-    Severity::parse(s).unwrap_or_default()
-}
-
-/// History for the terminal's detail chart, read from the database. Called from a
-/// blocking thread (the TUI runs it in `spawn_blocking`).
-pub struct SqliteHistory {
-    pub pool: SqlitePool,
-    pub runtime: tokio::runtime::Handle,
-}
-
-impl crate::tui::HistorySource for SqliteHistory {
-    fn history(&self, series: &str, since: Timestamp) -> Vec<(Timestamp, f64)> {
-        match self
-            .runtime
-            .block_on(query_series(&self.pool, series, since))
-        {
-            Ok(v) => v,
-            Err(e) => {
-                tracing::warn!(series, error = %e, "cannot read history");
-                Vec::new()
-            }
-        }
-    }
-}
-
-/// Points of one series since `since`, ascending.
-pub async fn query_series(
-    pool: &SqlitePool,
-    series: &str,
-    since: Timestamp,
-) -> Result<Vec<(Timestamp, f64)>, StoreError> {
-    let Some(series_id): Option<i64> = sqlx::query_scalar("SELECT id FROM series WHERE name = ?")
-        .bind(series)
-        .fetch_optional(pool)
-        .await?
-    else {
-        return Ok(Vec::new());
-    };
-    // Merged chunks through the series index, recent ones through the time index.
-    let rows = sqlx::query(
-        "SELECT id, data FROM chunks WHERE compacted = 1 AND series_id = ?1 AND last_ts >= ?2 \
-         UNION ALL SELECT id, data FROM chunks WHERE compacted = 0 AND last_ts >= ?2 AND series_id = ?1",
-    )
-    .bind(series_id)
-    .bind(since)
-    .fetch_all(pool)
-    .await?;
-    let mut out = Vec::new();
-    for row in rows {
-        let id: i64 = row.try_get("id")?;
-        let data: Vec<u8> = row.try_get("data")?;
-        out.extend(
-            chunk::decode(&data)
-                .map_err(|source| StoreError::Chunk { id, source })?
-                .into_iter()
-                .filter(|p| p.0 >= since),
-        );
-    }
-    out.sort_by_key(|p| p.0);
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::sqlite::{open, query_readings, query_series};
 
     fn reading(series: &SeriesId, ts: Timestamp, value: f64) -> Reading {
         Reading {
