@@ -85,9 +85,13 @@ pub struct ReplayArgs {
         conflicts_with = "csv"
     )]
     pub db: Option<PathBuf>,
-    /// Readings from a CSV file with the header `series,ts,value` (ts RFC 3339 or epoch ms).
+    /// Readings from a CSV file with the header `series,ts,value` (ts in epoch ms, RFC
+    /// 3339, or as spreadsheets write it: `2026-11-20 10:00:00`).
     #[arg(long, value_name = "FILE")]
     pub csv: Option<PathBuf>,
+    /// The zone of CSV times written without one: UTC, local, or an offset (+01:00).
+    #[arg(long, value_name = "ZONE", default_value = "UTC")]
+    pub tz: crate::engine::Zone,
     /// Only series matching this pattern (MQTT wildcards).
     #[arg(long, default_value = "#")]
     pub series: String,
@@ -214,7 +218,7 @@ pub struct AlertsArgs {
     /// Only events newer than this (e.g. 1h, 7d).
     #[arg(long, value_parser = parse_duration)]
     pub since: Option<Duration>,
-    /// Only events of this state (pending, firing, resolved, acknowledged, repeat, flapping).
+    /// Only events of this state (pending, cancelled, firing, resolved, acknowledged, repeat, flapping).
     #[arg(long, value_parser = parse_state)]
     pub state: Option<AlertState>,
     /// One JSON object a line.
@@ -232,7 +236,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 fn parse_state(s: &str) -> Result<AlertState, String> {
     AlertState::parse(s).ok_or_else(|| {
-        format!("{s:?} is not a state (pending, firing, resolved, acknowledged, repeat, flapping)")
+        format!("{s:?} is not a state (pending, cancelled, firing, resolved, acknowledged, repeat, flapping)")
     })
 }
 
@@ -253,6 +257,15 @@ pub fn main(cli: Cli) -> ExitCode {
         Err(e) => {
             if let Some(ce) = e.downcast_ref::<config::ConfigError>() {
                 eprintln!("error: {ce}");
+                return ExitCode::from(2);
+            }
+            if let Some(all) = e.downcast_ref::<config::ConfigErrors>() {
+                for ce in &all.0 {
+                    eprintln!("error: {ce}");
+                }
+                if all.0.len() > 1 {
+                    eprintln!("{} problems", all.0.len());
+                }
                 return ExitCode::from(2);
             }
             eprintln!("error: {}", error_text(&e));
@@ -289,6 +302,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let (cfg, source) = load(config.config.as_deref())?;
             init_logging(&cfg, false);
             tracing::info!(config = %source, "starting");
+            if cfg.rules.is_empty() {
+                tracing::warn!(config = %source, "no [[rules]] configured: readings are stored, but nothing is watched and no alert can fire (`centinela config` shows starter rules to uncomment)");
+            }
             run_service(cfg, config.config.clone()).await
         }
         Command::Demo(args) => demo(args).await,
@@ -312,16 +328,16 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn load(path: Option<&Path>) -> anyhow::Result<(Config, String)> {
-    Ok(config::load_or_default(path)?)
+    Ok(config::load_or_default_all(path)?)
 }
 
 fn validate(path: Option<&Path>) -> anyhow::Result<ExitCode> {
     let Some(path) = config::resolve_path(path) else {
-        Config::parse(config::DEFAULT_TOML, "<embedded default>")?;
+        Config::parse_all(config::DEFAULT_TOML, "<embedded default>")?;
         println!("ok: embedded default configuration");
         return Ok(ExitCode::SUCCESS);
     };
-    let cfg = config::load(&path)?;
+    let cfg = config::load_all(&path)?;
     println!(
         "ok: {} ({} rules, channels: {})",
         path.display(),
@@ -641,7 +657,31 @@ async fn readings(args: ReadingsArgs) -> anyhow::Result<ExitCode> {
     if args.csv {
         writeln!(out, "series,ts,value")?;
     }
-    for (series, ts, value) in &rows {
+    if !args.json && !args.csv {
+        let units = sqlite::series_units(&pool).await?;
+        let cells: Vec<Vec<String>> = rows
+            .iter()
+            .map(|(series, ts, value)| {
+                vec![
+                    format_ts(*ts),
+                    // Names come from the network: control characters are shown escaped.
+                    crate::tui::format::printable(series).into_owned(),
+                    crate::format::num(*value),
+                    units.get(series).cloned().unwrap_or_default(),
+                ]
+            })
+            .collect();
+        if !cells.is_empty() {
+            use crate::format::Align::{Left, Right};
+            let header = ["TIME", "SERIES", "VALUE", "UNIT"];
+            write!(
+                out,
+                "{}",
+                crate::format::table(&header, &[Left, Left, Right, Left], &cells)
+            )?;
+        }
+    }
+    for (series, ts, value) in rows.iter().filter(|_| args.json || args.csv) {
         if args.json {
             let row = sqlite::StoredReading {
                 series: series.clone(),
@@ -649,12 +689,8 @@ async fn readings(args: ReadingsArgs) -> anyhow::Result<ExitCode> {
                 value: *value,
             };
             writeln!(out, "{}", serde_json::to_string(&row)?)?;
-        } else if args.csv {
-            writeln!(out, "{},{},{}", csv_field(series), format_ts(*ts), value)?;
         } else {
-            // Names come from the network: control characters are shown escaped.
-            let name = crate::tui::format::printable(series);
-            writeln!(out, "{}  {:<40} {}", format_ts(*ts), name, value)?;
+            writeln!(out, "{},{},{}", csv_field(series), format_ts(*ts), value)?;
         }
     }
     out.flush()?;
@@ -686,20 +722,26 @@ async fn alerts(args: AlertsArgs) -> anyhow::Result<ExitCode> {
     let rows = sqlite::query_alerts(&pool, since, args.state).await?;
     use std::io::Write;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    for r in &rows {
-        if args.json {
+    if args.json {
+        for r in &rows {
             writeln!(out, "{}", serde_json::to_string(r)?)?;
-        } else {
-            let value = r
-                .value
-                .map(|v| format!("{v}{}", r.unit.as_deref().unwrap_or("")))
-                .unwrap_or_default();
-            writeln!(
-                out,
-                "{}  {:<12} {:<8} {:<24} {:<36} {:>10}  {}",
-                r.ts, r.state, r.severity, r.rule, r.series, value, r.message
-            )?;
         }
+    } else if !rows.is_empty() {
+        let cells: Vec<Vec<String>> = rows
+            .iter()
+            .map(|r| {
+                vec![
+                    r.ts.clone(),
+                    r.state.clone(),
+                    r.severity.clone(),
+                    format!("{}/{}", r.rule, r.series),
+                    r.value.map(crate::format::num).unwrap_or_default(),
+                    r.unit.clone().unwrap_or_default(),
+                    r.message.clone(),
+                ]
+            })
+            .collect();
+        write!(out, "{}", event_table(&cells))?;
     }
     out.flush()?;
     if rows.is_empty() && !args.json {
@@ -847,7 +889,7 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
                 })
                 .collect()
         }
-        (None, Some(csv)) => read_csv(csv, &args.series)?,
+        (None, Some(csv)) => read_csv(csv, &args.series, args.tz)?,
         (None, None) => anyhow::bail!("give --db PATH or --csv FILE"),
     };
     if cfg.rules.is_empty() {
@@ -856,36 +898,37 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     let report = crate::engine::replay(&cfg.rules, &cfg.engine, readings);
     use std::io::Write;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    for e in &report.events {
-        if args.json {
+    if args.json {
+        for e in &report.events {
             writeln!(
                 out,
                 "{}",
                 serde_json::to_string(&sqlite::AlertRow::from_event(e))?
             )?;
-        } else {
-            let value = e
-                .value
-                .map(|v| {
-                    format!(
-                        "{}{}",
-                        crate::engine::fmt_num(v),
-                        e.unit.as_deref().unwrap_or("")
-                    )
-                })
-                .unwrap_or_default();
-            let sent = if e.notify.is_empty() { " " } else { "✉" };
-            writeln!(
-                out,
-                "{}  {sent} {:<12} {:<8} {:<40} {:>10}  {}",
-                format_ts(e.ts),
-                e.state,
-                e.severity,
-                e.alert_id(),
-                value,
-                e.message
-            )?;
         }
+    } else if !report.events.is_empty() {
+        let cells: Vec<Vec<String>> = report
+            .events
+            .iter()
+            .map(|e| {
+                vec![
+                    format_ts(e.ts),
+                    if e.notify.is_empty() { "" } else { "✉" }.to_string(),
+                    e.state.to_string(),
+                    e.severity.to_string(),
+                    e.alert_id(),
+                    e.value.map(crate::format::num).unwrap_or_default(),
+                    e.unit.clone().unwrap_or_default(),
+                    e.message.clone(),
+                ]
+            })
+            .collect();
+        use crate::format::Align::{Left, Right};
+        let header = [
+            "TIME", "SENT", "STATE", "SEVERITY", "ALERT", "VALUE", "UNIT", "MESSAGE",
+        ];
+        let align = [Left, Left, Left, Left, Left, Right, Left, Left];
+        write!(out, "{}", crate::format::table(&header, &align, &cells))?;
     }
     if !args.json {
         if !report.events.is_empty() {
@@ -897,8 +940,22 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Alert events as a table: time, state, severity, alert, value, unit, message.
+fn event_table(cells: &[Vec<String>]) -> String {
+    use crate::format::Align::{Left, Right};
+    let header = [
+        "TIME", "STATE", "SEVERITY", "ALERT", "VALUE", "UNIT", "MESSAGE",
+    ];
+    let align = [Left, Left, Left, Left, Right, Left, Left];
+    crate::format::table(&header, &align, cells)
+}
+
 /// Reads `series,ts,value` rows; a bad row is an error naming the file and line.
-fn read_csv(path: &Path, pattern: &str) -> anyhow::Result<Vec<crate::model::Reading>> {
+fn read_csv(
+    path: &Path,
+    pattern: &str,
+    zone: crate::engine::Zone,
+) -> anyhow::Result<Vec<crate::model::Reading>> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("while reading {}", path.display()))?;
     let mut lines = text.lines().enumerate();
@@ -940,17 +997,7 @@ fn read_csv(path: &Path, pattern: &str) -> anyhow::Result<Vec<crate::model::Read
         if !crate::model::topic_matches(pattern, series) {
             continue;
         }
-        let ts = ts.trim();
-        let ts = match ts.parse::<i64>() {
-            Ok(ms) => ms,
-            Err(_) => chrono::DateTime::parse_from_rfc3339(ts)
-                .map(|t| t.timestamp_millis())
-                .map_err(|_| {
-                    bad(format!(
-                        "ts {ts:?} is neither epoch milliseconds nor RFC 3339"
-                    ))
-                })?,
-        };
+        let ts = crate::engine::parse_time(ts.trim().trim_matches('"'), zone).map_err(bad)?;
         let value: f64 = value
             .trim()
             .parse()
@@ -1103,4 +1150,21 @@ async fn doctor(path: Option<&Path>, send_test: bool) -> anyhow::Result<ExitCode
     } else {
         ExitCode::from(1)
     })
+}
+
+#[cfg(test)]
+mod error_text_tests {
+    use super::error_text;
+
+    #[test]
+    fn an_error_chain_says_each_thing_once() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("database x.db: {source}")]
+        struct Open {
+            source: std::io::Error,
+        }
+        let io = std::io::Error::other("no such file");
+        let e = anyhow::Error::new(Open { source: io }).context("while reading");
+        assert_eq!(error_text(&e), "while reading: database x.db: no such file");
+    }
 }

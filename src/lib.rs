@@ -19,6 +19,7 @@
 //! # Layout
 //! - [`model`]: the plain data that flows (readings, alert events).
 //! - [`config`]: TOML config, defaults and validation with file:line:col errors.
+//! - [`format`]: numbers and units as people read them, and plain-text tables.
 //! - [`broker`]: the embedded MQTT broker.
 //! - [`source`]: MQTT in (in-process link or external client) and the pure decoder.
 //! - [`engine`]: rule evaluation and the alert lifecycle, pure.
@@ -38,6 +39,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod engine;
+pub mod format;
 pub mod http;
 pub mod live;
 pub mod logging;

@@ -76,8 +76,11 @@ pub enum AlertState {
     Pending,
     /// Condition held long enough: people are told.
     Firing,
-    /// Condition went away (after firing) or pending was cancelled.
+    /// Condition went away after firing.
     Resolved,
+    /// Condition went away while pending, before `for` had passed: it never fired, and
+    /// nobody is told.
+    Cancelled,
     /// A person acknowledged a firing alert: no more repeats until it resolves.
     Acknowledged,
     /// Still firing, repeated notification (`repeat`).
@@ -93,6 +96,7 @@ impl AlertState {
             AlertState::Pending => "pending",
             AlertState::Firing => "firing",
             AlertState::Resolved => "resolved",
+            AlertState::Cancelled => "cancelled",
             AlertState::Acknowledged => "acknowledged",
             AlertState::Repeat => "repeat",
             AlertState::Flapping => "flapping",
@@ -105,6 +109,7 @@ impl AlertState {
             "pending" => AlertState::Pending,
             "firing" => AlertState::Firing,
             "resolved" => AlertState::Resolved,
+            "cancelled" => AlertState::Cancelled,
             "acknowledged" => AlertState::Acknowledged,
             "repeat" => AlertState::Repeat,
             "flapping" => AlertState::Flapping,

@@ -104,6 +104,21 @@ fn validate_exits_2_naming_file_line_and_field() {
 }
 
 #[test]
+fn a_missing_database_is_named_once_with_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("gone").join("centinela.db");
+    for cmd in ["readings", "alerts"] {
+        let o = centinela(&[cmd, "--db", db.to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(1), "{cmd}");
+        let err = stderr(&o);
+        assert_eq!(err.matches(db.to_str().unwrap()).count(), 1, "{cmd}: {err}");
+        assert!(err.starts_with("error: no database at "), "{cmd}: {err}");
+        assert!(err.contains("--data-dir DIR"), "{cmd}: {err}");
+        assert!(!err.contains("no such file: "), "{cmd}: {err}");
+    }
+}
+
+#[test]
 fn config_prints_the_annotated_default_which_validates() {
     let o = centinela(&["config"]);
     assert!(o.status.success());
@@ -229,7 +244,9 @@ async fn sigterm_flushes_everything_and_readings_prints_json_and_csv() {
 async fn sensors_that_connect_publish_and_disconnect_leave_no_error_in_the_log() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let config = write_config(dir.path(), port, "");
+    // A rule, so start-up has nothing to warn about.
+    let rule = "[[rules]]\nname = \"dry\"\nseries = \"garden/+/moisture\"\nkind = \"threshold\"\nbelow = 5.0\n";
+    let config = write_config(dir.path(), port, rule);
     let mut svc = start_service(&config, port);
     // Battery sensors wake, connect, publish and disconnect (DISCONNECT, then close),
     // as mosquitto_pub does.

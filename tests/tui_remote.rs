@@ -271,7 +271,7 @@ async fn viewer_with_credentials_sees_the_service_and_its_actions_arrive() {
     );
     let screen = render(&mut app);
     assert!(
-        tui_fixture::line_with(&screen, "greenhouse/node1/temperature").contains("21.50 °C"),
+        tui_fixture::line_with(&screen, "greenhouse/node1/temperature").contains("21.5 °C"),
         "{screen}"
     );
     assert!(

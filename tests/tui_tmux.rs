@@ -135,7 +135,7 @@ async fn tui_attached_to_a_service_shows_readings_alerts_and_acks() {
         .await;
     p.wait_acked(1).await;
     tmux.wait_for("the reading", |s| {
-        s.contains("gh/n1/temperature") && s.contains("21.50")
+        s.contains("gh/n1/temperature") && s.contains("21.5 ")
     })
     .await;
 

@@ -6,6 +6,7 @@
 //! (meaning: durations, thresholds, channel names). Both report through
 //! [`ConfigError`], which carries a position found from the TOML source.
 
+mod check;
 mod duration;
 mod influx;
 mod notify;
@@ -268,6 +269,24 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// Every problem of a file, in file order (at least one).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
 /// A validation problem before it is placed in the file: the field path as a list of
 /// keys and indices, and what is wrong.
 #[derive(Debug, Clone, PartialEq)]
@@ -312,13 +331,15 @@ fn dotted(path: &[PathPart]) -> String {
 }
 
 impl Config {
-    /// Parses and validates `text`, read from `file` (used in messages only).
+    /// Parses and validates `text`, read from `file` (used in messages only); the
+    /// first problem in the file when there are some.
     pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
-        let cfg: Config = toml::from_str(text).map_err(|e| from_toml_error(&e, text, file))?;
-        if let Some(problem) = cfg.validate().into_iter().next() {
-            return Err(place(problem, text, file));
-        }
-        Ok(cfg)
+        Self::parse_all(text, file).map_err(|mut v| v.0.swap_remove(0))
+    }
+
+    /// Parses and validates `text`, reporting every problem at once (file order).
+    pub fn parse_all(text: &str, file: &str) -> Result<Config, ConfigErrors> {
+        check::parse_all(text, file).map_err(ConfigErrors)
     }
 
     /// Every validation problem, in file order of the sections.
@@ -475,15 +496,22 @@ impl Config {
 
 /// Reads and validates the file at `path`.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    load_all(path).map_err(|mut e| e.0.swap_remove(0))
+}
+
+/// Reads and validates the file at `path`, reporting every problem.
+pub fn load_all(path: &Path) -> Result<Config, ConfigErrors> {
     let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-        file: file.clone(),
-        line: None,
-        col: None,
-        field: None,
-        message: format!("cannot read: {e}"),
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            file: file.clone(),
+            line: None,
+            col: None,
+            field: None,
+            message: format!("cannot read: {e}"),
+        }])
     })?;
-    Config::parse(&text, &file)
+    Config::parse_all(&text, &file)
 }
 
 /// `--config`, else `$CENTINELA_CONFIG` (clap fills it), else the system file when it
@@ -500,10 +528,15 @@ pub fn resolve_path(given: Option<&Path>) -> Option<PathBuf> {
 
 /// Loads the resolved file, or the embedded default when there is none.
 pub fn load_or_default(given: Option<&Path>) -> Result<(Config, String), ConfigError> {
+    load_or_default_all(given).map_err(|mut e| e.0.swap_remove(0))
+}
+
+/// [`load_or_default`], reporting every problem of the file.
+pub fn load_or_default_all(given: Option<&Path>) -> Result<(Config, String), ConfigErrors> {
     match resolve_path(given) {
-        Some(p) => Ok((load(&p)?, p.display().to_string())),
+        Some(p) => Ok((load_all(&p)?, p.display().to_string())),
         None => Ok((
-            Config::parse(DEFAULT_TOML, "<embedded default>")?,
+            Config::parse_all(DEFAULT_TOML, "<embedded default>")?,
             "<embedded default>".into(),
         )),
     }
@@ -642,6 +675,37 @@ mod tests {
         let cfg = Config::parse(DEFAULT_TOML, "default").unwrap();
         assert_eq!(cfg.ingest.prefix, "sensors");
         assert_eq!(cfg.storage.sqlite.flush_interval, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn the_commented_starter_rules_work_once_uncommented() {
+        let start = DEFAULT_TOML.find("# [[rules]]").expect("starter rules");
+        let (head, rules) = DEFAULT_TOML.split_at(start);
+        let uncommented: String = rules
+            .lines()
+            .map(|l| match l.strip_prefix("# ") {
+                Some(rest) if rest.starts_with("[[") || rest.contains(" = ") => rest,
+                _ => "",
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let cfg = Config::parse(&format!("{head}{uncommented}\n"), "default").unwrap();
+        let names: Vec<&str> = cfg.rules.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "battery-low",
+                "device-silent",
+                "temperature-high",
+                "coldroom-warming",
+                "co2-average",
+                "sensor-silent"
+            ]
+        );
+        assert!(Config::parse(DEFAULT_TOML, "default")
+            .unwrap()
+            .rules
+            .is_empty());
     }
 
     #[test]

@@ -18,6 +18,9 @@ pub struct NotifyConfig {
     pub outbox: OutboxConfig,
 }
 
+/// Every kind of channel there is: the `[notify.*]` sections a rule's `notify` names.
+pub const CHANNEL_TYPES: &[&str] = &["email", "telegram", "webhook", "mqtt"];
+
 impl NotifyConfig {
     /// Names of the configured channels, as rules refer to them in `notify`.
     pub fn channels(&self) -> Vec<&'static str> {

@@ -47,8 +47,12 @@ pub struct RuleConfig {
     pub notify: Vec<String>,
     /// Re-notify while firing and not acknowledged.
     pub repeat: Option<Duration>,
-    /// Template: `{series}`, `{value}`, `{unit}`, `{threshold}`, `{duration}`, `{rule}`, `{state}`, `{severity}`.
+    /// Template of pending, firing and repeat events: `{series}`, `{value}`, `{unit}`,
+    /// `{threshold}`, `{clear}`, `{duration}`, `{lasted}`, `{rule}`, `{state}`, `{severity}`.
     pub message: Option<String>,
+    /// Template of the resolved event (same placeholders; `{lasted}` is how long it
+    /// fired). Default per kind: "… is back to 21.8 °C (clear below 33) after 4m firing".
+    pub message_resolved: Option<String>,
     /// rate and window rules: how far back to look.
     pub window: Option<Duration>,
     /// rate: on when the value rose by more than this over the window.
@@ -121,15 +125,27 @@ impl RuleConfig {
                 bad(name, "must be a finite number".into());
             }
         }
+        let configured = if channels.is_empty() {
+            "none".to_string()
+        } else {
+            channels.join(", ")
+        };
         for (i, ch) in self.notify.iter().enumerate() {
-            if !channels.contains(&ch.as_str()) {
-                let mut p = field("notify");
-                p.push(PathPart::Index(i));
+            let mut p = field("notify");
+            p.push(PathPart::Index(i));
+            if !super::notify::CHANNEL_TYPES.contains(&ch.as_str()) {
                 out.push(Invalid::new(
                     &p,
                     format!(
-                        "channel {ch:?} is not configured (configured: {}); add a [notify.{ch}] section",
-                        if channels.is_empty() { "none".to_string() } else { channels.join(", ") }
+                        "there is no channel type {ch:?}: the channel types are {} (configured here: {configured})",
+                        super::notify::CHANNEL_TYPES.join(", ")
+                    ),
+                ));
+            } else if !channels.contains(&ch.as_str()) {
+                out.push(Invalid::new(
+                    &p,
+                    format!(
+                        "channel {ch:?} is not configured (configured: {configured}); add a [notify.{ch}] section"
                     ),
                 ));
             }
@@ -331,6 +347,16 @@ mod tests {
         let e = err("[[rules]]\nname = \"a\"\nseries = \"#\"\nkind = \"threshold\"\nabove = 1.0\nnotify = [\"telegram\"]\n");
         assert_eq!(e.field.as_deref(), Some("rules[0].notify[0]"));
         assert!(e.message.contains("[notify.telegram]"), "{e}");
+    }
+
+    #[test]
+    fn a_channel_type_that_does_not_exist_lists_those_that_do() {
+        let e = err("[[rules]]\nname = \"a\"\nseries = \"#\"\nkind = \"threshold\"\nabove = 1.0\nnotify = [\"slack\"]\n");
+        assert_eq!(e.field.as_deref(), Some("rules[0].notify[0]"));
+        assert_eq!(
+            e.message,
+            "there is no channel type \"slack\": the channel types are email, telegram, webhook, mqtt (configured here: none)"
+        );
     }
 
     #[test]

@@ -43,12 +43,12 @@
 //!
 //! ## Lifecycle and notifications
 //!
-//! ok → pending → firing → resolved (→ ok). Every transition is an event for the
+//! ok → pending → firing → resolved (→ ok), or ok → pending → cancelled (→ ok). Every transition is an event for the
 //! history; `notify` lists the rule's channels when people are to be told, and is
 //! empty otherwise:
 //!
 //! - pending, and a pending alert cancelled before it fired (an event in state
-//!   `resolved` with empty `notify`), are recorded but never sent;
+//!   `cancelled`, never `resolved`), are recorded but never sent;
 //! - `repeat`: while firing and not acknowledged, a `repeat` event is sent every
 //!   `repeat` (checked on tick);
 //! - **acknowledged**: `/ack rule/series` (or `/ack rule` for all its firing alerts)
@@ -97,8 +97,8 @@ use crate::model::{
     topic_matches, AlertEvent, AlertState, Control, Reading, SeriesId, Severity, Timestamp,
 };
 
-pub use render::{fmt_num, human_ms};
-pub use replay::{render_summary, replay, ReplayReport, Replayer, RuleSummary};
+pub use render::{human_ms, log_event};
+pub use replay::{parse_time, render_summary, replay, ReplayReport, Replayer, RuleSummary, Zone};
 use rule::{EvalState, Kind, Rule};
 
 /// Persisted state of one alert, as the store keeps it (upsert by rule and series).
@@ -230,6 +230,8 @@ struct Alert {
     last_seen: Option<Timestamp>,
     /// Deadman, series never seen: when watching it started.
     watch_since: Option<Timestamp>,
+    /// How long the last firing (or pending) lasted, for the resolved text.
+    lasted: Option<i64>,
     last_notified: Option<Timestamp>,
     told: bool,
     acked_by: Option<String>,
@@ -348,6 +350,7 @@ impl Engine {
                     value: None,
                     last_seen: None,
                     watch_since: None,
+                    lasted: None,
                     last_notified: None,
                     told: false,
                     acked_by: None,
@@ -402,7 +405,8 @@ impl Engine {
         slot.last_value = Some(r.value);
         match (&slot.unit, &r.unit) {
             (Some(a), Some(b)) if Arc::ptr_eq(a, b) => {}
-            (None, None) => {}
+            // A plain number after a reading with a unit keeps the series' unit.
+            (_, None) => {}
             _ => slot.unit = r.unit.clone(),
         }
         for k in 0..self.slots[si].alerts.len() {
@@ -519,6 +523,9 @@ impl Engine {
         let a = &mut self.alerts[ai];
         let rule = &self.rules[a.rule];
         let from = a.phase;
+        if from != Phase::Ok {
+            a.lasted = Some(ts.saturating_sub(a.since).max(0));
+        }
         a.phase = to;
         a.since = ts;
         a.value = value;
@@ -566,10 +573,11 @@ impl Engine {
         stats.transitions += 1;
         stats.fired += u64::from(to == Phase::Firing);
         stats.notifications += u64::from(notifies);
-        let state = match to {
-            Phase::Pending => AlertState::Pending,
-            Phase::Firing => AlertState::Firing,
-            Phase::Ok => AlertState::Resolved,
+        let state = match (from, to) {
+            (_, Phase::Pending) => AlertState::Pending,
+            (_, Phase::Firing) => AlertState::Firing,
+            (Phase::Pending, Phase::Ok) => AlertState::Cancelled,
+            (_, Phase::Ok) => AlertState::Resolved,
         };
         let ev = self.event(ai, state, ts, value, notifies, None);
         out.push(ev);
@@ -634,13 +642,17 @@ impl Engine {
     ) -> String {
         let a = &self.alerts[ai];
         let rule = &self.rules[a.rule];
-        let template = match &rule.template {
-            Some(t) => t,
-            None if state == AlertState::Resolved => &rule.default_resolved,
-            None if matches!(rule.kind, Kind::Rate { .. }) && value.is_some_and(|v| v < 0.0) => {
+        let template = match (state, &rule.template) {
+            (AlertState::Cancelled, _) => &rule.default_cancelled,
+            (AlertState::Resolved, _) => rule
+                .template_resolved
+                .as_ref()
+                .unwrap_or(&rule.default_resolved),
+            (_, Some(t)) => t,
+            _ if matches!(rule.kind, Kind::Rate { .. }) && value.is_some_and(|v| v < 0.0) => {
                 &rule.default_active_down
             }
-            None => &rule.default_active,
+            _ => &rule.default_active,
         };
         template.render(&render::Ctx {
             rule: &rule.name,
@@ -651,6 +663,7 @@ impl Engine {
             severity: rule.severity.as_str(),
             value,
             unit,
+            lasted: a.lasted,
         })
     }
 
@@ -789,7 +802,24 @@ impl Engine {
                 }
                 self.silences_dirty = true;
                 self.due = self.due.min(*until);
-                tracing::info!(%pattern, until = %crate::model::format_ts(*until), %by, %reason, "silence set");
+                let until_text = crate::model::format_ts(*until);
+                tracing::info!(%pattern, until = %until_text, %by, %reason, "silence set");
+                for ai in 0..self.alerts.len() {
+                    let a = &self.alerts[ai];
+                    if a.phase != Phase::Ok && self.is_silenced(ai, now) {
+                        let unit = self.slots[a.slot].unit.as_deref();
+                        let rule = &self.rules[a.rule].name;
+                        render::log_silenced(
+                            rule,
+                            &a.series,
+                            a.phase.state(),
+                            a.value,
+                            unit,
+                            &until_text,
+                            by,
+                        );
+                    }
+                }
                 Ok(Vec::new())
             }
             Control::Unsilence { pattern, by } => {
@@ -1024,6 +1054,15 @@ impl Engine {
                 .then(a.rule.cmp(&b.rule))
         });
         v
+    }
+}
+
+/// A reading without a unit takes the unit its series last had (`known`): a plain
+/// number after a JSON reading with a unit stays in the same series for every store
+/// (InfluxDB keeps one tag set per sensor). A reading with a unit keeps its own.
+pub fn carry_unit(r: &mut Reading, known: Option<&Arc<str>>) {
+    if r.unit.is_none() {
+        r.unit = known.cloned();
     }
 }
 

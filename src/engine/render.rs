@@ -1,9 +1,11 @@
-//! Message rendering for alert events: the rule's `message` template (or a default
-//! per kind), compact numbers and human durations. Only runs when an event is
+//! Message rendering for alert events: the rule's `message` and `message_resolved`
+//! templates (or a default per kind), human durations, and the log line of each
+//! event. Numbers are written by [`crate::format`]. Only runs when an event is
 //! emitted, never per reading.
 
-use super::rule::{agg_name, Kind};
-use crate::model::AlertState;
+use super::rule::{agg_name, Dir, Kind};
+use crate::format::num as fmt_num;
+use crate::model::{AlertEvent, AlertState, Severity};
 
 /// A parsed `message` template: literal text and `{placeholders}`.
 #[derive(Debug, Clone, PartialEq)]
@@ -23,6 +25,10 @@ enum Var {
     AbsValue,
     Unit,
     Threshold,
+    /// The value that resolves a firing alert, threshold and window rules.
+    Clear,
+    /// How long the alert was firing (or pending) before this event.
+    Lasted,
     Duration,
     Rule,
     State,
@@ -30,8 +36,9 @@ enum Var {
 }
 
 impl Template {
-    /// Parses `{series}`, `{value}`, `{unit}`, `{threshold}`, `{duration}`, `{rule}`,
-    /// `{state}`, `{severity}`; anything else in braces stays as written.
+    /// Parses `{series}`, `{value}`, `{unit}`, `{threshold}`, `{clear}`, `{lasted}`,
+    /// `{duration}`, `{rule}`, `{state}`, `{severity}`; anything else in braces stays
+    /// as written.
     pub(crate) fn parse(s: &str) -> Template {
         let mut segs = Vec::new();
         let mut lit = String::new();
@@ -46,6 +53,8 @@ impl Template {
                     "abs_value" => Var::AbsValue,
                     "unit" => Var::Unit,
                     "threshold" => Var::Threshold,
+                    "clear" => Var::Clear,
+                    "lasted" => Var::Lasted,
                     "duration" => Var::Duration,
                     "rule" => Var::Rule,
                     "state" => Var::State,
@@ -88,15 +97,17 @@ impl Template {
                             .map_or_else(|| "n/a".to_string(), |v| fmt_num(v.abs())),
                     ),
                     Var::Unit => {
-                        if let Some(u) = c.unit.filter(|u| !u.is_empty()) {
-                            // "31.2°C", "40%", but "1013 hPa".
-                            if !(u.starts_with('°') || u == "%") {
-                                out.push(' ');
-                            }
+                        // After a space, as everywhere: "21.8 °C", "3.901 V".
+                        if let Some(u) = c.unit.map(str::trim).filter(|u| !u.is_empty()) {
+                            out.push(' ');
                             out.push_str(u);
                         }
                     }
                     Var::Threshold => out.push_str(&threshold_text(c.kind, c.value)),
+                    Var::Clear => out.push_str(&clear_text(c.kind)),
+                    Var::Lasted => {
+                        out.push_str(&c.lasted.map_or_else(|| "a while".into(), human_ms))
+                    }
                     Var::Duration => out.push_str(&human_ms(duration_of(c.kind, c.for_ms))),
                     Var::Rule => out.push_str(c.rule),
                     Var::State => out.push_str(c.state.as_str()),
@@ -118,6 +129,16 @@ pub(crate) struct Ctx<'a> {
     pub severity: &'a str,
     pub value: Option<f64>,
     pub unit: Option<&'a str>,
+    /// How long the alert was in its previous state (firing, or pending), when known.
+    pub lasted: Option<i64>,
+}
+
+/// `{clear}`: where a firing alert resolves.
+fn clear_text(kind: &Kind) -> String {
+    match kind {
+        Kind::Threshold { clear, .. } | Kind::Window { clear, .. } => fmt_num(*clear),
+        Kind::Rate { .. } | Kind::Deadman { .. } => String::new(),
+    }
 }
 
 fn threshold_text(kind: &Kind, value: Option<f64>) -> String {
@@ -145,16 +166,41 @@ fn duration_of(kind: &Kind, for_ms: i64) -> i64 {
     }
 }
 
-/// (active, active when the value fell — rate rules only, resolved) default templates.
-pub(crate) fn default_templates(kind: &Kind, for_ms: i64) -> (String, String, String) {
+/// The default texts of a rule without `message` / `message_resolved`.
+pub(crate) struct Defaults {
+    pub active: String,
+    /// Rate rules, when the value fell.
+    pub active_down: String,
+    pub resolved: String,
+    /// A pending alert whose condition went away before `for` passed.
+    pub cancelled: String,
+}
+
+/// The default texts per kind: "gh/n1/t is 35.2 °C, above 35 for 20s", and once
+/// resolved "gh/n1/t is back to 21.8 °C (clear below 33) after 4m firing".
+pub(crate) fn default_templates(kind: &Kind, for_ms: i64) -> Defaults {
     let held = if for_ms > 0 { " for {duration}" } else { "" };
+    let clear_word = |dir: &Dir| match dir {
+        Dir::Above => "clear below {clear}",
+        Dir::Below => "clear above {clear}",
+    };
+    let cancelled =
+        "{series} is back to {value}{unit} after {lasted} pending: cancelled, never fired";
     match kind {
         Kind::Threshold { dir, .. } => {
             let a = format!(
                 "{{series}} is {{value}}{{unit}}, {} {{threshold}}{held}",
                 dir.word()
             );
-            (a.clone(), a, "{series} is back to {value}{unit}".into())
+            Defaults {
+                active: a.clone(),
+                active_down: a,
+                resolved: format!(
+                    "{{series}} is back to {{value}}{{unit}} ({}) after {{lasted}} firing",
+                    clear_word(dir)
+                ),
+                cancelled: cancelled.into(),
+            }
         }
         Kind::Window { agg, dir, .. } => {
             let unit = if matches!(agg, crate::config::Agg::Count) {
@@ -167,57 +213,90 @@ pub(crate) fn default_templates(kind: &Kind, for_ms: i64) -> (String, String, St
                 "{name} of {{series}} over {{duration}} is {{value}}{unit}, {} {{threshold}}",
                 dir.word()
             );
-            (
-                a.clone(),
-                a,
-                format!("{name} of {{series}} over {{duration}} is back to {{value}}{unit}"),
-            )
+            Defaults {
+                active: a.clone(),
+                active_down: a,
+                resolved: format!(
+                    "{name} of {{series}} over {{duration}} is back to {{value}}{unit} ({}) after {{lasted}} firing",
+                    clear_word(dir)
+                ),
+                cancelled: format!(
+                    "{name} of {{series}} over {{duration}} is back to {{value}}{unit} after {{lasted}} pending: cancelled, never fired"
+                ),
+            }
         }
-        Kind::Rate { .. } => (
-            "{series} rose by {abs_value}{unit} within {duration}, more than {threshold}".into(),
-            "{series} fell by {abs_value}{unit} within {duration}, more than {threshold}".into(),
-            "{series} is steady again: changed by {value}{unit} within {duration}".into(),
-        ),
-        Kind::Deadman { .. } => {
-            let a = "{series} has sent nothing for {duration}".to_string();
-            (a.clone(), a, "{series} reports again: {value}{unit}".into())
+        Kind::Rate { .. } => Defaults {
+            active: "{series} rose by {abs_value}{unit} within {duration}, more than {threshold}"
+                .into(),
+            active_down:
+                "{series} fell by {abs_value}{unit} within {duration}, more than {threshold}".into(),
+            resolved:
+                "{series} is steady again: changed by {value}{unit} within {duration}, after {lasted} firing"
+                    .into(),
+            cancelled:
+                "{series} is steady again: changed by {value}{unit} within {duration}, after {lasted} pending: cancelled, never fired"
+                    .into(),
+        },
+        Kind::Deadman { .. } => Defaults {
+            active: "{series} has sent nothing for {duration}".into(),
+            active_down: "{series} has sent nothing for {duration}".into(),
+            resolved: "{series} reports again: {value}{unit}, after {lasted} firing".into(),
+            cancelled: cancelled.into(),
+        },
+    }
+}
+
+/// Writes one alert event to the log as one line, with the rule, series, value and
+/// state as fields, so the journal tells the story without any channel configured.
+/// Firing (and repeat, flapping) of a critical rule is a warning; pending and
+/// cancelled, which nobody is told about, are debug; everything else is info.
+pub fn log_event(e: &AlertEvent) {
+    let value = crate::format::opt_with_unit(e.value, e.unit.as_deref());
+    let value = if value.is_empty() {
+        "-".to_string()
+    } else {
+        value
+    };
+    let notify = if e.notify.is_empty() {
+        "-".to_string()
+    } else {
+        e.notify.join(",")
+    };
+    let (rule, series, state, severity) = (&e.rule, &e.series, e.state, e.severity);
+    let text = e.message.split_whitespace().collect::<Vec<_>>().join(" ");
+    match e.state {
+        AlertState::Firing | AlertState::Repeat | AlertState::Flapping
+            if e.severity == Severity::Critical =>
+        {
+            tracing::warn!(target: "centinela::alert", %rule, %series, %value, %state, %severity, %notify, "alert {state}: {text}");
+        }
+        AlertState::Pending | AlertState::Cancelled | AlertState::Ok => {
+            tracing::debug!(target: "centinela::alert", %rule, %series, %value, %state, %severity, %notify, "alert {state}: {text}");
+        }
+        _ => {
+            tracing::info!(target: "centinela::alert", %rule, %series, %value, %state, %severity, %notify, "alert {state}: {text}");
         }
     }
 }
 
-/// A number as a person writes it: at most 6 significant digits, no trailing zeros
-/// (`31.2`, not `31.200000001`; `1013`, `0.0042`, `-3.5`).
-pub fn fmt_num(v: f64) -> String {
-    if !v.is_finite() {
-        return v.to_string();
-    }
-    let a = v.abs();
-    if a == 0.0 {
-        return "0".into();
-    }
-    if !(1e-4..1e15).contains(&a) {
-        let s = format!("{v:.5e}");
-        // "1.50000e20" → "1.5e20"
-        return match s.split_once('e') {
-            Some((m, e)) if m.contains('.') => {
-                format!("{}e{e}", m.trim_end_matches('0').trim_end_matches('.'))
-            }
-            _ => s,
-        };
-    }
-    let int_digits = a.log10().floor() as i32 + 1;
-    let decimals = (6 - int_digits).clamp(0, 10) as usize;
-    let s = format!("{v:.decimals$}");
-    let s = if s.contains('.') {
-        s.trim_end_matches('0').trim_end_matches('.').to_string()
+/// Logs that a new silence holds the notifications of an alert that is not ok: one
+/// line per alert, like [`log_event`].
+pub(crate) fn log_silenced(
+    rule: &str,
+    series: &str,
+    state: AlertState,
+    value: Option<f64>,
+    unit: Option<&str>,
+    until: &str,
+    by: &str,
+) {
+    let value = crate::format::opt_with_unit(value, unit);
+    let value = if value.is_empty() {
+        "-".to_string()
     } else {
-        s
+        value
     };
-    if s == "-0" {
-        "0".into()
-    } else {
-        s
-    }
+    tracing::info!(target: "centinela::alert", %rule, %series, %value, %state, %until, %by, "alert silenced: {rule}/{series} ({state}) held until {until}");
 }
 
 /// A duration for people: the two largest units, `2m`, `1h 30m`, `3d 4h`, `250ms`.
@@ -253,19 +332,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn numbers_are_compact() {
-        assert_eq!(fmt_num(31.200000001), "31.2");
-        assert_eq!(fmt_num(30.0), "30");
-        assert_eq!(fmt_num(-3.5), "-3.5");
-        assert_eq!(fmt_num(1013.25), "1013.25");
-        assert_eq!(fmt_num(0.0042), "0.0042");
-        assert_eq!(fmt_num(1234567.8), "1234568");
-        assert_eq!(fmt_num(-0.0000001), "-1e-7");
-        assert_eq!(fmt_num(0.1 + 0.2), "0.3");
-        assert_eq!(fmt_num(-0.0), "0");
-    }
-
-    #[test]
     fn durations_are_human() {
         assert_eq!(human_ms(120_000), "2m");
         assert_eq!(human_ms(5_400_000), "1h 30m");
@@ -295,10 +361,11 @@ mod tests {
             severity: "critical",
             value: Some(31.2000001),
             unit: Some("°C"),
+            lasted: None,
         };
         assert_eq!(
             t.render(&c),
-            "hot: gh/a/t {nope} 31.2°C > 30 (critical, firing) {"
+            "hot: gh/a/t {nope} 31.2 °C > 30 (critical, firing) {"
         );
     }
 }

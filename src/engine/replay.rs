@@ -203,6 +203,97 @@ impl Replayer {
     }
 }
 
+/// The zone a recorded time without an offset is read in (`replay --tz`): UTC, a
+/// fixed offset (`+01:00`, `-0530`), or the machine's local zone (`local`, with its
+/// daylight saving time).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Zone {
+    #[default]
+    Utc,
+    Fixed(chrono::FixedOffset),
+    Local,
+}
+
+impl std::str::FromStr for Zone {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Zone, String> {
+        let t = s.trim();
+        if t.eq_ignore_ascii_case("utc") || t == "Z" || t == "+00:00" {
+            return Ok(Zone::Utc);
+        }
+        if t.eq_ignore_ascii_case("local") {
+            return Ok(Zone::Local);
+        }
+        let bad = || format!("{s:?} is not a zone: give UTC, local, or an offset such as +01:00");
+        let (sign, rest) = match t.as_bytes().first() {
+            Some(b'+') => (1, &t[1..]),
+            Some(b'-') => (-1, &t[1..]),
+            _ => return Err(bad()),
+        };
+        let digits: String = rest.chars().filter(|c| *c != ':').collect();
+        if !digits.chars().all(|c| c.is_ascii_digit()) || !matches!(digits.len(), 2 | 4) {
+            return Err(bad());
+        }
+        let h: i32 = digits[..2].parse().map_err(|_| bad())?;
+        let m: i32 = if digits.len() == 4 {
+            digits[2..].parse().map_err(|_| bad())?
+        } else {
+            0
+        };
+        if h > 14 || m > 59 {
+            return Err(bad());
+        }
+        chrono::FixedOffset::east_opt(sign * (h * 3600 + m * 60))
+            .map(Zone::Fixed)
+            .ok_or_else(bad)
+    }
+}
+
+/// A recorded time as people and spreadsheets write it, in epoch ms: epoch
+/// milliseconds, RFC 3339 (`2026-11-20T10:00:00Z`, `2026-11-20 10:00:00+01:00`), or a
+/// time without offset (`2026-11-20 10:00:00`, `2026-11-20T10:00`, `2026/11/20
+/// 10:00:00.250`), read in `zone`.
+pub fn parse_time(text: &str, zone: Zone) -> Result<Timestamp, String> {
+    use chrono::TimeZone;
+    let t = text.trim();
+    if let Ok(ms) = t.parse::<i64>() {
+        return Ok(ms);
+    }
+    let iso = t.replacen(' ', "T", 1);
+    for s in [t, iso.as_str()] {
+        if let Ok(d) = chrono::DateTime::parse_from_rfc3339(s) {
+            return Ok(d.timestamp_millis());
+        }
+    }
+    let naive = [
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M",
+        "%Y/%m/%dT%H:%M:%S%.f",
+        "%Y/%m/%dT%H:%M",
+    ]
+    .iter()
+    .find_map(|f| chrono::NaiveDateTime::parse_from_str(&iso, f).ok())
+    .ok_or_else(|| {
+        format!(
+            "ts {t:?} is not a time: give epoch milliseconds, RFC 3339 (2026-11-20T10:00:00Z) \
+             or a spreadsheet time (2026-11-20 10:00:00, read as UTC unless --tz says otherwise)"
+        )
+    })?;
+    let at = match zone {
+        Zone::Utc => Some(naive.and_utc().timestamp_millis()),
+        Zone::Fixed(o) => o
+            .from_local_datetime(&naive)
+            .single()
+            .map(|d| d.timestamp_millis()),
+        Zone::Local => chrono::Local
+            .from_local_datetime(&naive)
+            .earliest()
+            .map(|d| d.timestamp_millis()),
+    };
+    at.ok_or_else(|| format!("ts {t:?} does not exist in the local zone (a daylight saving gap)"))
+}
+
 fn ceil_to(x: Timestamp, step: i64) -> Timestamp {
     let r = x.rem_euclid(step);
     if r == 0 {
@@ -269,7 +360,7 @@ pub fn render_summary(rep: &ReplayReport) -> String {
         "TIME FIRING",
         "LONGEST",
     ];
-    let rows: Vec<[String; 8]> = rep
+    let rows: Vec<Vec<String>> = rep
         .rules
         .iter()
         .map(|r| {
@@ -280,7 +371,7 @@ pub fn render_summary(rep: &ReplayReport) -> String {
                     "-".to_string()
                 }
             };
-            [
+            vec![
                 r.rule.clone(),
                 r.kind.map_or("?", kind_name).to_string(),
                 r.severity.to_string(),
@@ -292,38 +383,10 @@ pub fn render_summary(rep: &ReplayReport) -> String {
             ]
         })
         .collect();
-    let mut width = header.map(|h| h.chars().count());
-    for row in &rows {
-        for (w, cell) in width.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
     // Text columns left-aligned, figures right-aligned.
-    let right = [false, false, false, true, true, true, true, true];
-    let line = |cells: &[String]| {
-        let mut s = String::new();
-        for (i, cell) in cells.iter().enumerate() {
-            let pad = width[i] - cell.chars().count();
-            if i > 0 {
-                s.push_str("  ");
-            }
-            if right[i] {
-                s.push_str(&" ".repeat(pad));
-                s.push_str(cell);
-            } else {
-                s.push_str(cell);
-                if i + 1 < cells.len() {
-                    s.push_str(&" ".repeat(pad));
-                }
-            }
-        }
-        s.push('\n');
-        s
-    };
-    out.push_str(&line(&header.map(str::to_string)));
-    for row in &rows {
-        out.push_str(&line(row));
-    }
+    use crate::format::Align::{Left, Right};
+    let align = [Left, Left, Left, Right, Right, Right, Right, Right];
+    out.push_str(&crate::format::table(&header, &align, &rows));
     out.push_str(
         "\nNOTIFICATIONS: messages that would have been sent after repeat, silences and flapping \
          (one per event, whatever the number of channels; a rule without `notify` sends none).\n",
@@ -362,6 +425,41 @@ fn thousands(n: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spreadsheet_times_are_read_in_the_zone_given() {
+        let utc = 1_795_168_800_000; // 2026-11-20T10:00:00Z
+        let plus1: Zone = "+01:00".parse().unwrap();
+        let table: &[(&str, Zone, Timestamp)] = &[
+            ("2026-11-20 10:00:00", Zone::Utc, utc),
+            ("2026-11-20T10:00:00", Zone::Utc, utc),
+            ("2026-11-20 10:00", Zone::Utc, utc),
+            ("2026/11/20 10:00:00.250", Zone::Utc, utc + 250),
+            ("2026-11-20 10:00:00", plus1, utc - 3_600_000),
+            (
+                "2026-11-20 10:00:00",
+                "-0530".parse().unwrap(),
+                utc + 19_800_000,
+            ),
+            // An offset in the text wins over the zone.
+            ("2026-11-20T10:00:00Z", plus1, utc),
+            ("2026-11-20 10:00:00+02:00", Zone::Utc, utc - 7_200_000),
+            ("1795168800000", plus1, utc),
+        ];
+        for (text, zone, want) in table {
+            assert_eq!(parse_time(text, *zone), Ok(*want), "{text} in {zone:?}");
+        }
+        assert!(parse_time("yesterday", Zone::Utc)
+            .unwrap_err()
+            .contains("2026-11-20 10:00:00"));
+        assert!("+25:00".parse::<Zone>().is_err());
+        assert!("Europe/Madrid"
+            .parse::<Zone>()
+            .unwrap_err()
+            .contains("+01:00"));
+        assert_eq!("utc".parse::<Zone>(), Ok(Zone::Utc));
+        assert_eq!("local".parse::<Zone>(), Ok(Zone::Local));
+    }
 
     #[test]
     fn ceil_and_thousands() {

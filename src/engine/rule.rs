@@ -83,12 +83,16 @@ pub(crate) struct Rule {
     /// `for` in ms; 0 fires on the first reading that is on.
     pub for_ms: i64,
     pub repeat_ms: Option<i64>,
-    /// The user's `message`, when given.
+    /// The user's `message`, when given (pending, firing, repeat).
     pub template: Option<Template>,
-    /// Defaults when `message` is absent.
+    /// The user's `message_resolved`, when given.
+    pub template_resolved: Option<Template>,
+    /// Defaults when `message` / `message_resolved` are absent.
     pub default_active: Template,
     pub default_active_down: Template,
     pub default_resolved: Template,
+    /// Always the default: a cancelled pending alert is for the history only.
+    pub default_cancelled: Template,
 }
 
 impl Rule {
@@ -148,7 +152,7 @@ impl Rule {
             RuleKind::Deadman => 0,
             _ => c.for_.map_or(0, |d| d.as_millis()),
         };
-        let (active, active_down, resolved) = super::render::default_templates(&kind, for_ms);
+        let d = super::render::default_templates(&kind, for_ms);
         Ok(Rule {
             name: c.name.clone(),
             pattern: c.series.clone(),
@@ -159,9 +163,11 @@ impl Rule {
             for_ms,
             repeat_ms: c.repeat.filter(|d| !d.is_zero()).map(|d| d.as_millis()),
             template: c.message.as_deref().map(Template::parse),
-            default_active: Template::parse(&active),
-            default_active_down: Template::parse(&active_down),
-            default_resolved: Template::parse(&resolved),
+            template_resolved: c.message_resolved.as_deref().map(Template::parse),
+            default_active: Template::parse(&d.active),
+            default_active_down: Template::parse(&d.active_down),
+            default_resolved: Template::parse(&d.resolved),
+            default_cancelled: Template::parse(&d.cancelled),
         })
     }
 

@@ -193,9 +193,10 @@ impl EngineStage {
         loop {
             tokio::select! {
                 batch = rx.recv() => {
-                    let Some(batch) = batch else { break };
+                    let Some(mut batch) = batch else { break };
                     let now = now_ms();
-                    for r in &batch {
+                    for r in &mut batch {
+                        super::carry_unit(r, self.last.get(&r.series).and_then(|l| l.unit.as_ref()));
                         self.engine.on_reading(r, now, &mut self.events);
                         match self.last.get_mut(&r.series) {
                             Some(l) if l.ts > r.ts => {}
@@ -289,6 +290,9 @@ impl EngineStage {
         };
         if batch.is_empty() {
             return true;
+        }
+        for e in &batch.events {
+            super::log_event(e);
         }
         self.outputs.send(OutputMsg::Alerts(Arc::new(batch))).await
     }

@@ -172,8 +172,16 @@ fn pending_that_clears_is_recorded_but_not_sent_and_restarts() {
     // 30 is not above 30: the condition is off, pending is cancelled (clear only
     // matters once firing).
     let evs = h.at("gh/a/t", M, 30.0);
-    assert_eq!(states(&evs), [S::Resolved]);
+    assert_eq!(
+        states(&evs),
+        [S::Cancelled],
+        "never `resolved`: it never fired"
+    );
     assert!(evs[0].notify.is_empty());
+    assert_eq!(
+        evs[0].message,
+        "gh/a/t is back to 30 after 1m pending: cancelled, never fired"
+    );
     assert_eq!(states(&h.at("gh/a/t", 90_000, 31.0)), [S::Pending]);
     // 2 minutes after the first reading, but only 30 s after the new pending start.
     assert!(h.at("gh/a/t", 2 * M, 31.0).is_empty());
@@ -315,7 +323,7 @@ notify = ["telegram"]
     let evs = h.at("gh/a/t", 7 * M, 22.0);
     assert_eq!(states(&evs), [S::Resolved]);
     assert_eq!(evs[0].ts, 7 * M);
-    assert_eq!(evs[0].message, "gh/a/t reports again: 22");
+    assert_eq!(evs[0].message, "gh/a/t reports again: 22, after 2m firing");
     // The deadline moves with each reading.
     assert!(h.tick(7 * M + 5 * M - 1).is_empty());
     assert_eq!(states(&h.tick(12 * M)), [S::Firing]);
@@ -607,7 +615,7 @@ fn messages_from_templates_and_defaults() {
     let evs = h.at("gh/a/t", 2 * M, 31.200000001);
     assert_eq!(
         evs[0].message,
-        "[critical] hot: gh/a/t firing at 31.2°C (> 30 for 2m)"
+        "[critical] hot: gh/a/t firing at 31.2 °C (> 30 for 2m)"
     );
     assert_eq!(evs[0].unit.as_deref(), Some("°C"));
     assert_eq!(evs[0].severity, Severity::Critical);
@@ -618,7 +626,10 @@ fn messages_from_templates_and_defaults() {
     let evs = h.at("gh/a/t", 2 * M, 1013.25);
     assert_eq!(evs[0].message, "gh/a/t is 1013.25 hPa, above 30 for 2m");
     let evs = h.at("gh/a/t", 3 * M, 12.0);
-    assert_eq!(evs[0].message, "gh/a/t is back to 12 hPa");
+    assert_eq!(
+        evs[0].message,
+        "gh/a/t is back to 12 hPa (clear below 30) after 1m firing"
+    );
 
     let mut h = H::new("[[rules]]\nname = \"n\"\nseries = \"#\"\nkind = \"window\"\nagg = \"count\"\nwindow = \"5m\"\nbelow = 2.0\n");
     h.units = Some(Arc::from("°C"));
@@ -943,10 +954,11 @@ proptest! {
                         pending_since = ts;
                     }
                     S::Resolved if state == S::Firing => prop_assert!(off(v), "resolved on {} (clear {})", v, clear),
-                    S::Resolved => prop_assert!(state == S::Pending && !on(v)),
+                    S::Resolved => prop_assert!(false, "resolved while {:?}", state),
+                    S::Cancelled => prop_assert!(state == S::Pending && !on(v)),
                     other => prop_assert!(false, "unexpected {:?}", other),
                 }
-                state = if e.state == S::Resolved { S::Ok } else { e.state };
+                state = if matches!(e.state, S::Resolved | S::Cancelled) { S::Ok } else { e.state };
             }
             // Liveness: what must have happened did.
             if on(v) {
@@ -1064,4 +1076,46 @@ fn window_rules_wait_for_a_whole_window_before_judging() {
     // It moves again: resolved.
     let evs = h.at("s", 70_000, 20.5);
     assert_eq!(evs[0].state, AlertState::Resolved);
+}
+
+#[test]
+fn resolved_text_is_not_the_firing_text() {
+    // The README's template for firing; resolved gets its own default.
+    let mut h = H::new(&format!(
+        "{HOT}clear = 33.0\nabove = 35.0\nfor = \"20s\"\nmessage = \"{{series}} is {{value}}{{unit}}, above {{threshold}} for {{duration}}\"\n"
+    ).replace("above = 30.0\n", "").replace("gh/+/t", "greenhouse/+/temperature"));
+    h.units = Some(Arc::from("°C"));
+    h.at("greenhouse/node1/temperature", 0, 36.0);
+    let evs = h.at("greenhouse/node1/temperature", 20_000, 36.2);
+    assert_eq!(
+        evs[0].message,
+        "greenhouse/node1/temperature is 36.2 °C, above 35 for 20s"
+    );
+    let evs = h.at("greenhouse/node1/temperature", 20_000 + 4 * M, 21.76);
+    assert_eq!(states(&evs), [S::Resolved]);
+    assert_eq!(
+        evs[0].message,
+        "greenhouse/node1/temperature is back to 21.76 °C (clear below 33) after 4m firing"
+    );
+    assert_eq!(evs[0].notify, ["telegram"]);
+
+    // `message_resolved` replaces the default.
+    let mut h = H::new(&format!(
+        "{HOT}message_resolved = \"{{rule}}: {{series}} ok at {{value}}{{unit}}, fired {{lasted}}\"\n"
+    ));
+    h.units = Some(Arc::from("V"));
+    h.at("gh/a/t", 0, 31.0);
+    let evs = h.at("gh/a/t", 90_000, 3.901);
+    assert_eq!(evs[0].message, "hot: gh/a/t ok at 3.901 V, fired 1m 30s");
+
+    // A below rule clears above.
+    let mut h = H::new(
+        "[[rules]]\nname = \"low\"\nseries = \"#\"\nkind = \"threshold\"\nbelow = 3.5\nclear = 3.7\n",
+    );
+    h.at("b", 0, 3.4);
+    let evs = h.at("b", 45_000, 3.8);
+    assert_eq!(
+        evs[0].message,
+        "b is back to 3.8 (clear above 3.7) after 45s firing"
+    );
 }

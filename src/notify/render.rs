@@ -17,30 +17,16 @@ pub fn label(e: &AlertEvent) -> &'static str {
             Severity::Info => "INFO",
         },
         AlertState::Resolved | AlertState::Ok => "RESOLVED",
+        AlertState::Cancelled => "CANCELLED",
         AlertState::Acknowledged => "ACK",
         AlertState::Flapping => "FLAPPING",
     }
 }
 
-/// A value as people read it: at most 3 decimals, no trailing zeros, unit after a space.
+/// A value as people read it (see [`crate::format`]), unit after a space; empty
+/// when there is none.
 pub fn value(v: Option<f64>, unit: Option<&str>) -> String {
-    let Some(v) = v else { return String::new() };
-    let mut s = format!("{v:.3}");
-    if s.contains('.') {
-        while s.ends_with('0') {
-            s.pop();
-        }
-        if s.ends_with('.') {
-            s.pop();
-        }
-    }
-    if s == "-0" {
-        s = "0".into();
-    }
-    match unit.map(str::trim).filter(|u| !u.is_empty()) {
-        Some(u) => format!("{s} {u}"),
-        None => s,
-    }
+    crate::format::opt_with_unit(v, unit)
 }
 
 /// The one-line summary of an event: the rule's rendered message when there is one
@@ -164,6 +150,7 @@ pub fn escape_html(s: &str) -> String {
 fn icon(e: &AlertEvent) -> &'static str {
     match (e.state, e.severity) {
         (AlertState::Resolved | AlertState::Ok, _) => "✅",
+        (AlertState::Cancelled, _) => "↩️",
         (AlertState::Acknowledged, _) => "👍",
         (AlertState::Flapping, _) => "🔁",
         (_, Severity::Critical) => "🔥",
@@ -282,8 +269,9 @@ mod tests {
     fn values_are_short() {
         assert_eq!(value(Some(31.2), Some("°C")), "31.2 °C");
         assert_eq!(value(Some(30.0), None), "30");
-        assert_eq!(value(Some(0.123_456), Some("")), "0.123");
-        assert_eq!(value(Some(-0.0001), None), "0");
+        assert_eq!(value(Some(0.123_456), Some("")), "0.123456");
+        assert_eq!(value(Some(0.000_42), None), "0.00042");
+        assert_eq!(value(Some(4.099_250_000_000_000_5), Some("V")), "4.09925 V");
         assert_eq!(value(None, Some("°C")), "");
     }
 

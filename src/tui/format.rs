@@ -32,52 +32,19 @@ pub fn printable(text: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
-/// A value in at most about seven characters, aligned on the right by the caller:
-/// `612`, `21.50`, `-3.25`, `123.4`, `12.3k`, `1.23M`.
+/// Width of the value column: a value is written in at most this many characters.
+pub const VALUE_WIDTH: usize = 8;
+
+/// A value as everywhere else ([`crate::format`]), in at most [`VALUE_WIDTH`]
+/// characters: `612`, `21.5`, `1013.68`, `0.00042`, `1.2346e8`.
 pub fn value(v: f64) -> String {
-    if !v.is_finite() {
-        return v.to_string();
-    }
-    let a = v.abs();
-    if a >= 1e5 {
-        let (d, s) = if a >= 1e12 {
-            (1e12, "T")
-        } else if a >= 1e9 {
-            (1e9, "G")
-        } else if a >= 1e6 {
-            (1e6, "M")
-        } else {
-            (1e3, "k")
-        };
-        let x = v / d;
-        return if x.abs() >= 100.0 {
-            format!("{x:.0}{s}")
-        } else if x.abs() >= 10.0 {
-            format!("{x:.1}{s}")
-        } else {
-            format!("{x:.2}{s}")
-        };
-    }
-    if v.fract() == 0.0 {
-        return format!("{v:.0}");
-    }
-    if a >= 1000.0 {
-        format!("{v:.0}")
-    } else if a >= 100.0 {
-        format!("{v:.1}")
-    } else if a >= 0.01 {
-        format!("{v:.2}")
-    } else {
-        format!("{v:.3e}")
-    }
+    crate::format::num_within(v, VALUE_WIDTH)
 }
 
-/// A value with its unit, for places where they are not in separate columns.
+/// A value with its unit after a space, for places where they are not in separate
+/// columns: `3.901 V`.
 pub fn value_unit(v: f64, unit: Option<&str>) -> String {
-    match unit {
-        Some(u) if !u.is_empty() => format!("{} {u}", value(v)),
-        _ => value(v),
-    }
+    crate::format::join_unit(value(v), unit)
 }
 
 /// A span of milliseconds as people say it: `0s`, `3s`, `2m`, `1h05m`, `3d`.
@@ -152,15 +119,16 @@ mod tests {
     #[test]
     fn values_are_compact() {
         assert_eq!(value(612.0), "612");
-        assert_eq!(value(21.5), "21.50");
+        assert_eq!(value(21.5), "21.5");
         assert_eq!(value(-3.25), "-3.25");
-        assert_eq!(value(123.45), "123.5");
-        assert_eq!(value(4567.8), "4568");
-        assert_eq!(value(123_456.0), "123k");
-        assert_eq!(value(1_234_567.0), "1.23M");
+        assert_eq!(value(1013.68), "1013.68");
+        assert_eq!(value(73.40), "73.4");
+        assert_eq!(value(123_456.0), "123456");
+        assert_eq!(value(123_456_789.0), "1.2346e8");
         assert_eq!(value(0.0), "0");
-        assert_eq!(value(0.001_5), "1.500e-3");
-        assert_eq!(value_unit(21.5, Some("°C")), "21.50 °C");
+        assert_eq!(value(0.001_5), "0.0015");
+        assert_eq!(value_unit(21.5, Some("°C")), "21.5 °C");
+        assert_eq!(value_unit(3.901, Some("V")), "3.901 V");
     }
 
     #[test]

@@ -616,7 +616,7 @@ impl App {
             self.order_stale = true;
         }
         match ev.state {
-            AlertState::Resolved | AlertState::Ok => {
+            AlertState::Resolved | AlertState::Cancelled | AlertState::Ok => {
                 self.alerts.remove(&key);
             }
             state => {

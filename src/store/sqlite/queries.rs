@@ -181,6 +181,17 @@ pub async fn last_seen(
         .map_err(Into::into)
 }
 
+/// The unit of every series that has one in the catalogue.
+pub async fn series_units(pool: &SqlitePool) -> Result<HashMap<String, String>, StoreError> {
+    let rows = sqlx::query("SELECT name, unit FROM series WHERE unit IS NOT NULL")
+        .fetch_all(pool)
+        .await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get("name")?, r.try_get("unit")?)))
+        .collect::<Result<HashMap<_, _>, sqlx::Error>>()
+        .map_err(Into::into)
+}
+
 /// Severity as stored, for readers that need the type back.
 pub fn parse_severity(s: &str) -> Severity {
     Severity::parse(s).unwrap_or_default()
