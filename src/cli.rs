@@ -16,18 +16,26 @@ use crate::store::sqlite;
 #[derive(Debug, Parser)]
 #[command(
     name = "centinela",
-    version,
+    version = crate::build_info::LONG_VERSION,
     about = "IoT monitoring and alerting: MQTT in, rules, SQLite, alerts out"
 )]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Log level or filter, e.g. debug or centinela=debug,rumqttd=info (wins over
+    /// RUST_LOG and the config's [log] level).
+    #[arg(long, global = true, value_name = "FILTER", value_parser = crate::logging::parse_filter)]
+    pub log_level: Option<String>,
+    /// Log lines as text or as one JSON object each.
+    #[arg(long, global = true, value_enum, default_value_t = crate::logging::LogFormat::Text)]
+    pub log_format: crate::logging::LogFormat,
 }
 
 #[derive(Debug, Args, Clone)]
 pub struct ConfigArg {
-    /// Configuration file (default: /etc/centinela/centinela.toml, else ./config/centinela.toml,
-    /// else the embedded default).
+    /// Configuration file (default: $XDG_CONFIG_HOME/centinela/centinela.toml, else
+    /// /etc/centinela/centinela.toml, else ./config/centinela.toml, else the embedded
+    /// default).
     #[arg(long, short = 'c', env = "CENTINELA_CONFIG", value_name = "PATH")]
     pub config: Option<PathBuf>,
 }
@@ -71,6 +79,31 @@ pub enum Command {
     Replay(ReplayArgs),
     /// Measure the pipeline end to end: MQTT over TCP → broker → decode → SQLite.
     Bench(BenchArgs),
+    /// The database: `db check` looks for damage (exit 1 when damaged).
+    Db {
+        #[command(subcommand)]
+        action: DbAction,
+    },
+    /// Print the shell completion script, e.g.
+    /// `centinela completions bash > /etc/bash_completion.d/centinela`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), e.g. `centinela man | man -l -`.
+    Man,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DbAction {
+    /// Full `PRAGMA integrity_check` (reads the whole file); prints "ok" or the damage.
+    Check {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Database file (default: storage.sqlite.path of the config).
+        #[arg(long, value_name = "PATH")]
+        db: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -252,6 +285,10 @@ pub fn main(cli: Cli) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    crate::logging::set_overrides(crate::logging::Overrides {
+        level: cli.log_level.clone(),
+        format: cli.log_format,
+    });
     match rt.block_on(dispatch(cli)) {
         Ok(code) => code,
         Err(e) => {
@@ -298,10 +335,21 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Validate { config } => validate(config.config.as_deref()),
+        Command::Completions { shell } => {
+            crate::clidoc::print(&crate::clidoc::completions(shell))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man => {
+            crate::clidoc::print(&crate::clidoc::man())?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Run { config } => {
             let (cfg, source) = load(config.config.as_deref())?;
             init_logging(&cfg, false);
             tracing::info!(config = %source, "starting");
+            if cfg.broker.mode == config::BrokerMode::Embedded {
+                crate::limits::check_open_files(cfg.broker.max_connections);
+            }
             if cfg.rules.is_empty() {
                 tracing::warn!(config = %source, "no [[rules]] configured: readings are stored, but nothing is watched and no alert can fire (`centinela config` shows starter rules to uncomment)");
             }
@@ -324,6 +372,18 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Alerts(args) => alerts(args).await,
         Command::Bench(args) => bench(args).await,
         Command::Replay(args) => replay(args).await,
+        Command::Db {
+            action: DbAction::Check { config, db },
+        } => {
+            let path = db_path(&config, db)?;
+            match sqlite::startup::check(&path, true, None).await? {
+                sqlite::startup::Checked::Missing => {
+                    anyhow::bail!("{}: no such database", path.display())
+                }
+                _ => println!("ok: {} has no damage", path.display()),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -355,6 +415,7 @@ fn validate(path: Option<&Path>) -> anyhow::Result<ExitCode> {
 }
 
 /// Logs go to stderr: compact, no colours unless stderr is a terminal (journald-friendly).
+/// `quiet` lowers the level to warnings unless `--log-level` or `RUST_LOG` says otherwise.
 pub fn init_logging(cfg: &Config, quiet: bool) {
     let level = if quiet {
         "warn"
@@ -378,13 +439,15 @@ async fn run_service(cfg: Config, path: Option<PathBuf>) -> anyhow::Result<ExitC
     let mut hup = signal(SignalKind::hangup()).context("while installing the SIGHUP handler")?;
     crate::systemd::ready();
     crate::systemd::status("running");
-    // The watchdog is fed only while the engine stage keeps ticking: a stuck pipeline
-    // gets restarted by systemd.
+    // The watchdog is fed only while the engine stage keeps ticking and the database
+    // writer keeps up: a stuck pipeline gets restarted by systemd.
     let watchdog = crate::systemd::watchdog_interval().map(|interval| {
         let beat = service.heartbeat.clone();
+        let store = service.store_stats.clone();
         let limit = i64::try_from(interval.as_millis() * 2).unwrap_or(i64::MAX);
         tokio::spawn(crate::systemd::run_watchdog(interval, move || {
-            crate::model::now_ms() - beat.load(std::sync::atomic::Ordering::Relaxed) < limit
+            let now = crate::model::now_ms();
+            now - beat.load(std::sync::atomic::Ordering::Relaxed) < limit && store.health(now).0
         }))
     });
     let outcome = loop {
@@ -1018,6 +1081,17 @@ fn read_csv(
 
 async fn tui(args: TuiArgs) -> anyhow::Result<ExitCode> {
     let (cfg, _) = load(args.config.config.as_deref())?;
+    if args.config.config.is_none() && config::resolve_path(None).is_none() {
+        eprintln!(
+            "note: no configuration file ({}, {} or ./{}): using the embedded default's broker \
+             and database; pass --config PATH",
+            config::user_path().map_or("$XDG_CONFIG_HOME/centinela/centinela.toml".into(), |p| p
+                .display()
+                .to_string()),
+            config::SYSTEM_PATH,
+            config::LOCAL_PATH
+        );
+    }
     // No logging: lines would draw over the screen; the UI shows what matters.
     let url = match (&args.broker, cfg.broker.mode) {
         (Some(u), _) => u.clone(),
@@ -1041,7 +1115,13 @@ async fn tui(args: TuiArgs) -> anyhow::Result<ExitCode> {
     let pool = match sqlite::open_existing(&db).await {
         Ok(pool) => Some(pool),
         Err(e) => {
-            eprintln!("note: no history ({e})");
+            let why = match std::fs::File::open(&db) {
+                Err(io) if io.kind() == std::io::ErrorKind::PermissionDenied => {
+                    format!("{}: {io}; {}", db.display(), config::permission_hint(&db))
+                }
+                _ => e.to_string(),
+            };
+            eprintln!("note: no history ({why})");
             None
         }
     };

@@ -42,6 +42,9 @@ pub struct Metrics {
     /// Messages the broker accepted but the pipeline never received (the broker's
     /// buffer overran): published minus received.
     pub broker_lost: u64,
+    /// JSON and line-protocol fields that were not numbers (strings, arrays): skipped,
+    /// never an error.
+    pub skipped_fields: u64,
     /// Items waiting in each bounded channel between stages.
     pub queues: Vec<QueueDepth>,
     /// The notification outbox, per channel.
@@ -239,6 +242,14 @@ pub fn render_metrics(m: &Metrics) -> String {
     for (reason, n) in &m.decode_errors {
         sample(o, "centinela_decode_errors_total", &[("reason", reason)], n);
     }
+
+    family(
+        o,
+        "centinela_skipped_fields_total",
+        "counter",
+        "Fields of device messages that were not numbers (strings, arrays): no reading, not an error.",
+    );
+    sample(o, "centinela_skipped_fields_total", &[], m.skipped_fields);
 
     family(
         o,
@@ -608,6 +619,7 @@ mod tests {
             readings_stored: 1100,
             decode_errors: vec![("not_a_number".into(), 3), ("too_large".into(), 1)],
             broker_lost: 7,
+            skipped_fields: 4,
             queues: vec![QueueDepth {
                 queue: "engine".into(),
                 depth: 2,
@@ -665,6 +677,7 @@ mod tests {
             "centinela_decode_errors_total{reason=\"not_a_number\"} 3",
             "centinela_decode_errors_total{reason=\"too_large\"} 1",
             "centinela_broker_lost_messages_total 7",
+            "centinela_skipped_fields_total 4",
             "centinela_queue_depth{queue=\"engine\"} 2",
             "centinela_queue_capacity{queue=\"engine\"} 64",
             "centinela_outbox_pending{channel=\"email\"} 1",

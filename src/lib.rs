@@ -35,12 +35,15 @@
 
 pub mod bench;
 pub mod broker;
+pub mod build_info;
 pub mod cli;
+pub mod clidoc;
 pub mod config;
 pub mod control;
 pub mod engine;
 pub mod format;
 pub mod http;
+pub mod limits;
 pub mod live;
 pub mod logging;
 pub mod model;

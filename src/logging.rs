@@ -1,27 +1,171 @@
-//! Log output: `tracing` lines, compact, without colours when not on a terminal (what
-//! journald wants), at the configured level unless `RUST_LOG` says otherwise, with the
-//! embedded broker's noise kept in proportion ([`QuietBroker`]).
+//! Log output: `tracing` lines, compact or JSON, at the configured level unless
+//! `--log-level` or `RUST_LOG` says otherwise, with the embedded broker's noise kept in
+//! proportion ([`QuietBroker`]).
+//!
+//! Colours only on a terminal and never with `NO_COLOR` set. When stderr is the journal
+//! (systemd sets `JOURNAL_STREAM` to its device and inode), each line starts with its
+//! priority, `<3>` error, `<4>` warning, `<6>` info, `<7>` debug, as sd-daemon(3)
+//! describes, so `journalctl -p warning` shows the warnings; the journal keeps its own
+//! timestamps, so lines carry none.
 
+use std::os::fd::AsFd;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::OnceLock;
 
+use tracing_subscriber::fmt::format::{FormatEvent, FormatFields, Writer};
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
+use tracing_subscriber::fmt::FmtContext;
 use tracing_subscriber::prelude::*;
+use tracing_subscriber::registry::LookupSpan;
 
 use crate::model::now_ms;
 
-/// Logs at `level` to `file` (appending), or to stderr when `None`. A second call does
-/// nothing.
+/// How each log line is written (`--log-format`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One compact line of text per event.
+    #[default]
+    Text,
+    /// One JSON object per event (timestamp, level, target, fields).
+    Json,
+}
+
+/// What the command line says about logging, for every later [`init`].
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--log-level`: a level or filter that wins over `RUST_LOG` and `[log] level`.
+    pub level: Option<String>,
+    pub format: LogFormat,
+}
+
+static OVERRIDES: OnceLock<Overrides> = OnceLock::new();
+
+/// Records the command line's logging options; the first call wins.
+pub fn set_overrides(o: Overrides) {
+    let _ = OVERRIDES.set(o);
+}
+
+/// The filter of a level or filter string, with the embedded broker's and SQLite's
+/// chatter kept at warnings unless the string names them.
+fn filter_of(level: &str) -> String {
+    format!("{level},rumqttd=warn,rumqttd::server::broker=off,rumqttc=warn,sqlx=warn")
+}
+
+/// Checks a `--log-level` value: a level (`debug`) or an `EnvFilter` directive list
+/// (`centinela=debug,rumqttd=info`). A bare word must be a level: `EnvFilter` would take
+/// `loud` as a target name and quietly log nothing more.
+pub fn parse_filter(s: &str) -> Result<String, String> {
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    let hint = "e.g. debug, or centinela=debug,rumqttd=info";
+    for d in s.split(',').map(str::trim) {
+        if !d.contains(['=', '[']) && !LEVELS.contains(&d.to_ascii_lowercase().as_str()) {
+            return Err(format!(
+                "{s:?} is not a log level or filter: {d:?} is not one of {}; {hint}",
+                LEVELS.join(", ")
+            ));
+        }
+    }
+    tracing_subscriber::EnvFilter::try_new(s)
+        .map(|_| s.to_string())
+        .map_err(|e| format!("{s:?} is not a log level or filter ({e}); {hint}"))
+}
+
+/// Whether `NO_COLOR` asks for no colours (set and not empty, as no-color.org says).
+pub fn no_color() -> bool {
+    std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty())
+}
+
+/// Whether `JOURNAL_STREAM` (`DEVICE:INODE`, in decimal) names the file with this
+/// device and inode.
+fn journal_stream_is(var: &str, dev: u64, ino: u64) -> bool {
+    var.split_once(':').is_some_and(|(d, i)| {
+        d.trim().parse::<u64>() == Ok(dev) && i.trim().parse::<u64>() == Ok(ino)
+    })
+}
+
+/// Whether stderr is connected to the journal: systemd sets `JOURNAL_STREAM` for a
+/// service whose output goes there, and a child that redirected stderr keeps the
+/// variable but not the stream, so the device and inode must match.
+pub fn stderr_is_journal() -> bool {
+    let Some(var) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Ok(fd) = std::io::stderr().as_fd().try_clone_to_owned() else {
+        return false;
+    };
+    match std::fs::File::from(fd).metadata() {
+        Ok(m) => journal_stream_is(&var.to_string_lossy(), m.dev(), m.ino()),
+        Err(_) => false,
+    }
+}
+
+/// The syslog priority sd-daemon(3) reads from a `<N>` line prefix.
+fn priority(level: &tracing::Level) -> u8 {
+    match *level {
+        tracing::Level::ERROR => 3,
+        tracing::Level::WARN => 4,
+        tracing::Level::INFO => 6,
+        _ => 7,
+    }
+}
+
+/// An event format that starts each line with its journal priority.
+struct JournalPriority<F>(F);
+
+impl<S, N, F> FormatEvent<S, N> for JournalPriority<F>
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+    F: FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        write!(writer, "<{}>", priority(event.metadata().level()))?;
+        self.0.format_event(ctx, writer, event)
+    }
+}
+
+type BoxedLayer = Box<dyn tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync>;
+
+/// The formatting layer: text or JSON, with journal priorities or not.
+fn fmt_layer(format: LogFormat, journal: bool, ansi: bool, writer: BoxMakeWriter) -> BoxedLayer {
+    use tracing_subscriber::fmt;
+    match (format, journal) {
+        (LogFormat::Json, false) => fmt::layer().json().with_writer(writer).boxed(),
+        (LogFormat::Json, true) => fmt::layer()
+            .json()
+            .event_format(JournalPriority(fmt::format().json()))
+            .with_writer(writer)
+            .boxed(),
+        (LogFormat::Text, false) => fmt::layer()
+            .compact()
+            .with_ansi(ansi)
+            .with_writer(writer)
+            .boxed(),
+        (LogFormat::Text, true) => fmt::layer()
+            .event_format(JournalPriority(fmt::format().compact().without_time()))
+            .with_ansi(false)
+            .with_writer(writer)
+            .boxed(),
+    }
+}
+
+/// Logs at `level` to `file` (appending), or to stderr when `None`. `--log-level`
+/// wins over `RUST_LOG`, which wins over `level`. A second call does nothing.
 pub fn init(level: &str, file: Option<&Path>) {
     use std::io::IsTerminal;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(format!(
-            "{level},rumqttd=warn,rumqttd::server::broker=off,rumqttc=warn,sqlx=warn"
-        ))
-    });
-    let registry = tracing_subscriber::registry()
-        .with(filter)
-        .with(QuietBroker::default());
-    let fmt = tracing_subscriber::fmt::layer().compact();
+    let o = OVERRIDES.get().cloned().unwrap_or_default();
+    let filter = match &o.level {
+        Some(l) => tracing_subscriber::EnvFilter::new(filter_of(l)),
+        None => tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter_of(level))),
+    };
     let opened = file.and_then(|p| {
         std::fs::OpenOptions::new()
             .create(true)
@@ -29,17 +173,25 @@ pub fn init(level: &str, file: Option<&Path>) {
             .open(p)
             .ok()
     });
-    let _ = match opened {
-        Some(f) => registry
-            .with(fmt.with_writer(std::sync::Mutex::new(f)).with_ansi(false))
-            .try_init(),
-        None => registry
-            .with(
-                fmt.with_writer(std::io::stderr)
-                    .with_ansi(std::io::stderr().is_terminal()),
-            )
-            .try_init(),
+    let layer = match opened {
+        Some(f) => fmt_layer(
+            o.format,
+            false,
+            false,
+            BoxMakeWriter::new(std::sync::Mutex::new(f)),
+        ),
+        None => {
+            let journal = stderr_is_journal();
+            let ansi = !journal && std::io::stderr().is_terminal() && !no_color();
+            fmt_layer(o.format, journal, ansi, BoxMakeWriter::new(std::io::stderr))
+        }
     };
+    // The format first: the filters after it decide for every layer.
+    let _ = tracing_subscriber::registry()
+        .with(layer)
+        .with(QuietBroker::default())
+        .with(filter)
+        .try_init();
 }
 
 /// Keeps two kinds of the embedded broker's log lines in proportion:
@@ -118,7 +270,7 @@ mod tests {
 
     use tracing_subscriber::prelude::*;
 
-    use super::QuietBroker;
+    use super::{fmt_layer, journal_stream_is, LogFormat, QuietBroker};
 
     #[derive(Clone, Default)]
     struct Buf(Arc<Mutex<Vec<u8>>>);
@@ -147,6 +299,87 @@ mod tests {
         tracing::subscriber::with_default(subscriber, f);
         let bytes = buf.0.lock().unwrap().clone();
         String::from_utf8(bytes).unwrap()
+    }
+
+    /// What `f` logs through the formatting layer of `format`, journal or not.
+    fn formatted(format: LogFormat, journal: bool, f: impl FnOnce()) -> String {
+        let buf = Buf::default();
+        let out = buf.clone();
+        let writer = tracing_subscriber::fmt::writer::BoxMakeWriter::new(move || out.clone());
+        let subscriber =
+            tracing_subscriber::registry().with(fmt_layer(format, journal, false, writer));
+        tracing::subscriber::with_default(subscriber, f);
+        let bytes = buf.0.lock().unwrap().clone();
+        String::from_utf8(bytes).unwrap()
+    }
+
+    #[test]
+    fn journal_lines_start_with_their_priority_and_carry_no_timestamp() {
+        let log = formatted(LogFormat::Text, true, || {
+            tracing::error!("disk full");
+            tracing::warn!(series = "a/b", "stale");
+            tracing::info!("started");
+            tracing::debug!("detail");
+        });
+        let lines: Vec<&str> = log.lines().collect();
+        assert_eq!(lines.len(), 4, "{log}");
+        assert!(lines[0].starts_with("<3>ERROR"), "{log}");
+        assert!(lines[1].starts_with("<4> WARN"), "{log}");
+        assert!(
+            lines[1].contains("stale") && lines[1].contains("series=\"a/b\""),
+            "{log}"
+        );
+        assert!(lines[2].starts_with("<6> INFO"), "{log}");
+        assert!(lines[3].starts_with("<7>DEBUG"), "{log}");
+    }
+
+    #[test]
+    fn text_lines_off_the_journal_have_a_timestamp_and_no_prefix() {
+        let log = formatted(LogFormat::Text, false, || tracing::warn!("stale"));
+        assert!(log.starts_with("20"), "{log}");
+        assert!(!log.contains('<') && !log.contains('\x1b'), "{log}");
+    }
+
+    #[test]
+    fn json_lines_are_objects_with_level_and_fields() {
+        let log = formatted(LogFormat::Json, false, || {
+            tracing::warn!(series = "a/b", "stale")
+        });
+        let v: serde_json::Value = serde_json::from_str(log.trim()).unwrap();
+        assert_eq!(v["level"], "WARN", "{log}");
+        assert_eq!(v["fields"]["message"], "stale", "{log}");
+        assert_eq!(v["fields"]["series"], "a/b", "{log}");
+        let journal = formatted(LogFormat::Json, true, || tracing::warn!("stale"));
+        let rest = journal
+            .strip_prefix("<4>")
+            .unwrap_or_else(|| panic!("{journal}"));
+        serde_json::from_str::<serde_json::Value>(rest.trim()).unwrap();
+    }
+
+    #[test]
+    fn log_level_takes_levels_and_directives_and_refuses_typos() {
+        use super::parse_filter;
+        for ok in [
+            "debug",
+            "WARN",
+            "centinela=debug,rumqttd=info",
+            "info,sqlx=debug",
+        ] {
+            assert_eq!(parse_filter(ok).as_deref(), Ok(ok));
+        }
+        for bad in ["loud", "debug,verbose", "centinela=loud", ""] {
+            let e = parse_filter(bad).unwrap_err();
+            assert!(e.contains("is not a log level"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn journal_stream_must_name_this_device_and_inode() {
+        assert!(journal_stream_is("8:12345", 8, 12345));
+        assert!(!journal_stream_is("8:12345", 8, 12346));
+        assert!(!journal_stream_is("9:12345", 8, 12345));
+        assert!(!journal_stream_is("", 8, 12345));
+        assert!(!journal_stream_is("8-12345", 8, 12345));
     }
 
     #[test]

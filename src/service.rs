@@ -22,7 +22,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicI64;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -73,6 +73,8 @@ pub struct Service {
     /// pipeline is stuck (the systemd watchdog reads it).
     pub heartbeat: Arc<AtomicI64>,
     trigger: Trigger,
+    /// Held while the service runs: a second instance on the same database refuses.
+    _db_lock: sqlite::DbLock,
     tasks: Vec<JoinHandle<()>>,
     source_thread: Option<std::thread::JoinHandle<()>>,
     external: Option<JoinHandle<Result<(), mqtt::SourceError>>>,
@@ -85,7 +87,7 @@ impl Service {
             .db_path
             .clone()
             .unwrap_or_else(|| cfg.storage.sqlite.path.clone());
-        let pool = sqlite::open(&db_path)
+        let (pool, db_lock) = sqlite::open_for_writing(&db_path)
             .await
             .with_context(|| format!("while opening {}", db_path.display()))?;
 
@@ -146,6 +148,11 @@ impl Service {
         )));
 
         let source_stats = Arc::new(SourceStats::default());
+        let stored = sqlite::last_seen(&pool)
+            .await?
+            .into_iter()
+            .map(|(s, t, _)| (s, t));
+        let setup = mqtt::SourceSetup::new(&cfg, stored.collect());
         let mut source_thread = None;
         let mut external = None;
         let mut broker_addr = None;
@@ -155,9 +162,8 @@ impl Service {
             BrokerMode::Embedded => {
                 let filters = cfg
                     .ingest
-                    .topics
-                    .iter()
-                    .cloned()
+                    .filters()
+                    .into_iter()
                     .chain([mqtt::CONTROL_TOPIC.to_string()])
                     .collect();
                 let mut links = crate::broker::start(
@@ -171,22 +177,13 @@ impl Service {
                 live_out = crate::live::Out::link(links.remove(0));
                 broker_addr = Some(cfg.broker.listen);
                 broker_desc = format!("embedded {}", cfg.broker.listen);
-                let (ingest, max_payload) = (cfg.ingest.clone(), cfg.broker.max_payload);
                 let (stats, stop) = (source_stats.clone(), trigger.token());
                 let control = control_tx.clone();
                 source_thread = Some(
                     std::thread::Builder::new()
                         .name("ingest".into())
                         .spawn(move || {
-                            mqtt::run_embedded(
-                                link,
-                                &ingest,
-                                max_payload,
-                                stats,
-                                readings_tx,
-                                control,
-                                stop,
-                            )
+                            mqtt::run_embedded(link, &setup, stats, readings_tx, control, stop)
                         })
                         .context("while starting the ingest thread")?,
                 );
@@ -194,7 +191,7 @@ impl Service {
             BrokerMode::External => {
                 broker_desc = format!("external {}", cfg.broker.url.as_deref().unwrap_or(""));
                 live_out = crate::live::Out::external(&cfg.broker)?;
-                let (bcfg, icfg) = (cfg.broker.clone(), cfg.ingest.clone());
+                let (bcfg, icfg) = (cfg.broker.clone(), setup);
                 let (stats, control) = (source_stats.clone(), control_tx.clone());
                 let stop = trigger.token();
                 external = Some(tokio::spawn(async move {
@@ -282,6 +279,7 @@ impl Service {
             view,
             heartbeat,
             trigger,
+            _db_lock: db_lock,
             tasks,
             source_thread,
             external,
@@ -318,6 +316,19 @@ impl Service {
             t.await.context("a pipeline task panicked")?;
         }
         self.trigger.completed().await;
+        let s = &self.store_stats;
+        let (readings, alerts, dropped) = (
+            s.pending.load(Ordering::Relaxed),
+            s.alerts_pending.load(Ordering::Relaxed),
+            s.dropped.load(Ordering::Relaxed),
+        );
+        if readings + alerts + dropped > 0 {
+            anyhow::bail!(
+                "pipeline stopped, but {readings} readings and {alerts} alert batches were not \
+                 written to {} ({dropped} more readings were dropped earlier while writes failed)",
+                self.db_path.display()
+            );
+        }
         tracing::info!("pipeline stopped; everything flushed");
         Ok(())
     }

@@ -88,6 +88,7 @@ impl MetricsSource {
                 .map(|(r, n)| (r.to_string(), n))
                 .collect(),
             broker_lost: self.source.lost.load(Ordering::Relaxed),
+            skipped_fields: self.source.skipped_fields.load(Ordering::Relaxed),
             queues: std::iter::once(depth("readings", &self.readings))
                 .chain(self.queues.iter().map(|(name, w)| depth(name, w)))
                 .flatten()
@@ -166,7 +167,7 @@ pub async fn run_status(f: Figures, live: broadcast::Sender<LiveEvent>, mut shut
             broker: f.broker.clone(),
             broker_up: f.source.connected.load(Ordering::Relaxed),
             storage: f.storage.clone(),
-            storage_ok: f.store.errors.load(Ordering::Relaxed) == 0,
+            storage_ok: f.store.health(now_ms()).0,
             readings_per_s: rate,
             received_total: received,
             stored_total: f.store.stored.load(Ordering::Relaxed),

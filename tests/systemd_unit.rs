@@ -132,3 +132,38 @@ fn unit_keeps_what_the_service_needs() {
     }
     assert!(!has("PrivateNetwork=yes"));
 }
+
+/// A configuration error (exit 2) is not restarted, anything else that keeps failing
+/// stops after a few tries, and the open-files limit fits the broker's connections.
+#[test]
+fn unit_does_not_loop_and_fits_max_connections() {
+    let text = std::fs::read_to_string(unit_path()).unwrap();
+    let value = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+            .unwrap_or_else(|| panic!("no {key}= in the unit"))
+            .trim()
+            .to_string()
+    };
+    assert_eq!(value("RestartPreventExitStatus"), "2");
+    let burst: u32 = value("StartLimitBurst").parse().unwrap();
+    assert!((1..=10).contains(&burst), "StartLimitBurst={burst}");
+    let nofile: u64 = value("LimitNOFILE").parse().unwrap();
+    let max = centinela::config::Config::default().broker.max_connections as u64;
+    assert!(
+        nofile >= max + centinela::limits::RESERVED_FDS,
+        "LimitNOFILE={nofile} is below max_connections {max} + {}",
+        centinela::limits::RESERVED_FDS
+    );
+    // Documentation= names the man page the package installs.
+    let docs: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("Documentation="))
+        .flat_map(str::split_whitespace)
+        .collect();
+    assert!(docs.contains(&"man:centinela(1)"), "{docs:?}");
+    assert!(
+        docs.contains(&"file:///usr/share/doc/centinela/README.md"),
+        "{docs:?}"
+    );
+}

@@ -92,6 +92,11 @@ impl RuleConfig {
             .topics
             .iter()
             .any(|t| filters_overlap(t, &under_prefix(&ingest.prefix, &self.series)))
+            && !ingest
+                .map
+                .iter()
+                .filter_map(|m| m.series_pattern())
+                .any(|p| filters_overlap(&p, &self.series))
         {
             bad(
                 "series",

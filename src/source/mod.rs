@@ -1,5 +1,10 @@
-//! Source: MQTT messages in, readings out. [`decode`] is the pure part; [`mqtt`] reads
-//! from the embedded broker's in-process link or from an external broker.
+//! Source: MQTT messages in, readings out. [`decode`] is the pure part, with
+//! [`map`] (topic mappings, JSON flattening), [`line`] (InfluxDB line protocol) and
+//! [`name`] (which series names and units are accepted); [`mqtt`] reads from the
+//! embedded broker's in-process link or from an external broker.
 
 pub mod decode;
+pub mod line;
+pub mod map;
 pub mod mqtt;
+pub mod name;

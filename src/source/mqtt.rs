@@ -14,11 +14,11 @@ use std::time::{Duration, Instant};
 use rumqttc::{AsyncClient, ConnectReturnCode, ConnectionError, Event, MqttOptions, Packet, QoS};
 use tokio::sync::mpsc;
 
-use super::decode::{DecodeError, Decoder};
+use super::decode::{DecodeError, Decoder, Limits};
 use crate::broker::Link;
-use crate::config::{parse_mqtt_url, BrokerConfig, IngestConfig};
+use crate::config::{parse_mqtt_url, BrokerConfig, Config, IngestConfig};
 use crate::control::ControlRequest;
-use crate::model::{now_ms, Control, Reading};
+use crate::model::{now_ms, Control, Reading, Timestamp};
 use crate::shutdown::Shutdown;
 
 /// Topic on which `Control` requests (JSON) reach the engine.
@@ -35,6 +35,9 @@ pub struct SourceStats {
     pub errors: [AtomicU64; DecodeError::REASONS.len()],
     /// Messages the embedded broker dropped before we read them (gaps in its log).
     pub lost: AtomicU64,
+    /// JSON fields and line-protocol fields that were not numbers (strings, arrays):
+    /// skipped without a reading, never an error.
+    pub skipped_fields: AtomicU64,
     pub connected: AtomicBool,
 }
 
@@ -63,36 +66,106 @@ pub enum SourceError {
     MissingPassword(String),
 }
 
+/// What the source stage needs from the configuration and the store.
+#[derive(Debug, Clone)]
+pub struct SourceSetup {
+    pub ingest: IngestConfig,
+    /// `broker.max_payload`.
+    pub max_payload: usize,
+    /// Readings older than this are refused (`storage.sqlite.retention`).
+    pub retention: crate::config::Duration,
+    /// The newest stored timestamp per series: a retained message must be newer.
+    pub stored: Arc<Vec<(String, Timestamp)>>,
+}
+
+impl SourceSetup {
+    pub fn new(cfg: &Config, stored: Vec<(String, Timestamp)>) -> Self {
+        Self {
+            ingest: cfg.ingest.clone(),
+            max_payload: cfg.broker.max_payload,
+            retention: cfg.storage.sqlite.retention,
+            stored: Arc::new(stored),
+        }
+    }
+
+    /// The decoder this setup describes, primed with what is stored.
+    pub fn decoder(&self) -> Decoder {
+        let limits = Limits {
+            max_future_ms: Some(self.ingest.max_clock_skew.as_millis()),
+            max_past_ms: Some(self.retention.as_millis()),
+        };
+        let mut d = Decoder::with_mappings(
+            &self.ingest.prefix,
+            self.max_payload,
+            &self.ingest.map,
+            limits,
+        );
+        for (series, ts) in self.stored.iter() {
+            d.remember(series, *ts);
+        }
+        d
+    }
+}
+
+/// Rate-limited warnings, one clock per reason.
+struct Warnings {
+    every: Duration,
+    last: [Option<Instant>; DecodeError::REASONS.len()],
+    suppressed: [u64; DecodeError::REASONS.len()],
+}
+
+impl Warnings {
+    fn warn(&mut self, topic: &str, e: &DecodeError) {
+        let i = e.index();
+        let now = Instant::now();
+        if self.last[i].is_none_or(|t| now.duration_since(t) >= self.every) {
+            let suppressed = std::mem::take(&mut self.suppressed[i]);
+            let topic = super::name::printable(topic);
+            tracing::warn!(
+                topic,
+                reason = e.reason(),
+                suppressed,
+                "bad message skipped: {e}"
+            );
+            self.last[i] = Some(now);
+        } else {
+            self.suppressed[i] += 1;
+        }
+    }
+}
+
 /// Decodes messages and keeps the counting and the rate-limited warnings in one place.
 struct Ingest {
     decoder: Decoder,
     stats: Arc<SourceStats>,
     warn_every: Duration,
-    last_warn: [Option<Instant>; DecodeError::REASONS.len()],
-    suppressed: [u64; DecodeError::REASONS.len()],
+    warnings: Warnings,
     batch: Vec<Reading>,
     control: mpsc::Sender<ControlRequest>,
 }
 
 impl Ingest {
     fn new(
-        ingest: &IngestConfig,
-        max_payload: usize,
+        setup: &SourceSetup,
         stats: Arc<SourceStats>,
         control: mpsc::Sender<ControlRequest>,
     ) -> Self {
+        let every = setup.ingest.warn_interval.std();
         Self {
-            decoder: Decoder::new(&ingest.prefix, max_payload),
+            decoder: setup.decoder(),
             stats,
-            warn_every: ingest.warn_interval.std(),
-            last_warn: Default::default(),
-            suppressed: [0; DecodeError::REASONS.len()],
+            warn_every: every,
+            warnings: Warnings {
+                every,
+                last: Default::default(),
+                suppressed: [0; DecodeError::REASONS.len()],
+            },
             batch: Vec::with_capacity(BATCH),
             control,
         }
     }
 
-    fn message(&mut self, topic: &str, payload: &[u8], now: i64) {
+    fn message(&mut self, topic: &str, payload: &[u8], retained: bool, now: i64) {
         if topic == CONTROL_TOPIC {
             match serde_json::from_slice::<Control>(payload) {
                 Ok(control) => {
@@ -113,29 +186,25 @@ impl Ingest {
         }
         self.stats.messages.fetch_add(1, Ordering::Relaxed);
         let before = self.batch.len();
-        match self.decoder.decode(topic, payload, now, &mut self.batch) {
-            Ok(()) => {
-                self.stats
-                    .readings
-                    .fetch_add((self.batch.len() - before) as u64, Ordering::Relaxed);
-            }
-            Err(e) => {
-                let i = e.index();
-                self.stats.errors[i].fetch_add(1, Ordering::Relaxed);
-                let now = Instant::now();
-                if self.last_warn[i].is_none_or(|t| now.duration_since(t) >= self.warn_every) {
-                    let suppressed = std::mem::take(&mut self.suppressed[i]);
-                    tracing::warn!(
-                        topic,
-                        reason = e.reason(),
-                        suppressed,
-                        "bad message skipped: {e}"
-                    );
-                    self.last_warn[i] = Some(now);
-                } else {
-                    self.suppressed[i] += 1;
-                }
-            }
+        let result = self
+            .decoder
+            .decode_message(topic, payload, retained, now, &mut self.batch);
+        self.stats
+            .readings
+            .fetch_add((self.batch.len() - before) as u64, Ordering::Relaxed);
+        let skipped = self.decoder.skipped();
+        if skipped > 0 {
+            self.stats
+                .skipped_fields
+                .fetch_add(skipped as u64, Ordering::Relaxed);
+        }
+        if let Err(e) = result {
+            self.stats.errors[e.index()].fetch_add(1, Ordering::Relaxed);
+            self.warnings.warn(topic, &e);
+        }
+        for e in self.decoder.refused() {
+            self.stats.errors[e.index()].fetch_add(1, Ordering::Relaxed);
+            self.warnings.warn(topic, e);
         }
     }
 
@@ -190,17 +259,16 @@ impl Overrun {
 /// and [`CONTROL_TOPIC`] (see `broker::start`). Blocking: run it on its own thread.
 pub fn run_embedded(
     mut link: Link,
-    ingest: &IngestConfig,
-    max_payload: usize,
+    setup: &SourceSetup,
     stats: Arc<SourceStats>,
     out: mpsc::Sender<Vec<Reading>>,
     control: mpsc::Sender<ControlRequest>,
     stop: Shutdown,
 ) {
     stats.connected.store(true, Ordering::Relaxed);
-    let mut ing = Ingest::new(ingest, max_payload, stats.clone(), control);
+    let mut ing = Ingest::new(setup, stats.clone(), control);
     let mut next_offset: Option<u64> = None;
-    let track_gaps = ingest.topics.len() == 1;
+    let track_gaps = setup.ingest.filters().len() == 1;
     let mut overrun = Overrun::new(ing.warn_every);
     loop {
         // A batch goes downstream as soon as the link has nothing more ready (or it is
@@ -225,7 +293,9 @@ pub fn run_embedded(
                     }
                     next_offset = Some(off + 1);
                 }
-                ing.message(topic, &f.publish.payload, now_ms());
+                // The router clears `retain` on what it forwards live: a set flag means
+                // the message came from its store when the link subscribed.
+                ing.message(topic, &f.publish.payload, f.publish.retain, now_ms());
             }
             Ok(Some(rumqttd::Notification::Unschedule)) => {
                 if link.rx.ready().is_err() {
@@ -281,7 +351,7 @@ pub fn external_options(
 /// authorised) is returned as an error instead of retried for ever.
 pub async fn run_external(
     cfg: &BrokerConfig,
-    ingest: &IngestConfig,
+    setup: &SourceSetup,
     stats: Arc<SourceStats>,
     out: mpsc::Sender<Vec<Reading>>,
     control: mpsc::Sender<ControlRequest>,
@@ -289,7 +359,8 @@ pub async fn run_external(
 ) -> Result<(), SourceError> {
     let (opts, url) = external_options(cfg, &cfg.client_id)?;
     let (client, mut events) = AsyncClient::new(opts, 10_000);
-    let mut ing = Ingest::new(ingest, cfg.max_payload, stats.clone(), control);
+    let mut ing = Ingest::new(setup, stats.clone(), control);
+    let filters = setup.ingest.filters();
     let mut ever_connected = false;
     let mut backoff = Duration::from_millis(200);
     let mut flush = tokio::time::interval(Duration::from_millis(5));
@@ -308,14 +379,16 @@ pub async fn run_external(
                     stats.connected.store(true, Ordering::Relaxed);
                     tracing::info!(%url, session_present = ack.session_present, "connected to the MQTT broker");
                     // Subscribing again is harmless and covers a broker that lost our session.
-                    for t in ingest.topics.iter().map(String::as_str).chain([CONTROL_TOPIC]) {
+                    for t in filters.iter().map(String::as_str).chain([CONTROL_TOPIC]) {
                         if let Err(e) = client.subscribe(t, QoS::AtLeastOnce).await {
                             tracing::error!(topic = t, error = %e, "subscribe failed");
                         }
                     }
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
-                    ing.message(&p.topic, &p.payload, now_ms());
+                    // A broker sets `retain` only on what it delivers from its store
+                    // at subscribe time; live messages arrive with it cleared.
+                    ing.message(&p.topic, &p.payload, p.retain, now_ms());
                     if ing.batch.len() >= BATCH && out.send(ing.take()).await.is_err() {
                         break;
                     }

@@ -36,6 +36,7 @@
 //! - [`influx`]: the optional InfluxDB sink (line protocol over HTTP, durable backlog).
 //! - [`parquet`]: the optional data lake (hourly Parquet files, `date=/hour=` folders).
 
+pub mod backup;
 pub mod chunk;
 pub mod influx;
 pub mod sqlite;

@@ -6,7 +6,6 @@
 //! has gone) and it waits when full, so the engine waits for it: back-pressure up to
 //! the broker's buffer, as before the seam.
 
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
@@ -94,11 +93,7 @@ impl Output for SqliteOutput {
     }
 
     fn health(&self) -> Option<StageHealth> {
-        let errors = self.stats.errors.load(Ordering::Relaxed);
-        Some(StageHealth::new(
-            "sqlite",
-            errors == 0,
-            format!("{errors} flush errors"),
-        ))
+        let (ok, detail) = self.stats.health(crate::model::now_ms());
+        Some(StageHealth::new("sqlite", ok, detail))
     }
 }

@@ -4,7 +4,7 @@
 
 use sqlx::Row;
 
-use super::writer::{flush_logged, Writer};
+use super::writer::{write_logged, Writer};
 use super::{chunk, StoreError, WriterConfig};
 use crate::model::Timestamp;
 
@@ -111,7 +111,10 @@ impl Writer {
 
 /// The hourly merge of chunks, then retention, in small steps.
 pub(super) async fn maintain(w: &mut Writer, cfg: &WriterConfig) {
-    flush_logged(w).await;
+    write_logged(w).await;
+    if w.backing_off() {
+        return;
+    }
     let now = crate::model::now_ms();
     let retention = i64::try_from(cfg.retention.as_millis()).unwrap_or(i64::MAX);
     let rollup_retention = i64::try_from(cfg.rollup_retention.as_millis()).unwrap_or(i64::MAX);

@@ -17,7 +17,7 @@
 //! - [`queries`]: what the CLI, the TUI and the engine read back.
 
 use std::path::Path;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,9 +31,11 @@ use crate::model::{AlertEvent, Reading};
 mod alerts;
 mod maintenance;
 pub mod queries;
+pub mod startup;
 pub mod writer;
 
 pub use queries::*;
+pub use startup::{open_for_writing, DbLock};
 pub use writer::{run_writer, Writer};
 
 #[derive(Debug, thiserror::Error)]
@@ -42,12 +44,33 @@ pub enum StoreError {
     Open { path: String, source: sqlx::Error },
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("database {0}")]
+    Backup(#[from] crate::store::backup::BackupError),
     #[error("database: {0}")]
     Sql(#[from] sqlx::Error),
     #[error("outbox: {0}")]
     Outbox(String),
     #[error("corrupt chunk {id}: {source}")]
     Chunk { id: i64, source: chunk::ChunkError },
+    #[error(
+        "database {db} is in use by another process (pid {pid}, see {lock}): stop it first, \
+         or give this instance its own [storage.sqlite] path"
+    )]
+    InUse {
+        db: String,
+        lock: String,
+        pid: String,
+    },
+    #[error("{path} cannot be written ({source}): a read-only file system, `chattr +i` or permissions; refusing to start")]
+    NotWritable {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(
+        "database {path} is damaged: {detail}. Stop here and keep a copy; `centinela db check --db {path}` \
+         lists the damage and README \"A damaged database\" shows how to recover what is readable"
+    )]
+    Damaged { path: String, detail: String },
 }
 
 /// Opens (creating when missing) the database at `path` with WAL and
@@ -65,13 +88,52 @@ pub async fn open(path: &Path) -> Result<SqlitePool, StoreError> {
         .pragma("temp_store", "memory");
     let pool = SqlitePoolOptions::new()
         .max_connections(4)
+        .after_release(|conn, _| {
+            Box::pin(async move {
+                // A statement that failed inside a transaction (disk full, I/O error)
+                // can leave the connection in it: SQLite may have rolled back already,
+                // so sqlx's own ROLLBACK fails and its transaction depth stays up; the
+                // next `begin` then opens a savepoint inside the dead transaction, which
+                // holds the write lock forever and commits nothing. Such a connection
+                // is closed (closing rolls back) and a fresh one opened when needed.
+                // A connection opened while the file could not be written (`chattr +i`,
+                // a read-only remount) stays read-only after the file is writable again:
+                // closed too, so the next one opens read-write.
+                use sqlx::Connection;
+                conn.ping().await?; // runs after any queued rollback
+                let depth = conn.is_in_transaction();
+                let (in_tx, read_only) = {
+                    let mut h = conn.lock_handle().await?;
+                    let db = h.as_raw_handle().as_ptr();
+                    // SAFETY: the handle is locked (exclusive) for the duration of these
+                    // two calls; both only read connection state; the name is a C string.
+                    unsafe {
+                        (
+                            libsqlite3_sys::sqlite3_get_autocommit(db) == 0,
+                            libsqlite3_sys::sqlite3_db_readonly(db, c"main".as_ptr()) == 1,
+                        )
+                    }
+                };
+                if depth || in_tx || read_only {
+                    tracing::warn!(
+                        in_transaction = depth || in_tx,
+                        read_only,
+                        "closing a database connection left unusable by a failed write"
+                    );
+                    return Ok(false);
+                }
+                Ok(true)
+            })
+        })
         .connect_with(opts)
         .await
         .map_err(|source| StoreError::Open {
             path: path.display().to_string(),
             source,
         })?;
-    sqlx::migrate!().run(&pool).await?;
+    let migrator = sqlx::migrate!();
+    crate::store::backup::before_migrating(&pool, path, &migrator).await?;
+    migrator.run(&pool).await?;
     Ok(pool)
 }
 
@@ -114,14 +176,71 @@ impl AlertBatch {
     }
 }
 
-/// Counters the writer keeps; read by the status line, `/metrics` and the bench.
+/// Counters the writer keeps; read by the status line, `/metrics`, `/healthz`, the
+/// systemd watchdog and the bench.
 #[derive(Debug, Default)]
 pub struct StoreStats {
     pub stored: AtomicU64,
     pub flushes: AtomicU64,
     pub chunks_written: AtomicU64,
+    /// Failed writes (flushes and alert batches), since the start.
     pub errors: AtomicU64,
     pub events: AtomicU64,
+    /// Readings held in memory, not yet written.
+    pub pending: AtomicU64,
+    /// Alert batches held in memory, not yet written.
+    pub alerts_pending: AtomicU64,
+    /// Readings refused because the in-memory buffer was full while writes failed.
+    pub dropped: AtomicU64,
+    /// Failed writes in a row; 0 once a write succeeds again.
+    pub failing: AtomicU64,
+    /// Wall time (ms) the writer last had nothing older than a flush left to write:
+    /// stops moving while a write fails or a flush takes too long.
+    pub progress_ms: AtomicI64,
+    /// How long without progress makes the writer "behind" (ms).
+    pub behind_after_ms: AtomicI64,
+}
+
+impl StoreStats {
+    /// Whether the writer keeps up at `now`, and why not: `/healthz` and the watchdog.
+    pub fn health(&self, now: crate::model::Timestamp) -> (bool, String) {
+        let pending = self.pending.load(Ordering::Relaxed);
+        let dropped = self.dropped.load(Ordering::Relaxed);
+        let failing = self.failing.load(Ordering::Relaxed);
+        let progress = self.progress_ms.load(Ordering::Relaxed);
+        let behind_after = self.behind_after_ms.load(Ordering::Relaxed);
+        let age = if progress == 0 { 0 } else { now - progress };
+        let lost = if dropped > 0 {
+            format!(", {dropped} readings dropped (buffer full)")
+        } else {
+            String::new()
+        };
+        if failing > 0 {
+            (
+                false,
+                format!(
+                    "writes failing ({failing} in a row, last success {} ms ago); {pending} readings and {} alert batches held in memory{lost}",
+                    age,
+                    self.alerts_pending.load(Ordering::Relaxed)
+                ),
+            )
+        } else if behind_after > 0 && age > behind_after {
+            (
+                false,
+                format!(
+                    "writer behind: last caught up {age} ms ago, {pending} readings waiting{lost}"
+                ),
+            )
+        } else {
+            (
+                true,
+                format!(
+                    "{pending} readings waiting, {} flush errors so far{lost}",
+                    self.errors.load(Ordering::Relaxed)
+                ),
+            )
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

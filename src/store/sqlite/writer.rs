@@ -6,12 +6,12 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sqlx::{Row, SqlitePool};
 use tokio::sync::mpsc;
 
-use super::{chunk, StoreError, StoreMsg, StoreStats, WriterConfig};
+use super::{chunk, AlertBatch, StoreError, StoreMsg, StoreStats, WriterConfig};
 use crate::model::{Reading, SeriesId, Timestamp};
 
 /// How often the catalogue's last seen and last value are written.
@@ -69,7 +69,26 @@ pub struct Writer {
     pub force: bool,
     pending_count: usize,
     pub stats: Arc<StoreStats>,
+    /// Alert batches not written yet (a write failed); written before any reading.
+    alerts: VecDeque<AlertBatch>,
+    /// Readings held in memory at most; past it new readings are refused and counted.
+    max_buffered: usize,
+    /// After a failed write: no new try before this instant; the wait that led to it.
+    retry: Option<(Instant, Duration)>,
+    /// When readings refused for a full buffer were last logged.
+    dropped_logged: Option<Instant>,
 }
+
+/// Readings held in memory at most while writes fail (~16 bytes each, ~32 MB): far
+/// above what one flush interval gathers at full speed.
+pub const MAX_BUFFERED: usize = 2_000_000;
+/// Alert batches held at most while writes fail (the oldest go first past it).
+const MAX_ALERT_BATCHES: usize = 100_000;
+/// The wait after a failed write doubles from the first to the last value.
+const RETRY_FIRST: Duration = Duration::from_millis(500);
+const RETRY_MAX: Duration = Duration::from_secs(8);
+/// How long the last flush at shutdown keeps trying (systemd's `TimeoutStopSec=30s`).
+const FINAL_TRIES_FOR: Duration = Duration::from_secs(10);
 
 /// Rows per multi-row INSERT (SQLite allows 32,766 bound values).
 pub(super) const ROWS_PER_STATEMENT: usize = 200;
@@ -89,7 +108,108 @@ impl Writer {
             force: false,
             pending_count: 0,
             stats: Arc::default(),
+            alerts: VecDeque::new(),
+            max_buffered: MAX_BUFFERED,
+            retry: None,
+            dropped_logged: None,
         }
+    }
+
+    /// Holds at most `n` readings in memory while writes fail (default [`MAX_BUFFERED`]).
+    pub fn with_buffer_limit(mut self, n: usize) -> Self {
+        self.max_buffered = n;
+        self
+    }
+
+    /// Readings and alert batches held in memory, not written yet.
+    pub fn unwritten(&self) -> (usize, usize) {
+        (self.pending_count, self.alerts.len())
+    }
+
+    /// Whether a write failed and the wait before the next try is not over.
+    pub fn backing_off(&self) -> bool {
+        self.retry.is_some_and(|(at, _)| Instant::now() < at)
+    }
+
+    /// Queues an alert batch; it is written before any reading.
+    pub fn add_alerts(&mut self, batch: AlertBatch) {
+        if batch.is_empty() {
+            return;
+        }
+        if self.alerts.len() >= MAX_ALERT_BATCHES {
+            self.alerts.pop_front();
+            tracing::error!(
+                held = MAX_ALERT_BATCHES,
+                "alert batches held while the database fails: the oldest is dropped"
+            );
+        }
+        self.alerts.push_back(batch);
+        self.publish_counts();
+    }
+
+    /// Writes the queued alert batches in order; on error the rest stay queued.
+    pub async fn write_pending_alerts(&mut self) -> Result<(), StoreError> {
+        while let Some(batch) = self.alerts.front() {
+            self.write_alerts(batch, crate::model::now_ms()).await?;
+            self.alerts.pop_front();
+        }
+        Ok(())
+    }
+
+    /// Writes everything held: alert batches first, then the readings. Returns the
+    /// readings written.
+    pub async fn write_all(&mut self) -> Result<usize, StoreError> {
+        self.write_pending_alerts().await?;
+        self.flush().await
+    }
+
+    /// Records the outcome of a write: counters, health, the wait before the next try,
+    /// and the log line (one per failure, as tries back off; one on recovery).
+    pub fn record(&mut self, result: Result<usize, StoreError>) -> bool {
+        let ok = match result {
+            Ok(_) => {
+                let failed = self.stats.failing.swap(0, Ordering::Relaxed);
+                if failed > 0 {
+                    tracing::info!(
+                        failed_tries = failed,
+                        "database writes succeed again; everything held in memory is written"
+                    );
+                }
+                self.retry = None;
+                self.stats
+                    .progress_ms
+                    .store(crate::model::now_ms(), Ordering::Relaxed);
+                true
+            }
+            Err(e) => {
+                let wait = self
+                    .retry
+                    .map_or(RETRY_FIRST, |(_, d)| (d * 2).min(RETRY_MAX));
+                self.retry = Some((Instant::now() + wait, wait));
+                self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                let tries = self.stats.failing.fetch_add(1, Ordering::Relaxed) + 1;
+                tracing::error!(
+                    error = %e,
+                    tries,
+                    readings_held = self.pending_count,
+                    alert_batches_held = self.alerts.len(),
+                    retry_in_ms = wait.as_millis() as u64,
+                    "database write failed; everything is kept in memory and tried again"
+                );
+                false
+            }
+        };
+        self.publish_counts();
+        ok
+    }
+
+    fn publish_counts(&self) {
+        self.stats
+            .pending
+            .store(self.pending_count as u64, Ordering::Relaxed);
+        self.stats
+            .alerts_pending
+            .store(self.alerts.len() as u64, Ordering::Relaxed);
     }
 
     /// Writes the notifications of alert events to this outbox, in the same
@@ -107,6 +227,27 @@ impl Writer {
     }
 
     pub fn add(&mut self, readings: &[Reading]) {
+        let room = self.max_buffered.saturating_sub(self.pending_count);
+        let readings = if readings.len() > room {
+            let refused = readings.len() - room;
+            self.stats
+                .dropped
+                .fetch_add(refused as u64, Ordering::Relaxed);
+            if self
+                .dropped_logged
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(10))
+            {
+                self.dropped_logged = Some(Instant::now());
+                tracing::error!(
+                    held = self.pending_count,
+                    dropped_total = self.stats.dropped.load(Ordering::Relaxed),
+                    "database writes failing and the reading buffer is full: new readings are dropped"
+                );
+            }
+            &readings[..room]
+        } else {
+            readings
+        };
         for r in readings {
             let band = if self.deadband.is_empty() {
                 None
@@ -158,6 +299,7 @@ impl Writer {
             }
         }
         self.pending_count += readings.len();
+        self.publish_counts();
     }
 
     /// Readings buffered and not yet written.
@@ -199,7 +341,6 @@ impl Writer {
                 Ok(n)
             }
             Err(e) => {
-                self.stats.errors.fetch_add(1, Ordering::Relaxed);
                 for (s, p) in batch {
                     self.pending.insert(s, p);
                 }
@@ -376,13 +517,25 @@ impl Writer {
     }
 }
 
-/// Runs the writer until `rx` closes, then flushes what is left and returns.
+/// Runs the writer until `rx` closes, then writes what is left and returns.
 ///
 /// Every slow step (the timed flush, alert batches, maintenance) runs while the writer
 /// keeps taking messages: what arrives meanwhile is queued (up to [`HELD_MAX`]
-/// readings) and applied in order afterwards, so a large transaction never stalls the
-/// stream behind it.
+/// readings) and applied afterwards, alert batches first, so a large transaction never
+/// stalls the stream behind it.
+///
+/// A failed write (disk full, I/O error, a read-only file) keeps everything in memory
+/// (at most [`MAX_BUFFERED`] readings; more are refused and counted) and is tried again
+/// after a wait doubling from 0.5 s to 8 s. What cannot be written by the end is
+/// logged and left in [`StoreStats::pending`] for the caller to report.
 pub async fn run_writer(mut w: Writer, mut rx: mpsc::Receiver<StoreMsg>, cfg: WriterConfig) {
+    let behind = (cfg.flush_interval * 3 + Duration::from_secs(5)).as_millis();
+    w.stats
+        .behind_after_ms
+        .store(i64::try_from(behind).unwrap_or(i64::MAX), Ordering::Relaxed);
+    w.stats
+        .progress_ms
+        .store(crate::model::now_ms(), Ordering::Relaxed);
     let mut flush = tokio::time::interval(cfg.flush_interval);
     flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut maintenance = tokio::time::interval(cfg.maintenance_interval);
@@ -392,13 +545,28 @@ pub async fn run_writer(mut w: Writer, mut rx: mpsc::Receiver<StoreMsg>, cfg: Wr
     loop {
         tokio::select! {
             _ = std::future::ready(()), if !queue.is_empty() => {
-                // What is queued now; what arrives meanwhile waits for the next round,
-                // so the timers get their turn.
-                for _ in 0..queue.len() {
-                    match queue.pop_front() {
-                        Some(StoreMsg::Readings(r)) => w.add(&r),
-                        Some(msg) => receiving(handle(&mut w, msg), &mut rx, &mut queue).await,
-                        None => break,
+                // What is queued now, alert batches first; what arrives meanwhile waits
+                // for the next round, so the timers get their turn.
+                let (alerts, rest): (VecDeque<StoreMsg>, VecDeque<StoreMsg>) =
+                    queue.drain(..).partition(|m| matches!(m, StoreMsg::Alerts(_)));
+                let mut had_alerts = false;
+                for msg in alerts {
+                    if let StoreMsg::Alerts(batch) = msg {
+                        w.add_alerts(batch);
+                        had_alerts = true;
+                    }
+                }
+                if had_alerts && !w.backing_off() {
+                    receiving(write_alerts_logged(&mut w), &mut rx, &mut queue).await;
+                }
+                for msg in rest {
+                    match msg {
+                        StoreMsg::Readings(r) => w.add(&r),
+                        StoreMsg::Flush(done) => {
+                            receiving(write_logged(&mut w), &mut rx, &mut queue).await;
+                            let _ = done.send(());
+                        }
+                        StoreMsg::Alerts(batch) => w.add_alerts(batch),
                     }
                 }
             }
@@ -407,23 +575,35 @@ pub async fn run_writer(mut w: Writer, mut rx: mpsc::Receiver<StoreMsg>, cfg: Wr
                 None => break,
             },
             _ = flush.tick() => {
-                receiving(flush_logged(&mut w), &mut rx, &mut queue).await;
+                if !w.backing_off() {
+                    receiving(write_logged(&mut w), &mut rx, &mut queue).await;
+                }
             }
             _ = maintenance.tick() => {
-                receiving(super::maintenance::maintain(&mut w, &cfg), &mut rx, &mut queue).await;
+                if !w.backing_off() {
+                    receiving(super::maintenance::maintain(&mut w, &cfg), &mut rx, &mut queue).await;
+                }
             }
         }
     }
-    // The stream has ended: nothing buffered may be lost.
+    // The stream has ended: write everything held, trying for a bounded time.
     w.force = true;
-    for attempt in 1..=5 {
-        match w.flush().await {
-            Ok(_) => break,
-            Err(e) => {
-                tracing::error!(error = %e, attempt, pending = w.pending(), "final flush failed");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
+    let deadline = Instant::now() + FINAL_TRIES_FOR;
+    loop {
+        let r = w.write_all().await;
+        if w.record(r) || Instant::now() >= deadline {
+            break;
         }
+        tokio::time::sleep(RETRY_FIRST).await;
+    }
+    let (readings, alert_batches) = w.unwritten();
+    if readings > 0 || alert_batches > 0 {
+        tracing::error!(
+            readings,
+            alert_batches,
+            dropped_earlier = w.stats.dropped.load(Ordering::Relaxed),
+            "stopping with data the database did not take: these are lost"
+        );
     }
 }
 
@@ -458,32 +638,16 @@ async fn receiving(
     }
 }
 
-async fn handle(w: &mut Writer, msg: StoreMsg) {
-    match msg {
-        StoreMsg::Readings(r) => w.add(&r),
-        StoreMsg::Alerts(batch) => {
-            // Alerts matter more than a missed retry: try a few times.
-            for attempt in 1..=5 {
-                match w.write_alerts(&batch, crate::model::now_ms()).await {
-                    Ok(()) => break,
-                    Err(err) => {
-                        tracing::error!(error = %err, attempt, events = batch.events.len(), "cannot write alert events");
-                        tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
-                    }
-                }
-            }
-        }
-        StoreMsg::Flush(done) => {
-            flush_logged(w).await;
-            let _ = done.send(());
-        }
-    }
+/// Writes alert batches, then readings, recording the outcome.
+pub(super) async fn write_logged(w: &mut Writer) {
+    let r = w.write_all().await;
+    w.record(r);
 }
 
-pub(super) async fn flush_logged(w: &mut Writer) {
-    if let Err(e) = w.flush().await {
-        tracing::error!(error = %e, pending = w.pending(), "flush failed; readings kept for the next try");
-    }
+/// Writes the queued alert batches only (readings wait for their flush).
+async fn write_alerts_logged(w: &mut Writer) {
+    let r = w.write_pending_alerts().await.map(|()| 0);
+    w.record(r);
 }
 
 #[cfg(test)]
