@@ -1165,7 +1165,7 @@ async fn outbox(pool: &sqlx::SqlitePool, json: bool) -> anyhow::Result<ExitCode>
                 "state": r.event.state,
                 "ts": format_ts(r.event.ts),
                 "attempts": r.attempts,
-                "last_error": r.last_error,
+                "last_error": r.last_error.as_deref().map(crate::notify::redact_urls),
             });
             writeln!(out, "{row}")?;
         } else {
@@ -1177,7 +1177,7 @@ async fn outbox(pool: &sqlx::SqlitePool, json: bool) -> anyhow::Result<ExitCode>
                 r.event.alert_id(),
                 r.event.state,
                 r.attempts,
-                r.last_error.as_deref().unwrap_or("")
+                crate::notify::redact_urls(r.last_error.as_deref().unwrap_or(""))
             )?;
         }
     }
@@ -1206,7 +1206,7 @@ async fn doctor(path: Option<&Path>, send_test: bool) -> anyhow::Result<ExitCode
         bad += usize::from(!r.ok);
         println!(
             "{} {:<9} {:<32} {}",
-            if r.ok { "ok  " } else { "FAIL" },
+            r.mark(),
             r.channel,
             r.target,
             r.message
@@ -1220,7 +1220,13 @@ async fn doctor(path: Option<&Path>, send_test: bool) -> anyhow::Result<ExitCode
             Ok(m) => ("ok  ", m),
             Err(m) => ("FAIL", m),
         };
-        println!("{word} {:<9} {:<32} {message}", o.name(), c.target);
+        // Credentials in a URL never reach the terminal.
+        println!(
+            "{word} {:<9} {:<32} {}",
+            o.name(),
+            crate::notify::redact_urls(&c.target),
+            crate::notify::redact_urls(&message)
+        );
     }
     if checked == 0 {
         println!("nothing to check: no [notify.*] channel and no output besides SQLite configured");

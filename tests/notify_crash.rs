@@ -149,8 +149,8 @@ async fn crash_child() {
     let pool = notify_db::open(std::path::Path::new(&db)).await;
     let outbox = Outbox::new(pool);
     let sender = WebhookSender::from_config(&WebhookConfig {
-        url,
         timeout: centinela::config::Duration::from_secs(5),
+        ..WebhookConfig::new(url)
     })
     .unwrap();
     let (_stop, rx) = watch::channel(false);

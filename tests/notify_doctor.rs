@@ -198,8 +198,8 @@ async fn webhook_reachability() {
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     let hook = |url: String| NotifyConfig {
         webhook: Some(WebhookConfig {
-            url,
             timeout: centinela::config::Duration::from_secs(3),
+            ..WebhookConfig::new(url)
         }),
         ..Default::default()
     };

@@ -75,8 +75,8 @@ impl Receiver {
 
 fn webhook(url: &str) -> WebhookSender {
     WebhookSender::from_config(&WebhookConfig {
-        url: url.into(),
         timeout: centinela::config::Duration::from_secs(5),
+        ..WebhookConfig::new(url)
     })
     .unwrap()
 }
@@ -404,7 +404,7 @@ async fn mqtt_republish_is_retained_qos1_on_rule_and_series() {
     let (_stop, rx) = watch::channel(false);
     Worker::new(
         outbox.clone(),
-        Arc::new(MqttSender::with_client("centinela/alerts", client)),
+        Arc::new(MqttSender::with_client("centinela/events", client)),
         fast_policy(),
         vec![],
     )
@@ -435,7 +435,7 @@ async fn mqtt_republish_is_retained_qos1_on_rule_and_series() {
     // A client that subscribes afterwards gets the retained current state.
     let (sub, mut sev) =
         AsyncClient::new(MqttOptions::new("late-subscriber", "127.0.0.1", port), 100);
-    sub.subscribe("centinela/alerts/#", QoS::AtLeastOnce)
+    sub.subscribe("centinela/events/#", QoS::AtLeastOnce)
         .await
         .unwrap();
     let got = tokio::time::timeout(Duration::from_secs(10), async {
@@ -449,7 +449,7 @@ async fn mqtt_republish_is_retained_qos1_on_rule_and_series() {
     .expect("no retained message");
     assert_eq!(
         got.topic,
-        "centinela/alerts/greenhouse-hot/greenhouse/node1/temperature"
+        "centinela/events/greenhouse-hot/greenhouse/node1/temperature"
     );
     assert!(got.retain);
     let v: Value = serde_json::from_slice(&got.payload).unwrap();

@@ -361,3 +361,64 @@ async fn a_stop_on_a_full_disk_says_what_was_not_written() {
     assert!(!log.contains("everything flushed"), "{log}");
     assert!(log.contains("alert batches were not written"), "{log}");
 }
+
+/// 64,000 new series in one flush, and an alert raised meanwhile: the alert reaches the
+/// alerts table and the outbox within a few seconds, and the readings are all stored.
+#[tokio::test]
+async fn a_burst_of_new_series_does_not_hold_up_an_alert() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("c.db");
+    let w = start_writer(&db).await;
+    let base = 1_700_000_000_000;
+    let n = 64_000;
+    let started = Instant::now();
+    for part in 0..(n / 8_000) {
+        let batch: Vec<Reading> = (0..8_000)
+            .map(|k| Reading {
+                series: SeriesId::from(format!("burst/n{}/t", part * 8_000 + k).as_str()),
+                value: 1.0,
+                ts: base,
+                unit: None,
+            })
+            .collect();
+        w.tx.send(StoreMsg::Readings(batch.into())).await.unwrap();
+    }
+    let event = notify_db::event("burst/n1/t", AlertState::Firing, 99.0, base, &["email"]);
+    w.tx.send(StoreMsg::Alerts(AlertBatch {
+        events: vec![event],
+        ..AlertBatch::default()
+    }))
+    .await
+    .unwrap();
+    let pool = sqlite::open_existing(&db).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let alerts: i64 = sqlx::query_scalar("SELECT count(*) FROM alerts")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        let outbox: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        if alerts == 1 && outbox == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the alert is not stored 5 s after a burst of {n} new series"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let alert_after = started.elapsed();
+    wait_until("the burst stored", Duration::from_secs(30), || {
+        w.stats.stored.load(Ordering::Relaxed) == n as u64
+    })
+    .await;
+    println!(
+        "{n} new series: alert stored after {alert_after:?}, all readings after {:?}",
+        started.elapsed()
+    );
+    drop(w.tx);
+    w.task.await.unwrap();
+}

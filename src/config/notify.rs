@@ -50,8 +50,47 @@ impl NotifyConfig {
             t.validate(&mut out);
         }
         if let Some(w) = &self.webhook {
-            if let Err(e) = check_http_url(&w.url) {
-                out.push(Invalid::new(&at("webhook", "url"), e));
+            match (&w.url, &w.url_env) {
+                (Some(u), None) => {
+                    if let Err(e) = check_http_url(u) {
+                        out.push(Invalid::new(&at("webhook", "url"), e));
+                    }
+                }
+                (None, Some(v)) if v.trim().is_empty() => out.push(Invalid::new(
+                    &at("webhook", "url_env"),
+                    "name the environment variable that holds the webhook address",
+                )),
+                (None, Some(_)) => {}
+                (Some(_), Some(_)) => out.push(Invalid::new(
+                    &at("webhook", "url_env"),
+                    "set url or url_env, not both",
+                )),
+                (None, None) => out.push(Invalid::new(
+                    &at("webhook", "url"),
+                    "the receiver's address is needed: url = \"https://…\", or url_env naming the variable that holds it",
+                )),
+            }
+            if let Some(v) = &w.secret_env {
+                if v.trim().is_empty() {
+                    out.push(Invalid::new(
+                        &at("webhook", "secret_env"),
+                        "name the environment variable that holds the webhook secret",
+                    ));
+                }
+            }
+            if let Some(h) = &w.secret_header {
+                if w.secret_env.is_none() {
+                    out.push(Invalid::new(
+                        &at("webhook", "secret_header"),
+                        "goes with secret_env, the variable whose value is sent in this header",
+                    ));
+                }
+                if reqwest::header::HeaderName::from_bytes(h.trim().as_bytes()).is_err() {
+                    out.push(Invalid::new(
+                        &at("webhook", "secret_header"),
+                        format!("{h:?} is not an HTTP header name"),
+                    ));
+                }
             }
             if w.timeout.is_zero() {
                 out.push(Invalid::new(
@@ -64,7 +103,16 @@ impl NotifyConfig {
             if m.topic.trim().is_empty() || m.topic.contains(['+', '#']) || m.topic.ends_with('/') {
                 out.push(Invalid::new(
                     &at("mqtt", "topic"),
-                    format!("{:?} must be a plain topic path such as \"centinela/alerts\" (no wildcards, no trailing '/')", m.topic),
+                    format!("{:?} must be a plain topic path such as \"{DEFAULT_MQTT_TOPIC}\" (no wildcards, no trailing '/')", m.topic),
+                ));
+            } else if let Some(live) = overlaps_live_topic(&m.topic) {
+                out.push(Invalid::new(
+                    &at("mqtt", "topic"),
+                    format!(
+                        "{:?} overlaps {live}, where the service publishes its own live state: \
+                         every event would show twice in `centinela tui`; use a topic of its own such as \"{DEFAULT_MQTT_TOPIC}\"",
+                        m.topic
+                    ),
                 ));
             }
         }
@@ -263,16 +311,69 @@ impl TelegramConfig {
 #[serde(deny_unknown_fields)]
 pub struct WebhookConfig {
     /// Receives each alert event as a JSON POST.
-    pub url: String,
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Instead of `url`: the environment variable that holds the address, for a URL
+    /// that carries its own secret (a key in the query, a token in the path).
+    #[serde(default)]
+    pub url_env: Option<String>,
+    /// The environment variable whose value is sent with every request, as
+    /// `Authorization: Bearer <value>` or in `secret_header`.
+    #[serde(default)]
+    pub secret_env: Option<String>,
+    /// The header that carries the secret instead of `Authorization` (e.g. `X-Api-Key`).
+    #[serde(default)]
+    pub secret_header: Option<String>,
     #[serde(default = "default_timeout")]
     pub timeout: Duration,
+}
+
+impl WebhookConfig {
+    /// A webhook to `url` with the default timeout and no secret.
+    pub fn new(url: impl Into<String>) -> Self {
+        WebhookConfig {
+            url: Some(url.into()),
+            url_env: None,
+            secret_env: None,
+            secret_header: None,
+            timeout: default_timeout(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MqttNotifyConfig {
     /// Events are published retained, QoS 1, on `<topic>/<rule>/<series>`.
+    #[serde(default = "default_mqtt_topic")]
     pub topic: String,
+}
+
+/// Where `[notify.mqtt]` publishes by default: apart from the live state.
+pub const DEFAULT_MQTT_TOPIC: &str = "centinela/events";
+
+/// Topics the service itself publishes or listens on (the live alert state, its status
+/// and the control requests); `[notify.mqtt]` must stay clear of them.
+pub const LIVE_TOPICS: [&str; 3] = ["centinela/alerts", "centinela/status", "centinela/control"];
+
+fn default_mqtt_topic() -> String {
+    DEFAULT_MQTT_TOPIC.into()
+}
+
+/// The live topic that `<topic>/<rule>/<series>` could land on or under, if any. Pure.
+pub fn overlaps_live_topic(topic: &str) -> Option<String> {
+    let t = topic.trim().trim_end_matches('/');
+    LIVE_TOPICS.iter().find_map(|live| {
+        let under = t == *live || t.starts_with(&format!("{live}/"));
+        let above = live.starts_with(&format!("{t}/"));
+        (under || above).then(|| {
+            if *live == "centinela/alerts" {
+                "centinela/alerts/#".to_string()
+            } else {
+                (*live).to_string()
+            }
+        })
+    })
 }
 
 /// Retry, expiry and storm grouping of the outbox.
@@ -356,10 +457,12 @@ impl OutboxConfig {
 }
 
 fn check_http_url(u: &str) -> Result<(), String> {
+    // The address may carry a secret: it is quoted only redacted.
+    let shown = crate::notify::redact::redact_url(u);
     match reqwest::Url::parse(u) {
         Ok(url) if matches!(url.scheme(), "http" | "https") && url.host_str().is_some() => Ok(()),
-        Ok(_) => Err(format!("{u:?} must be an http:// or https:// address")),
-        Err(e) => Err(format!("{u:?} is not an address ({e})")),
+        Ok(_) => Err(format!("{shown:?} must be an http:// or https:// address")),
+        Err(e) => Err(format!("{shown:?} is not an address ({e})")),
     }
 }
 
@@ -379,7 +482,7 @@ mod tests {
             "{EMAIL}tls = \"starttls\"\nusername = \"alerts@example.org\"\npassword_env = \"CENTINELA_SMTP_PASSWORD\"\n\
              to = [\"ops@example.org\"]\n\
              [notify.telegram]\ntoken_env = \"CENTINELA_TELEGRAM_TOKEN\"\nchat_ids = [123456789]\napi_url = \"https://api.telegram.org\"\n\
-             [notify.webhook]\nurl = \"http://127.0.0.1:9000/alerts\"\n[notify.mqtt]\ntopic = \"centinela/alerts\"\n\
+             [notify.webhook]\nurl = \"http://127.0.0.1:9000/alerts\"\n[notify.mqtt]\ntopic = \"centinela/events\"\n\
              [notify.outbox]\nmax_attempts = 5\nstorm_threshold = 3\n"
         );
         let cfg = Config::parse(&text, "n.toml").unwrap();
@@ -495,6 +598,59 @@ mod tests {
                 d.poll_interval,
                 d.keep_delivered
             )
+        );
+    }
+
+    #[test]
+    fn mqtt_channel_stays_off_the_live_topics() {
+        let cfg = Config::parse("[notify.mqtt]\n", "n.toml").unwrap();
+        assert_eq!(cfg.notify.mqtt.unwrap().topic, "centinela/events");
+        for (topic, live) in [
+            ("centinela/alerts", "centinela/alerts/#"),
+            ("centinela/alerts/mine", "centinela/alerts/#"),
+            ("centinela", "centinela/alerts/#"),
+            ("centinela/status", "centinela/status"),
+            ("centinela/control/x", "centinela/control"),
+        ] {
+            let e = err(&format!("[notify.mqtt]\ntopic = \"{topic}\"\n"));
+            assert_eq!(
+                e.field.as_deref(),
+                Some("notify.mqtt.topic"),
+                "{topic}: {e}"
+            );
+            assert_eq!(e.line, Some(2), "{e}");
+            assert!(
+                e.message.contains(&format!("overlaps {live}")),
+                "{topic}: {e}"
+            );
+        }
+        for ok in ["centinela/events", "centinela/alertsx", "home/alerts"] {
+            let text = format!("[notify.mqtt]\ntopic = \"{ok}\"\n");
+            assert!(Config::parse(&text, "n.toml").is_ok(), "{ok}");
+        }
+    }
+
+    #[test]
+    fn webhook_address_and_secret_come_from_the_config_or_the_environment() {
+        let text = "[notify.webhook]\nurl_env = \"HOOK_URL\"\nsecret_env = \"HOOK_SECRET\"\nsecret_header = \"X-Api-Key\"\n";
+        let w = Config::parse(text, "n.toml")
+            .unwrap()
+            .notify
+            .webhook
+            .unwrap();
+        assert_eq!(w.url, None);
+        assert_eq!(w.url_env.as_deref(), Some("HOOK_URL"));
+        let e = err("[notify.webhook]\nurl = \"http://a/x\"\nurl_env = \"HOOK_URL\"\n");
+        assert_eq!(e.field.as_deref(), Some("notify.webhook.url_env"));
+        let e = err("[notify.webhook]\ntimeout = \"3s\"\n");
+        assert_eq!(e.field.as_deref(), Some("notify.webhook.url"));
+        let e = err("[notify.webhook]\nurl = \"http://a/x\"\nsecret_header = \"X-Key\"\n");
+        assert_eq!(e.field.as_deref(), Some("notify.webhook.secret_header"));
+        // A bad address is quoted without the secret it carries.
+        let e = err("[notify.webhook]\nurl = \"ftp://u:hunter2@h/x?key=k3y\"\n");
+        assert!(
+            !e.to_string().contains("hunter2") && !e.to_string().contains("k3y"),
+            "{e}"
         );
     }
 

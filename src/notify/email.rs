@@ -7,10 +7,11 @@
 use lettre::address::Envelope;
 use lettre::message::{header, Mailbox, MultiPart};
 use lettre::transport::smtp::authentication::Credentials;
-use lettre::transport::smtp::client::{Tls, TlsParameters};
-use lettre::{Address, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use lettre::transport::smtp::client::TlsParameters;
+use lettre::{Address, Message};
 
 use super::outbox::OutboxRow;
+use super::smtp::{self, OnStep, Smtp, StepError};
 use super::{render, BoxFuture, Secret, SendError, Sender};
 use crate::config::{EmailConfig, SmtpTls};
 use crate::model::AlertEvent;
@@ -32,7 +33,7 @@ pub enum EmailError {
 
 /// The email channel.
 pub struct EmailSender {
-    transport: AsyncSmtpTransport<Tokio1Executor>,
+    smtp: Smtp,
     from: Mailbox,
     to: Vec<Mailbox>,
     /// For log lines: `host:port`.
@@ -53,27 +54,20 @@ impl EmailSender {
     pub fn with_password(cfg: &EmailConfig, password: Option<Secret>) -> Result<Self, EmailError> {
         let (host, port) = cfg.host_port().map_err(EmailError::Address)?;
         let tls = match cfg.tls {
-            SmtpTls::None => Tls::None,
+            SmtpTls::None => None,
             SmtpTls::Starttls | SmtpTls::Tls => {
                 let params =
                     TlsParameters::new(host.clone()).map_err(|source| EmailError::Tls {
                         host: host.clone(),
                         source,
                     })?;
-                if cfg.tls == SmtpTls::Tls {
-                    Tls::Wrapper(params)
-                } else {
-                    Tls::Required(params)
-                }
+                Some((cfg.tls, params))
             }
         };
-        let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host.as_str())
-            .port(port)
-            .tls(tls)
-            .timeout(Some(cfg.timeout.std()));
-        if let (Some(user), Some(pw)) = (&cfg.username, password) {
-            builder = builder.credentials(Credentials::new(user.clone(), pw.expose().to_string()));
-        }
+        let credentials = match (&cfg.username, password) {
+            (Some(user), Some(pw)) => Some(Credentials::new(user.clone(), pw.expose().to_string())),
+            _ => None,
+        };
         let from: Mailbox = cfg
             .from
             .parse()
@@ -87,20 +81,21 @@ impl EmailSender {
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(EmailSender {
-            transport: builder.build(),
+            smtp: Smtp::new(host.clone(), port, tls, credentials, cfg.timeout.std()),
             from,
             to,
             server: format!("{host}:{port}"),
         })
     }
 
-    /// Connects, says EHLO, upgrades to TLS and authenticates, as a send would.
-    pub async fn check(&self) -> Result<(), lettre::transport::smtp::Error> {
-        self.transport.test_connection().await.map(|_| ())
+    /// Connects, says EHLO, upgrades to TLS and authenticates, as a send would; each
+    /// step under `timeout`, each told to `on` as it starts.
+    pub async fn check(&self, on: OnStep<'_>) -> Result<(), StepError> {
+        self.smtp.check(on).await
     }
 
-    /// Sends a test mail to every recipient.
-    pub async fn send_test(&self) -> Result<(), SendError> {
+    /// Sends a test mail to every recipient (one envelope).
+    pub async fn send_test(&self, on: OnStep<'_>) -> Result<(), SendError> {
         let msg = Message::builder()
             .from(self.from.clone())
             .subject("[TEST] centinela can send mail")
@@ -109,10 +104,9 @@ impl EmailSender {
         let msg = msg
             .body("This is a test from `centinela doctor --send-test`. Alerts will arrive like this.\n".to_string())
             .map_err(|e| SendError::Refused(format!("cannot build the test mail: {e}")))?;
-        self.transport
-            .send(msg)
+        self.smtp
+            .send(msg.envelope(), &msg.formatted(), on)
             .await
-            .map(|_| ())
             .map_err(|e| classify(&e, &self.server, "the recipients"))
     }
 
@@ -149,10 +143,13 @@ pub fn message(
 /// Maps an SMTP error to what the worker does: a permanent refusal of the message or
 /// of a recipient ends it; anything else (connection, timeouts, 4xx, and auth failures,
 /// which a fixed password cures) is retried.
-fn classify(e: &lettre::transport::smtp::Error, server: &str, rcpt: &str) -> SendError {
-    let code = e.status().map(|c| c.to_string());
+fn classify(e: &StepError, server: &str, rcpt: &str) -> SendError {
+    let Some(smtp_error) = e.smtp() else {
+        return SendError::retry(format!("{server}: {e}"));
+    };
+    let code = smtp_error.status().map(|c| c.to_string());
     let auth = matches!(code.as_deref(), Some("530" | "534" | "535" | "538"));
-    if e.is_permanent() && !auth {
+    if smtp_error.is_permanent() && !auth {
         SendError::Refused(format!("{server} refused the mail for {rcpt}: {e}"))
     } else if auth {
         SendError::retry(format!(
@@ -178,6 +175,11 @@ impl Sender for EmailSender {
         true
     }
 
+    fn deadline(&self, _rows: usize) -> std::time::Duration {
+        // One mail whatever the number of alerts: a digest is one message.
+        self.smtp.session_deadline()
+    }
+
     fn send<'a>(
         &'a self,
         target: &'a str,
@@ -196,10 +198,9 @@ impl Sender for EmailSender {
                 .map_err(|e| SendError::Refused(format!("cannot build the mail: {e}")))?;
             let envelope = Envelope::new(Some(self.from.email.clone()), vec![rcpt])
                 .map_err(|e| SendError::Refused(format!("{target}: {e}")))?;
-            self.transport
-                .send_raw(&envelope, &msg.formatted())
+            self.smtp
+                .send(&envelope, &msg.formatted(), &smtp::quiet)
                 .await
-                .map(|_| ())
                 .map_err(|e| classify(&e, &self.server, target))
         })
     }

@@ -32,7 +32,9 @@ pub mod doctor;
 pub mod email;
 pub mod mqtt;
 pub mod outbox;
+pub mod redact;
 pub mod render;
+pub mod smtp;
 pub mod telegram;
 pub mod webhook;
 pub mod worker;
@@ -46,6 +48,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use outbox::{counts, dead, enqueue, ChannelCounts, Outbox, OutboxError, OutboxRow, Status};
+pub use redact::redact_urls;
 pub use worker::Worker;
 
 use crate::config::NotifyConfig;
@@ -93,6 +96,12 @@ pub trait Sender: Send + Sync + 'static {
         target: &'a str,
         rows: &'a [OutboxRow],
     ) -> BoxFuture<'a, Result<(), SendError>>;
+    /// The longest one [`Sender::send`] of `rows` notifications may take; past it the
+    /// worker gives up the attempt and retries later. Channels bound each network
+    /// step themselves: this is the last line, for a peer that trickles.
+    fn deadline(&self, rows: usize) -> std::time::Duration {
+        std::time::Duration::from_secs(60) * u32::try_from(rows.clamp(1, 10)).unwrap_or(10)
+    }
 }
 
 /// Why a configured channel could not be built.
@@ -178,12 +187,13 @@ impl fmt::Debug for Secret {
 }
 
 /// Replaces every occurrence of `secret` in `text` (error messages may quote URLs
-/// that carry a bot token).
+/// that carry a bot token), then whatever else looks secret in its URLs
+/// ([`redact_urls`]).
 pub fn redact(text: &str, secret: &Secret) -> String {
     if secret.0.is_empty() {
-        text.to_string()
+        redact_urls(text)
     } else {
-        text.replace(&secret.0, "***")
+        redact_urls(&text.replace(&secret.0, "***"))
     }
 }
 
@@ -193,7 +203,7 @@ mod tests {
 
     #[test]
     fn senders_follow_the_config() {
-        let text = "[notify.webhook]\nurl = \"http://127.0.0.1:9/x\"\n[notify.mqtt]\ntopic = \"centinela/alerts\"\n";
+        let text = "[notify.webhook]\nurl = \"http://127.0.0.1:9/x\"\n[notify.mqtt]\ntopic = \"centinela/events\"\n";
         let cfg = crate::config::Config::parse(text, "t.toml").unwrap().notify;
         assert!(matches!(senders(&cfg, None), Err(BuildError::NoMqtt)));
         let publish: mqtt::PublishFn = Arc::new(|_, _| Box::pin(async { Ok(()) }));

@@ -22,6 +22,25 @@ pub enum OutboxError {
         id: String,
         source: serde_json::Error,
     },
+    /// The targets already served (`done`) or refused (`refused`) cannot be read: the
+    /// notification stays pending rather than going again to targets that have it.
+    #[error("outbox row {id}: the {column} target list {value:?} is unreadable ({source}); the notification stays pending until the row is repaired or expires")]
+    TargetList {
+        id: String,
+        column: &'static str,
+        value: String,
+        source: serde_json::Error,
+    },
+}
+
+impl OutboxError {
+    /// The row this error is about, when it is about one row.
+    pub fn row_id(&self) -> Option<&str> {
+        match self {
+            OutboxError::Decode { id, .. } | OutboxError::TargetList { id, .. } => Some(id),
+            OutboxError::Db(_) => None,
+        }
+    }
 }
 
 /// Where a notification is in its life.
@@ -152,9 +171,14 @@ fn decode(row: &sqlx::sqlite::SqliteRow) -> Result<OutboxRow, OutboxError> {
         id: id.clone(),
         source,
     })?;
-    let list = |col: &str| -> Result<Vec<String>, OutboxError> {
-        let s: String = row.try_get(col)?;
-        Ok(serde_json::from_str(&s).unwrap_or_default())
+    let list = |column: &'static str| -> Result<Vec<String>, OutboxError> {
+        let value: String = row.try_get(column)?;
+        serde_json::from_str(&value).map_err(|source| OutboxError::TargetList {
+            id: id.clone(),
+            column,
+            value: value.chars().take(80).collect(),
+            source,
+        })
     };
     Ok(OutboxRow {
         channel: row.try_get("channel")?,
@@ -174,12 +198,27 @@ fn decode(row: &sqlx::sqlite::SqliteRow) -> Result<OutboxRow, OutboxError> {
     })
 }
 
-/// The oldest `limit` pending notifications of `channel`, oldest first.
+/// The oldest `limit` pending notifications of `channel`, oldest first; an error when
+/// one of them cannot be read.
 pub async fn pending(
     pool: &SqlitePool,
     channel: &str,
     limit: usize,
 ) -> Result<Vec<OutboxRow>, OutboxError> {
+    let (rows, mut unreadable) = pending_readable(pool, channel, limit).await?;
+    match unreadable.pop() {
+        Some(e) => Err(e),
+        None => Ok(rows),
+    }
+}
+
+/// As [`pending`], with the rows that cannot be read apart: they stay pending (and
+/// expire after `max_age` like any other), while the readable ones go on.
+pub async fn pending_readable(
+    pool: &SqlitePool,
+    channel: &str,
+    limit: usize,
+) -> Result<(Vec<OutboxRow>, Vec<OutboxError>), OutboxError> {
     let sql = format!(
         "SELECT {COLUMNS} FROM outbox WHERE channel = ? AND status = 'pending' ORDER BY created_at, rowid LIMIT ?"
     );
@@ -188,7 +227,16 @@ pub async fn pending(
         .bind(limit as i64)
         .fetch_all(pool)
         .await?;
-    rows.iter().map(decode).collect()
+    let mut good = Vec::new();
+    let mut bad = Vec::new();
+    for r in &rows {
+        match decode(r) {
+            Ok(row) => good.push(row),
+            Err(e @ (OutboxError::Decode { .. } | OutboxError::TargetList { .. })) => bad.push(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((good, bad))
 }
 
 /// How many notifications of `channel` were enqueued since `since` (any status).

@@ -3,41 +3,117 @@
 //! client. 2xx is delivered; 408, 429 and 5xx and connection errors are retried (a
 //! `Retry-After` header in seconds is honoured); any other 4xx ends the notification
 //! as dead.
+//!
+//! Secrets: the URL may come from an environment variable (`url_env`) and a secret
+//! may go in a header (`secret_env`, as `Authorization: Bearer …` or in
+//! `secret_header`); whatever the URL holds, it is printed only through
+//! [`super::redact::redact_url`].
 
 use std::time::Duration;
 
+use reqwest::header::{HeaderName, HeaderValue, AUTHORIZATION};
+
 use super::outbox::OutboxRow;
-use super::{BoxFuture, SendError, Sender};
+use super::redact::redact_url;
+use super::{BoxFuture, Secret, SendError, Sender};
 use crate::config::WebhookConfig;
 
 /// The webhook channel.
 pub struct WebhookSender {
     client: reqwest::Client,
-    url: String,
+    /// The real address, secrets included: only ever handed to reqwest.
+    url: Secret,
+    /// The address as it may be printed.
+    shown: String,
+    /// The header that carries the secret, when one is configured.
+    auth: Option<(HeaderName, HeaderValue)>,
+    timeout: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("notify.webhook: cannot build the HTTP client: {0}")]
-pub struct WebhookError(#[from] reqwest::Error);
+pub enum WebhookError {
+    #[error("notify.webhook: cannot build the HTTP client: {0}")]
+    Client(#[from] reqwest::Error),
+    #[error("notify.webhook.url_env: {0}")]
+    UrlEnv(String),
+    #[error("notify.webhook.url_env: the address in ${0} is not an http:// or https:// URL")]
+    BadUrl(String),
+    #[error("notify.webhook: set url or url_env")]
+    NoUrl,
+    #[error("notify.webhook.secret_env: {0}")]
+    SecretEnv(String),
+    #[error("notify.webhook.secret_header: {0}")]
+    Header(String),
+}
 
 impl WebhookSender {
+    /// Reads `url_env` and `secret_env` when set; errors name the variable, never a value.
     pub fn from_config(cfg: &WebhookConfig) -> Result<Self, WebhookError> {
+        let url = match (&cfg.url, &cfg.url_env) {
+            (_, Some(var)) => {
+                let url = Secret::from_env(var).map_err(WebhookError::UrlEnv)?;
+                match reqwest::Url::parse(url.expose()) {
+                    Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => {
+                        url
+                    }
+                    _ => return Err(WebhookError::BadUrl(var.clone())),
+                }
+            }
+            (Some(u), None) => Secret::new(u.clone()),
+            (None, None) => return Err(WebhookError::NoUrl),
+        };
+        let auth = match &cfg.secret_env {
+            None => None,
+            Some(var) => {
+                let secret = Secret::from_env(var).map_err(WebhookError::SecretEnv)?;
+                let (name, value) = match &cfg.secret_header {
+                    None => (AUTHORIZATION, format!("Bearer {}", secret.expose())),
+                    Some(h) => (
+                        HeaderName::from_bytes(h.trim().as_bytes()).map_err(|_| {
+                            WebhookError::Header(format!("{h:?} is not a header name"))
+                        })?,
+                        secret.expose().to_string(),
+                    ),
+                };
+                let mut value = HeaderValue::from_str(&value).map_err(|_| {
+                    WebhookError::SecretEnv(format!(
+                        "the value of ${var} cannot be sent in a header"
+                    ))
+                })?;
+                value.set_sensitive(true);
+                Some((name, value))
+            }
+        };
         let client = reqwest::Client::builder()
             .timeout(cfg.timeout.std())
+            .connect_timeout(cfg.timeout.std())
             .user_agent(concat!("centinela/", env!("CARGO_PKG_VERSION")))
             .build()?;
         Ok(WebhookSender {
             client,
-            url: cfg.url.clone(),
+            shown: redact_url(url.expose()),
+            url,
+            auth,
+            timeout: cfg.timeout.std(),
         })
     }
 
+    /// The address as it may be printed (credentials, query values and tokens cut).
     pub fn url(&self) -> &str {
-        &self.url
+        &self.shown
     }
 
     pub fn client(&self) -> &reqwest::Client {
         &self.client
+    }
+
+    /// A request to the webhook with the secret header, when one is configured.
+    pub fn request(&self, method: reqwest::Method) -> reqwest::RequestBuilder {
+        let req = self.client.request(method, self.url.expose());
+        match &self.auth {
+            Some((name, value)) => req.header(name.clone(), value.clone()),
+            None => req,
+        }
     }
 }
 
@@ -88,22 +164,28 @@ impl Sender for WebhookSender {
         Box::pin(async move {
             for row in rows {
                 let resp = self
-                    .client
-                    .post(&self.url)
+                    .request(reqwest::Method::POST)
                     .header("Idempotency-Key", &row.id)
                     .json(&body(row))
                     .send()
                     .await
-                    .map_err(|e| SendError::retry(format!("{}: {}", self.url, e.without_url())))?;
+                    .map_err(|e| {
+                        SendError::retry(format!("{}: {}", self.shown, e.without_url()))
+                    })?;
                 let retry_after = resp
                     .headers()
                     .get("retry-after")
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_string);
-                classify(resp.status().as_u16(), retry_after.as_deref(), &self.url)?;
+                classify(resp.status().as_u16(), retry_after.as_deref(), &self.shown)?;
             }
             Ok(())
         })
+    }
+
+    fn deadline(&self, rows: usize) -> Duration {
+        // One request per notification, each bounded by `timeout`.
+        self.timeout * u32::try_from(rows.max(1)).unwrap_or(u32::MAX / 2) + Duration::from_secs(1)
     }
 }
 

@@ -12,6 +12,11 @@
 //! - Health: a channel failing longer than `failing_after` raises an alert of its own
 //!   through the other channels, and a resolved one when it recovers; notifications
 //!   that end dead are reported the same way.
+//! - Deadlines: every attempt ends within [`Sender::deadline`] (a silent peer is a
+//!   failed attempt, retried like any other); at shutdown a round in progress gets
+//!   [`DRAIN`] to finish, then is dropped and its notifications stay pending.
+//! - Secrets: every error text is passed through [`redact_urls`] before it is logged,
+//!   stored as `last_error` or carried by a delivery alert.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +26,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn};
 
 use super::outbox::{self, Outbox, OutboxError, OutboxRow};
+use super::redact::redact_urls;
 use super::{SendError, Sender};
 use crate::config::OutboxConfig;
 use crate::model::{now_ms, AlertEvent, AlertState, Severity, Timestamp};
@@ -29,6 +35,10 @@ use crate::model::{now_ms, AlertEvent, AlertState, Severity, Timestamp};
 pub const RULE_FAILING: &str = "centinela-delivery-failing";
 /// Rule name of the alert raised when notifications end dead.
 pub const RULE_DEAD: &str = "centinela-delivery-dead";
+
+/// How long a round in progress may still take once shutdown is asked for; then it is
+/// dropped and what it was sending stays pending for the next start.
+pub const DRAIN: Duration = Duration::from_secs(5);
 
 /// The delay before attempt `attempt + 1`, after `attempt` (≥ 1) failures:
 /// `min · 2^(attempt−1)` capped at `max`, then "equal jitter": half of it fixed, the
@@ -117,6 +127,8 @@ pub struct Worker {
     failing_since: Option<Timestamp>,
     raised: bool,
     last_prune: Timestamp,
+    /// Rows already reported as unreadable, so each is logged once, not every poll.
+    unreadable: std::collections::HashSet<String>,
 }
 
 impl Worker {
@@ -136,6 +148,7 @@ impl Worker {
             failing_since: None,
             raised: false,
             last_prune: 0,
+            unreadable: std::collections::HashSet::new(),
         }
     }
 
@@ -154,7 +167,26 @@ impl Worker {
                 break;
             }
             let poll = self.policy.poll_interval.std();
-            let sleep = match self.step(now_ms()).await {
+            let round = {
+                let step = self.step(now_ms());
+                tokio::pin!(step);
+                tokio::select! {
+                    r = &mut step => Some(r),
+                    _ = shutdown.changed() => {
+                        // Give the round in progress a moment, then leave it pending.
+                        match tokio::time::timeout(DRAIN, &mut step).await {
+                            Ok(_) => {}
+                            Err(_) => warn!(
+                                channel = %channel, drain = ?DRAIN,
+                                "a delivery was still in progress at shutdown; it stays pending and goes out after the restart"
+                            ),
+                        }
+                        None
+                    }
+                }
+            };
+            let Some(round) = round else { break };
+            let sleep = match round {
                 Ok(Some(at)) => {
                     let ms = (at - now_ms()).max(0);
                     Duration::from_millis(ms as u64).min(poll)
@@ -196,7 +228,14 @@ impl Worker {
             )
             .await?;
         }
-        let rows = outbox::pending(&pool, &channel, self.policy.digest_max.max(1)).await?;
+        let (rows, unreadable) =
+            outbox::pending_readable(&pool, &channel, self.policy.digest_max.max(1)).await?;
+        for e in unreadable {
+            let id = e.row_id().unwrap_or_default().to_string();
+            if self.unreadable.insert(id) {
+                error!(channel = %channel, error = %e, "notification left pending: its outbox row is unreadable");
+            }
+        }
         // Storm measure: enqueued from `storm_window` before the oldest waiting one on.
         // Anchored to that row, it does not shrink while the worker gathers.
         let recent = match rows.first() {
@@ -238,7 +277,23 @@ impl Worker {
             }
             let ids: Vec<&str> = todo.iter().map(|r| r.id.as_str()).collect();
             debug!(channel = %channel, target = %target, count = todo.len(), "sending");
-            match self.sender.send(target, &todo).await {
+            let deadline = self.sender.deadline(todo.len());
+            let sent = match tokio::time::timeout(deadline, self.sender.send(target, &todo)).await {
+                Ok(r) => r,
+                Err(_) => Err(SendError::retry(format!(
+                    "no answer within {} (the whole attempt)",
+                    crate::config::Duration(deadline)
+                ))),
+            };
+            let sent = match sent {
+                Err(SendError::Retry { message, after }) => Err(SendError::Retry {
+                    message: redact_urls(&message),
+                    after,
+                }),
+                Err(SendError::Refused(message)) => Err(SendError::Refused(redact_urls(&message))),
+                ok => ok,
+            };
+            match sent {
                 Ok(()) => {
                     served_any = true;
                     // With one target, "delivered" below is the only mark needed.

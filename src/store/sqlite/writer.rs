@@ -393,8 +393,12 @@ impl Writer {
             .iter()
             .filter(|(s, _)| catalogue_due || !self.ids.contains_key(*s))
             .collect();
-        let mut new_ids: Vec<(SeriesId, i64)> = Vec::new();
+        // Hash lookups only: a burst of new series (64,000 in one flush) must cost
+        // O(series), not O(series²).
+        let mut new_ids: HashMap<SeriesId, i64> = HashMap::new();
         for part in rows.chunks(ROWS_PER_STATEMENT) {
+            let by_name: HashMap<&str, &SeriesId> =
+                part.iter().map(|(s, _)| (s.as_ref(), *s)).collect();
             let mut q = sqlx::QueryBuilder::new(
                 "INSERT INTO series (name, unit, first_seen, last_seen, last_value) ",
             );
@@ -414,19 +418,14 @@ impl Writer {
             );
             for row in q.build().fetch_all(&mut *tx).await? {
                 let name: String = row.try_get("name")?;
-                if let Some((s, _)) = part.iter().find(|(s, _)| s.as_ref() == name) {
+                if let Some(s) = by_name.get(name.as_str()) {
                     if !self.ids.contains_key(*s) {
-                        new_ids.push(((*s).clone(), row.try_get("id")?));
+                        new_ids.insert((*s).clone(), row.try_get("id")?);
                     }
                 }
             }
         }
-        let id_of = |s: &SeriesId| {
-            self.ids
-                .get(s)
-                .copied()
-                .or_else(|| new_ids.iter().find(|(n, _)| n == s).map(|x| x.1))
-        };
+        let id_of = |s: &SeriesId| self.ids.get(s).copied().or_else(|| new_ids.get(s).copied());
         // Chunks: one row per series, appended (see the migration on why unindexed by series).
         let blobs: Vec<(i64, Timestamp, Timestamp, i64, Vec<u8>)> = batch
             .iter()
