@@ -24,8 +24,8 @@ archs=${*:-amd64 arm64}
 
 # The host binary writes the man page and the completions (the same for every
 # architecture), so it is built first whatever the packages asked for.
-mark "cargo build --release --locked"
-cargo build --release --locked --quiet
+mark "cargo build --release"
+cargo build --release --quiet
 mkdir -p target/deb-assets
 target/release/centinela man | gzip -9n >target/deb-assets/centinela.1.gz
 target/release/centinela completions bash >target/deb-assets/centinela.bash
@@ -41,7 +41,7 @@ for arch in $archs; do
             ;;
         arm64)
             mark "cross-build for aarch64 (release)"
-            bash .ci/aarch64.sh build --release --locked --quiet
+            bash .ci/aarch64.sh build --release --quiet
             mark "cargo deb (arm64)"
             out=$(cargo deb --no-build --no-strip --target aarch64-unknown-linux-gnu)
             ;;
@@ -61,7 +61,7 @@ for deb in "${debs[@]}"; do
     case $deb in
         *_amd64.deb)
             mark "install test: dpkg -i, ExecStartPre, dpkg -r, dpkg --purge"
-            CENTINELA_DEB=$PWD/$deb cargo test --locked --test deb_package -- --nocapture 2>&1
+            CENTINELA_DEB=$PWD/$deb cargo test --test deb_package -- --nocapture 2>&1
             ;;
     esac
 done

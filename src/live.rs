@@ -5,7 +5,8 @@
 //! ```text
 //!  engine ─Fanout─► LiveOutput ──► live bus (broadcast) ──► viewers in-process
 //!                                        └► this task ──► centinela/alerts/<rule>/<series>  retained JSON AlertEvent
-//!  status (1/s) ──────────────────► live bus          └► centinela/status                  retained JSON PipelineStatus
+//!  status (1/s) ──────────────────► live bus          ├► centinela/status                  retained JSON PipelineStatus
+//!                                                     └► centinela/series                  retained catalogue, every 10 s
 //! ```
 //!
 //! The bus is an output like any other ([`LiveOutput`]), one that drops rather than
@@ -20,6 +21,8 @@
 //! broker that outlives the service says "service offline" instead of showing the
 //! retained figures as if they were current.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rumqttc::{AsyncClient, MqttOptions, QoS};
@@ -27,7 +30,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinHandle;
 
 use crate::config::BrokerConfig;
-use crate::model::{AlertEvent, LiveEvent, PipelineStatus};
+use crate::model::{AlertEvent, LiveEvent, PipelineStatus, SeriesId, Timestamp};
 use crate::shutdown::Shutdown;
 use crate::store::{BoxFuture, Context, Output, OutputMsg, StartError, WhenFull};
 use rumqttd::local::{LinkRx, LinkTx};
@@ -80,6 +83,14 @@ impl Output for LiveOutput {
 
 pub const STATUS_TOPIC: &str = "centinela/status";
 pub const ALERTS_PREFIX: &str = "centinela/alerts";
+/// The last value of every series, newest first, as a JSON array of
+/// `[series, value, ts, unit]`: a viewer that attaches lists them at once.
+pub const CATALOGUE_TOPIC: &str = "centinela/series";
+/// The catalogue is published this often when something changed.
+const CATALOGUE_EVERY: Duration = Duration::from_secs(10);
+/// And kept under this size (about a thousand series), so it fits in any viewer's
+/// packet limit; the newest series are kept.
+pub const CATALOGUE_MAX_BYTES: usize = 60_000;
 
 /// The topic of an alert's retained state.
 pub fn alert_topic(e: &AlertEvent) -> String {
@@ -163,9 +174,22 @@ pub async fn run(
 ) {
     use broadcast::error::RecvError;
     let mut last_status: Option<PipelineStatus> = None;
+    let mut last: HashMap<SeriesId, (f64, Timestamp, Option<Arc<str>>)> = HashMap::new();
+    let mut changed = false;
+    let mut every = tokio::time::interval(CATALOGUE_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         let ev = tokio::select! {
             ev = rx.recv() => ev,
+            _ = every.tick(), if changed => {
+                changed = false;
+                let payload = catalogue(&last);
+                if !out.publish(CATALOGUE_TOPIC.to_string(), payload, true).await {
+                    tracing::warn!("live publisher: the broker is gone");
+                    return;
+                }
+                continue;
+            }
             Some(req) = requests.recv() => {
                 let ok = out.publish(req.topic, req.payload, true).await;
                 let _ = req.done.send(if ok { Ok(()) } else { Err("the broker is gone".into()) });
@@ -179,6 +203,13 @@ pub async fn run(
                 let json = serde_json::to_vec(&s);
                 last_status = Some(s);
                 (STATUS_TOPIC.to_string(), json)
+            }
+            Ok(LiveEvent::Readings(batch)) => {
+                for r in batch.iter() {
+                    last.insert(r.series.clone(), (r.value, r.ts, r.unit.clone()));
+                }
+                changed = true;
+                continue;
             }
             Ok(_) => continue,
             Err(RecvError::Lagged(n)) => {
@@ -209,6 +240,28 @@ pub async fn run(
             }
         }
     }
+}
+
+/// The catalogue's payload: newest series first, cut at [`CATALOGUE_MAX_BYTES`].
+pub fn catalogue(last: &HashMap<SeriesId, (f64, Timestamp, Option<Arc<str>>)>) -> Vec<u8> {
+    let mut rows: Vec<_> = last.iter().collect();
+    rows.sort_unstable_by(|a, b| b.1 .1.cmp(&a.1 .1).then_with(|| a.0.cmp(b.0)));
+    let mut out = b"[".to_vec();
+    for (series, (value, ts, unit)) in rows {
+        // Plain data: serialising cannot fail.
+        let Ok(row) = serde_json::to_vec(&(&**series, value, ts, unit.as_deref())) else {
+            continue;
+        };
+        if out.len() + row.len() + 2 > CATALOGUE_MAX_BYTES {
+            break;
+        }
+        if out.len() > 1 {
+            out.push(b',');
+        }
+        out.extend_from_slice(&row);
+    }
+    out.push(b']');
+    out
 }
 
 /// The status a stopped service leaves: its last figures, marked offline.
@@ -253,4 +306,32 @@ pub fn publish_fn(tx: tokio::sync::mpsc::Sender<Request>) -> crate::notify::mqtt
                 .map_err(|_| "the service is stopping".to_string())?
         })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_catalogue_lists_newest_first_and_stays_under_its_size() {
+        let mut last = HashMap::new();
+        last.insert(Arc::from("gh/n1/t"), (21.5, 2_000, Some(Arc::from("°C"))));
+        last.insert(Arc::from("gh/n2/t"), (3.0, 1_000, None));
+        let text = String::from_utf8(catalogue(&last)).unwrap();
+        assert_eq!(
+            text,
+            r#"[["gh/n1/t",21.5,2000,"°C"],["gh/n2/t",3.0,1000,null]]"#
+        );
+        for i in 0..5_000 {
+            last.insert(
+                Arc::from(format!("site/device{i}/temperature")),
+                (1.0, i, None),
+            );
+        }
+        let big = catalogue(&last);
+        assert!(big.len() <= CATALOGUE_MAX_BYTES, "{}", big.len());
+        let rows: Vec<(String, f64, i64, Option<String>)> = serde_json::from_slice(&big).unwrap();
+        assert!(rows.len() > 500, "{}", rows.len());
+        assert_eq!(rows[0].0, "site/device4999/temperature");
+    }
 }

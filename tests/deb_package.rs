@@ -51,12 +51,14 @@ fn package() -> Result<PathBuf, String> {
             "centinela is already installed here; this test wants a machine without it".into(),
         );
     }
-    if run("getent", &["passwd", "centinela"]).status.success()
-        || Path::new("/usr/bin/centinela").exists()
-    {
-        return Err(
-            "a user centinela or /usr/bin/centinela exists already (a source install?)".into(),
-        );
+    if run("getent", &["passwd", "centinela"]).status.success() {
+        return Err("a user centinela exists already (a source install?)".into());
+    }
+    // Purge removes these whole: never those of another install.
+    for p in ["/usr/bin/centinela", "/etc/centinela", "/var/lib/centinela"] {
+        if Path::new(p).exists() {
+            return Err(format!("{p} exists already (a source install?)"));
+        }
     }
     Ok(deb)
 }

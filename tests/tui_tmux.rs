@@ -316,8 +316,33 @@ async fn remote_tui_at_80x24_lists_every_series_and_says_when_the_service_stops(
         .lines()
         .find(|l| l.contains("│● critical gh/n3/temperature"))
         .unwrap_or_else(|| panic!("no row of the hot series:\n{s}"));
-    assert!(row.contains("31.50") && row.contains("°C"), "{row}");
+    assert!(row.contains("31.5 °C"), "{row}");
     assert!(!row.contains(" - "), "value or age missing: {row}");
+
+    // Without the database (another machine): the service's retained catalogue.
+    tmux.keys(&["q"]);
+    tmux.wait_for("the first exit", |s| s.contains("EXIT=0"))
+        .await;
+    tmux.keys(&["clear", "Enter"]);
+    tmux.keys(&[
+        &format!(
+            "{BIN} tui --config {} --db {}/elsewhere.db ; echo EXIT=$?",
+            config.display(),
+            dir.path().display()
+        ),
+        "Enter",
+    ]);
+    let s = tmux
+        .wait_for("every series from the catalogue", |s| {
+            s.contains("Series 10 of 10") && s.contains("hot/gh/n3/temperature") && footer_ok(s)
+        })
+        .await;
+    println!("{s}");
+    let row = s
+        .lines()
+        .find(|l| l.contains("│● critical gh/n3/temperature"))
+        .unwrap_or_else(|| panic!("no row of the hot series:\n{s}"));
+    assert!(row.contains("31.5 °C"), "{row}");
 
     // The service stops cleanly; the broker stays with its retained status.
     unsafe_kill(svc.0.id(), 15);

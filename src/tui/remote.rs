@@ -5,6 +5,7 @@
 //!  broker ── sensors/…           ──► decode ──► LiveEvent::Readings ─┐
 //!         ── centinela/alerts/#  (retained JSON AlertEvent) ─────────┼─► broadcast ─► tui::run
 //!         ── centinela/status    (JSON PipelineStatus) ──────────────┘
+//!         ── centinela/series    (retained catalogue) ──► the viewer's first screen
 //!  tui::run ─► Control ─► JSON on centinela/control (QoS 1, with the credentials)
 //! ```
 //!
@@ -30,6 +31,10 @@ pub const ALERTS_TOPIC: &str = "centinela/alerts/#";
 pub const STATUS_TOPIC: &str = "centinela/status";
 /// Where acknowledgements and silences go.
 pub const CONTROL_TOPIC: &str = "centinela/control";
+/// The service's retained catalogue of series and last values.
+pub const CATALOGUE_TOPIC: &str = crate::live::CATALOGUE_TOPIC;
+/// How long `attach` waits for the catalogue before showing the screen.
+const CATALOGUE_WAIT: Duration = Duration::from_millis(1500);
 
 /// Readings are handed on in batches at least this often.
 const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
@@ -106,7 +111,18 @@ enum Incoming {
 pub async fn feed(
     opts: RemoteOptions,
     live: broadcast::Sender<LiveEvent>,
+    control: mpsc::Receiver<Control>,
+) -> Result<(), RemoteError> {
+    feed_with_catalogue(opts, live, control, None).await
+}
+
+/// [`feed`], handing the first retained catalogue (every series with its last value
+/// and time) to `catalogue`.
+pub async fn feed_with_catalogue(
+    opts: RemoteOptions,
+    live: broadcast::Sender<LiveEvent>,
     mut control: mpsc::Receiver<Control>,
+    mut catalogue: Option<tokio::sync::oneshot::Sender<Vec<Reading>>>,
 ) -> Result<(), RemoteError> {
     let (host, port) = parse_url(&opts.url)?;
     let mut mqtt = MqttOptions::new(opts.client_id.clone(), host, port);
@@ -119,6 +135,9 @@ pub async fn feed(
     let (client, eventloop) = AsyncClient::new(mqtt, 64);
     let mut subs: Vec<String> = opts.topics.clone();
     subs.extend([ALERTS_TOPIC.to_string(), STATUS_TOPIC.to_string()]);
+    if catalogue.is_some() {
+        subs.push(CATALOGUE_TOPIC.to_string());
+    }
     let (tx, mut rx) = mpsc::channel::<Incoming>(1024);
     let poller = tokio::spawn(poll(eventloop, client.clone(), subs, tx));
 
@@ -188,6 +207,21 @@ pub async fn feed(
                                 }
                                 Err(e) => log(LogLevel::Warn, format!("unreadable status on {topic}: {e}")),
                             }
+                        } else if topic == CATALOGUE_TOPIC {
+                            if let Some(tx) = catalogue.take() {
+                                type Row = (String, f64, i64, Option<String>);
+                                match serde_json::from_slice::<Vec<Row>>(&payload) {
+                                    Ok(rows) => {
+                                        let _ = tx.send(rows.into_iter().map(|(s, value, ts, unit)| Reading {
+                                            series: Arc::from(s.as_str()),
+                                            value,
+                                            ts,
+                                            unit: unit.map(|u| Arc::from(u.as_str())),
+                                        }).collect());
+                                    }
+                                    Err(e) => log(LogLevel::Warn, format!("unreadable catalogue on {topic}: {e}")),
+                                }
+                            }
                         } else if topic.starts_with("centinela/alerts/") {
                             if payload.is_empty() {
                                 continue;
@@ -249,7 +283,21 @@ pub async fn attach(
     parse_url(&remote.url)?;
     let (live_tx, live_rx) = broadcast::channel(4096);
     let (control_tx, control_rx) = mpsc::channel(16);
-    let feed = tokio::spawn(feed(remote, live_tx, control_rx));
+    let (cat_tx, cat_rx) = tokio::sync::oneshot::channel();
+    let feed = tokio::spawn(feed_with_catalogue(
+        remote,
+        live_tx,
+        control_rx,
+        Some(cat_tx),
+    ));
+    // The service's catalogue, retained on the broker, arrives right after the
+    // connect; a service without one (or a slow broker) only delays the first screen.
+    let mut opts = opts;
+    if let Ok(Ok(rows)) = tokio::time::timeout(CATALOGUE_WAIT, cat_rx).await {
+        if !rows.is_empty() {
+            opts.initial.insert(0, LiveEvent::Readings(Arc::from(rows)));
+        }
+    }
     let result = super::run(live_rx, control_tx, history, opts).await;
     // run() has dropped the control sender: the feed disconnects and returns.
     match tokio::time::timeout(Duration::from_secs(2), feed).await {

@@ -16,8 +16,8 @@ use ratatui::layout::{Position, Rect};
 use ratatui::text::Span;
 
 use crate::model::{
-    topic_matches, AlertEvent, AlertState, Control, LiveEvent, LogLevel, PipelineStatus, SeriesId,
-    Severity, Timestamp,
+    topic_matches, AlertEvent, AlertState, Control, LiveEvent, LogLevel, PipelineStatus, Reading,
+    SeriesId, Severity, Timestamp,
 };
 
 use super::format;
@@ -570,16 +570,26 @@ impl App {
 
     /// Folds in what happened before the viewer started (open alerts, last values);
     /// readings are aged by their own time, not as if just received.
+    /// Readings from several sources (the service's catalogue, its database) are
+    /// applied oldest first, so the newest value of a series is the one kept.
     pub fn apply_initial(&mut self, events: Vec<LiveEvent>, now: Timestamp) {
+        let mut readings: Vec<Reading> = Vec::new();
+        let mut others = Vec::new();
         for ev in events {
             match ev {
-                LiveEvent::Readings(batch) => {
-                    for r in batch.iter() {
-                        self.apply(LiveEvent::Readings(Arc::from([r.clone()])), r.ts.min(now));
-                    }
-                }
-                ev => self.apply(ev, now),
+                LiveEvent::Readings(batch) => readings.extend(batch.iter().cloned()),
+                ev => others.push(ev),
             }
+        }
+        readings.sort_by(|a, b| a.ts.cmp(&b.ts).then_with(|| a.series.cmp(&b.series)));
+        // The same last value from two sources is one point.
+        readings.dedup_by(|a, b| a.ts == b.ts && a.series == b.series);
+        for r in readings {
+            let at = r.ts.min(now);
+            self.apply(LiveEvent::Readings(Arc::from([r])), at);
+        }
+        for ev in others {
+            self.apply(ev, now);
         }
         self.now = self.now.max(now);
     }
