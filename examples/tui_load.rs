@@ -291,6 +291,7 @@ fn attach(url: String) {
         .expect("runtime");
     let remote = tui::remote::RemoteOptions {
         url,
+        tls: Default::default(),
         client_id: format!("centinela-tui-{}", std::process::id()),
         username: std::env::var("MQTT_USERNAME").ok(),
         password: std::env::var("MQTT_PASSWORD").ok(),

@@ -715,8 +715,11 @@ pub struct BenchReport {
 }
 
 fn resolve(url: &str) -> anyhow::Result<SocketAddr> {
-    let (host, port) = crate::config::parse_mqtt_url(url).map_err(|e| anyhow::anyhow!(e))?;
-    (host.as_str(), port)
+    let parsed = crate::config::BrokerUrl::parse(url).map_err(|e| anyhow::anyhow!(e))?;
+    if parsed.tls {
+        anyhow::bail!("{url}: the load generator speaks plain MQTT only; use mqtt://");
+    }
+    (parsed.host.as_str(), parsed.port)
         .to_socket_addrs()
         .with_context(|| format!("while resolving {url}"))?
         .next()

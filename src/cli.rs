@@ -201,10 +201,14 @@ pub struct DemoArgs {
 pub struct TuiArgs {
     #[command(flatten)]
     pub config: ConfigArg,
-    /// The service's broker (default: the config's external url, else its embedded
-    /// listener).
+    /// The service's broker, mqtt:// or mqtts:// (default: the config's external url,
+    /// else its embedded listener).
     #[arg(long, value_name = "URL")]
     pub broker: Option<String>,
+    /// With an mqtts:// broker: the CA certificate (PEM) to check it against (default:
+    /// the config's broker.ca_file, else the system's roots).
+    #[arg(long, value_name = "PEM")]
+    pub ca_file: Option<PathBuf>,
     /// The service's database, for history in the detail view.
     #[arg(long, value_name = "PATH")]
     pub db: Option<PathBuf>,
@@ -1102,8 +1106,13 @@ async fn tui(args: TuiArgs) -> anyhow::Result<ExitCode> {
     let password = username
         .as_ref()
         .and_then(|_| std::env::var(&cfg.broker.password_env).ok());
+    let mut tls = cfg.broker.tls();
+    if args.ca_file.is_some() {
+        tls.ca_file = args.ca_file.clone();
+    }
     let remote = crate::tui::remote::RemoteOptions {
         url,
+        tls,
         client_id: format!("centinela-tui-{}", std::process::id()),
         username,
         password,

@@ -28,6 +28,7 @@
 //! - [`notify`]: durable outbox, per-channel workers, email, Telegram (and its bot),
 //!   webhook, MQTT republish, `doctor`.
 //! - [`service`]: the topology: tasks, bounded channels, shutdown.
+//! - [`homeassistant`]: MQTT discovery of alert states for Home Assistant (optional).
 //! - [`tui`]: the terminal UI (in-process, or attached through the broker).
 //! - [`http`]: the `/metrics` and `/healthz` endpoint (self-monitoring).
 //! - [`systemd`]: readiness, reload, stop and watchdog notifications to systemd.
@@ -42,6 +43,7 @@ pub mod config;
 pub mod control;
 pub mod engine;
 pub mod format;
+pub mod homeassistant;
 pub mod http;
 pub mod limits;
 pub mod live;

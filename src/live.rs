@@ -25,7 +25,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, MqttOptions, QoS};
+use rumqttc::{AsyncClient, QoS};
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinHandle;
 
@@ -113,7 +113,7 @@ impl Out {
 
     /// A client of the external broker, with its event loop driven in a task.
     pub fn external(cfg: &BrokerConfig) -> Result<Out, crate::source::mqtt::SourceError> {
-        let (mut opts, _): (MqttOptions, String) =
+        let (mut opts, _, _) =
             crate::source::mqtt::external_options(cfg, &format!("{}-live", cfg.client_id))?;
         opts.set_clean_session(true);
         // Plain data with string keys: serialising cannot fail.
@@ -170,9 +170,14 @@ pub async fn run(
     mut out: Out,
     mut rx: broadcast::Receiver<LiveEvent>,
     mut requests: tokio::sync::mpsc::Receiver<Request>,
+    mut discovery: Option<crate::homeassistant::Discovery>,
     mut shutdown: Shutdown,
 ) {
     use broadcast::error::RecvError;
+    // Home Assistant discovery: the rules' entities, once at start.
+    for (topic, payload) in discovery.iter().flat_map(|d| d.announce()) {
+        out.publish(topic, payload, true).await;
+    }
     let mut last_status: Option<PipelineStatus> = None;
     let mut last: HashMap<SeriesId, (f64, Timestamp, Option<Arc<str>>)> = HashMap::new();
     let mut changed = false;
@@ -197,6 +202,11 @@ pub async fn run(
             }
             _ = shutdown.recv() => break,
         };
+        if let (Some(d), Ok(LiveEvent::Alert(e))) = (discovery.as_mut(), &ev) {
+            for (topic, payload) in d.on_event(e) {
+                out.publish(topic, payload, true).await;
+            }
+        }
         let (topic, payload) = match ev {
             Ok(LiveEvent::Alert(e)) => (alert_topic(&e), serde_json::to_vec(&e)),
             Ok(LiveEvent::Status(s)) => {

@@ -200,10 +200,17 @@ impl Service {
             }
         }
         let (publish_tx, publish_rx) = mpsc::channel(256);
+        let discovery = cfg.homeassistant.as_ref().filter(|h| h.discovery).map(|h| {
+            crate::homeassistant::Discovery::new(
+                &h.prefix,
+                cfg.rules.iter().map(|r| r.name.clone()),
+            )
+        });
         tasks.push(tokio::spawn(crate::live::run(
             live_out,
             live.subscribe(),
             publish_rx,
+            discovery,
             trigger.token(),
         )));
 

@@ -128,6 +128,7 @@ async fn service_client(
 
 fn viewer_opts(port: u16, id: &str, credentials: bool) -> RemoteOptions {
     RemoteOptions {
+        tls: Default::default(),
         url: format!("mqtt://127.0.0.1:{port}"),
         client_id: id.into(),
         username: credentials.then(|| USER.to_string()),

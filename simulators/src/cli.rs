@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::sync::watch;
 
+use crate::broker_url::{BrokerUrl, Tls};
 use crate::publish::{publish, PublishOptions};
 use crate::scenario::{check_topic_path, Scenario, ScenarioError, DEFAULT_SCENARIO};
 use crate::sim::Simulator;
@@ -15,9 +16,19 @@ use crate::sim::Simulator;
 /// Options of `centinela-sim` and `centinela simulate`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct SimulateArgs {
-    /// Broker to publish to, mqtt://HOST:PORT.
+    /// Broker to publish to: mqtt://HOST[:PORT], or mqtts://HOST[:PORT] for TLS.
     #[arg(long, default_value = "mqtt://127.0.0.1:1883", value_name = "URL")]
     pub broker: String,
+    /// With mqtts://: the CA certificate (PEM) the broker's certificate is checked
+    /// against; the system's roots when not given.
+    #[arg(long, value_name = "PEM")]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// With mqtts://: a client certificate (PEM), for brokers that ask for one.
+    #[arg(long, value_name = "PEM", requires = "client_key")]
+    pub client_cert: Option<std::path::PathBuf>,
+    /// With mqtts://: the client certificate's private key (PEM).
+    #[arg(long, value_name = "PEM", requires = "client_cert")]
+    pub client_key: Option<std::path::PathBuf>,
     /// Embedded scenario name (see --list) or path to a scenario .toml file.
     #[arg(long, default_value = DEFAULT_SCENARIO, value_name = "NAME|PATH")]
     pub scenario: String,
@@ -60,33 +71,6 @@ pub struct SimulateArgs {
 fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s)
         .map_err(|e| format!("{s:?} is not a duration like \"90s\" or \"5m\": {e}"))
-}
-
-/// `mqtt://host:port` (or `tcp://`, or a bare `host:port`) → (host, port); port 1883 by default.
-pub fn parse_broker_url(url: &str) -> Result<(String, u16), String> {
-    if url.starts_with("mqtts://") || url.starts_with("ssl://") {
-        return Err(format!(
-            "{url:?}: TLS is not supported by the simulator; use mqtt://"
-        ));
-    }
-    let rest = url
-        .strip_prefix("mqtt://")
-        .or_else(|| url.strip_prefix("tcp://"))
-        .unwrap_or(url);
-    let rest = rest.trim_end_matches('/');
-    let (host, port) = match rest.rsplit_once(':') {
-        Some((h, p)) if !h.ends_with(':') => (
-            h,
-            p.parse::<u16>()
-                .map_err(|_| format!("{url:?}: port {p:?} is not a number"))?,
-        ),
-        _ => (rest, 1883),
-    };
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    if host.is_empty() || host.contains('/') {
-        return Err(format!("{url:?} is not an mqtt://HOST:PORT address"));
-    }
-    Ok((host.to_string(), port))
 }
 
 /// Usage errors (bad scenario or option) exit with 2, everything else with 1.
@@ -147,7 +131,18 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<()> {
             args.duration.unwrap_or(Duration::from_secs(60)),
         );
     }
-    let (host, port) = parse_broker_url(&args.broker).map_err(UsageError)?;
+    let url = BrokerUrl::parse(&args.broker).map_err(|e| UsageError(format!("--broker: {e}")))?;
+    let files = Tls {
+        ca_file: args.ca_file.clone(),
+        client_cert: args.client_cert.clone(),
+        client_key: args.client_key.clone(),
+    };
+    if !url.tls && files.is_set() {
+        return Err(UsageError(format!(
+            "--broker {url} is not TLS but --ca-file/--client-cert are given: use mqtts://"
+        ))
+        .into());
+    }
     let password = match &args.username {
         Some(_) => std::env::var(&args.password_env).ok(),
         None => None,
@@ -163,8 +158,9 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<()> {
     });
     let name = scenario.name.clone();
     let stats = publish(PublishOptions {
-        host,
-        port,
+        host: url.host.clone(),
+        port: url.port,
+        tls: url.tls.then_some(files),
         username: args.username.clone(),
         password,
         client_id: args.client_id.clone(),
@@ -231,32 +227,4 @@ fn dry_run(scenario: &Scenario, seed: u64, span: Duration) -> anyhow::Result<()>
     }
     out.flush()?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn broker_urls() {
-        assert_eq!(
-            parse_broker_url("mqtt://localhost:1884").unwrap(),
-            ("localhost".into(), 1884)
-        );
-        assert_eq!(
-            parse_broker_url("tcp://10.0.0.2").unwrap(),
-            ("10.0.0.2".into(), 1883)
-        );
-        assert_eq!(
-            parse_broker_url("127.0.0.1:1999").unwrap(),
-            ("127.0.0.1".into(), 1999)
-        );
-        assert_eq!(
-            parse_broker_url("mqtt://[::1]:1883").unwrap(),
-            ("::1".into(), 1883)
-        );
-        assert!(parse_broker_url("mqtt://host:abc").is_err());
-        assert!(parse_broker_url("mqtts://host:8883").is_err());
-        assert!(parse_broker_url("mqtt://").is_err());
-    }
 }

@@ -14,8 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rumqttc::{
-    AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, MqttOptions, Outgoing,
-    Packet, QoS,
+    AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, Outgoing, Packet, QoS,
 };
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -33,6 +32,8 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct PublishOptions {
     pub host: String,
     pub port: u16,
+    /// TLS (`mqtts://`) with these files; `None` for plain MQTT.
+    pub tls: Option<crate::broker_url::Tls>,
     pub username: Option<String>,
     pub password: Option<String>,
     pub client_id: String,
@@ -57,6 +58,7 @@ impl PublishOptions {
         PublishOptions {
             host: host.into(),
             port,
+            tls: None,
             username: None,
             password: None,
             client_id: "centinela-sim".into(),
@@ -148,6 +150,9 @@ pub enum PublishError {
     Timeout { addr: String, secs: u64 },
     #[error("invalid option: {0}")]
     Options(String),
+    /// A TLS file that cannot be used, or the broker's certificate refused: not retried.
+    #[error("{0}")]
+    Certificate(String),
     #[error(transparent)]
     Scenario(#[from] crate::scenario::ScenarioError),
     #[error("the connection to the MQTT broker ended: {0}")]
@@ -215,7 +220,14 @@ async fn publish_inner(opts: PublishOptions) -> Result<PublishStats, PublishErro
     let start_ms = wall_ms();
     let mut sim = Simulator::new(&scenario, opts.seed, start_ms)?;
 
-    let mut mqtt = MqttOptions::new(opts.client_id.clone(), opts.host.clone(), opts.port);
+    let url = crate::broker_url::BrokerUrl {
+        tls: opts.tls.is_some(),
+        host: opts.host.clone(),
+        port: opts.port,
+    };
+    let tls = opts.tls.clone().unwrap_or_default();
+    let mut mqtt = crate::broker_url::connect_options(&opts.client_id, &url, &tls)
+        .map_err(|e| PublishError::Certificate(e.to_string()))?;
     mqtt.set_keep_alive(Duration::from_secs(30));
     // Room for an oversized fault plus topic and header.
     mqtt.set_max_packet_size(MAX_OVERSIZED + 64 * 1024, MAX_OVERSIZED + 64 * 1024);
@@ -229,7 +241,7 @@ async fn publish_inner(opts: PublishOptions) -> Result<PublishStats, PublishErro
     let counts = Arc::new(LoopCounts::default());
     let loop_task = tokio::spawn(drive(
         eventloop,
-        addr.clone(),
+        (url, tls),
         news_tx,
         done_rx,
         counts.clone(),
@@ -386,11 +398,12 @@ async fn wait_shutdown(rx: &mut Option<watch::Receiver<bool>>) {
 /// ends after the client's DISCONNECT has been written.
 async fn drive(
     mut eventloop: EventLoop,
-    addr: String,
+    (url, tls): (crate::broker_url::BrokerUrl, crate::broker_url::Tls),
     news: mpsc::Sender<LoopNews>,
     mut done: watch::Receiver<bool>,
     counts: Arc<LoopCounts>,
 ) -> Result<(), PublishError> {
+    let addr = url.authority();
     let mut connected_once = false;
     let mut backoff = Duration::from_millis(250);
     loop {
@@ -413,7 +426,9 @@ async fn drive(
             Ok(Event::Outgoing(Outgoing::Disconnect)) => return Ok(()),
             Ok(other) => debug!(event = ?other, "mqtt"),
             Err(e) => {
+                let certificate = crate::broker_url::certificate_problem(&e, &url, &tls);
                 let fatal = match &e {
+                    _ if certificate.is_some() => certificate.map(PublishError::Certificate),
                     ConnectionError::ConnectionRefused(code) => Some(PublishError::Refused {
                         addr: addr.clone(),
                         reason: refused_reason(*code),

@@ -158,6 +158,7 @@ fn options(port: u16, scenario: Scenario) -> PublishOptions {
     PublishOptions {
         host: "127.0.0.1".into(),
         port,
+        tls: None,
         username: None,
         password: None,
         client_id: "centinela-sim-test".into(),

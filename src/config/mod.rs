@@ -13,6 +13,7 @@ mod ingest;
 mod notify;
 mod rules;
 
+pub use centinela_sim::broker_url::{BrokerUrl, Tls};
 pub use duration::Duration;
 pub use influx::{InfluxApi, InfluxConfig};
 pub use ingest::{MapConfig, MapFormat};
@@ -61,6 +62,27 @@ pub struct Config {
     /// `[output.*]`: the optional outputs registered in `store` (each absent means off).
     #[serde(default)]
     pub output: crate::store::OutputsConfig,
+    /// Home Assistant MQTT discovery; absent means off.
+    pub homeassistant: Option<HomeAssistantConfig>,
+}
+
+/// `[homeassistant]`: alert states as Home Assistant entities, by MQTT discovery.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HomeAssistantConfig {
+    /// Publish the discovery messages (one `binary_sensor` per rule and per alert).
+    pub discovery: bool,
+    /// Home Assistant's discovery prefix.
+    pub prefix: String,
+}
+
+impl Default for HomeAssistantConfig {
+    fn default() -> Self {
+        Self {
+            discovery: true,
+            prefix: "homeassistant".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -77,8 +99,16 @@ pub struct BrokerConfig {
     pub mode: BrokerMode,
     /// Embedded listener address.
     pub listen: SocketAddr,
-    /// External broker, `mqtt://host:port`.
+    /// External broker: `mqtt://host[:port]`, or `mqtts://host[:port]` for TLS.
     pub url: Option<String>,
+    /// With `mqtts://`: the CA certificate(s) (PEM) the broker's certificate must be
+    /// signed by; the system's root certificates when unset.
+    pub ca_file: Option<PathBuf>,
+    /// With `mqtts://`: a client certificate (PEM) for brokers that authenticate
+    /// clients by certificate; needs `client_key`.
+    pub client_cert: Option<PathBuf>,
+    /// The private key (PEM) of `client_cert`.
+    pub client_key: Option<PathBuf>,
     pub username: Option<String>,
     /// Name of the environment variable that holds the password.
     pub password_env: String,
@@ -98,12 +128,71 @@ pub struct BrokerConfig {
     pub buffer_mib: usize,
 }
 
+impl BrokerConfig {
+    /// The external broker's address (`url`), parsed.
+    pub fn broker_url(&self) -> Result<BrokerUrl, String> {
+        BrokerUrl::parse(self.url.as_deref().unwrap_or(""))
+    }
+
+    /// The TLS files of the external connection.
+    pub fn tls(&self) -> Tls {
+        Tls {
+            ca_file: self.ca_file.clone(),
+            client_cert: self.client_cert.clone(),
+            client_key: self.client_key.clone(),
+        }
+    }
+
+    /// TLS files only with `mqtts://`, certificate and key together, and readable.
+    fn validate_tls(&self, url: &BrokerUrl, out: &mut Vec<Invalid>) {
+        let at = |f: &str| [key("broker"), key(f)];
+        let files = [
+            ("ca_file", &self.ca_file),
+            ("client_cert", &self.client_cert),
+            ("client_key", &self.client_key),
+        ];
+        if !url.tls {
+            if let Some((field, _)) = files.iter().find(|(_, p)| p.is_some()) {
+                out.push(Invalid::new(
+                    &at(field),
+                    format!("{url} is plain MQTT; TLS files need an mqtts:// url"),
+                ));
+            }
+            return;
+        }
+        match (&self.client_cert, &self.client_key) {
+            (Some(_), None) => out.push(Invalid::new(
+                &at("client_key"),
+                "client_cert needs client_key (the certificate's private key, PEM)",
+            )),
+            (None, Some(_)) => out.push(Invalid::new(
+                &at("client_cert"),
+                "client_key needs client_cert (the client certificate, PEM)",
+            )),
+            _ => {}
+        }
+        for (field, path) in files {
+            if let Some(p) = path {
+                if let Err(e) = std::fs::File::open(p) {
+                    out.push(Invalid::new(
+                        &at(field),
+                        format!("cannot read {}: {e}", p.display()),
+                    ));
+                }
+            }
+        }
+    }
+}
+
 impl Default for BrokerConfig {
     fn default() -> Self {
         Self {
             mode: BrokerMode::Embedded,
             listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
             url: None,
+            ca_file: None,
+            client_cert: None,
+            client_key: None,
             username: None,
             password_env: "CENTINELA_MQTT_PASSWORD".into(),
             allow_anonymous: false,
@@ -360,11 +449,10 @@ impl Config {
                     &[key("broker"), key("mode")],
                     "mode = \"external\" needs broker.url (mqtt://host:port)",
                 )),
-                Some(u) => {
-                    if let Err(e) = parse_mqtt_url(u) {
-                        out.push(Invalid::new(&[key("broker"), key("url")], e));
-                    }
-                }
+                Some(u) => match BrokerUrl::parse(u) {
+                    Err(e) => out.push(Invalid::new(&[key("broker"), key("url")], e)),
+                    Ok(url) => self.broker.validate_tls(&url, &mut out),
+                },
             }
         }
         if self.broker.mode == BrokerMode::Embedded
@@ -624,32 +712,6 @@ pub fn load_or_default_all(given: Option<&Path>) -> Result<(Config, String), Con
     }
 }
 
-/// `mqtt://host:port` → (host, port). Port defaults to 1883.
-pub fn parse_mqtt_url(url: &str) -> Result<(String, u16), String> {
-    let rest = url
-        .strip_prefix("mqtt://")
-        .or_else(|| url.strip_prefix("tcp://"))
-        .ok_or_else(|| format!("{url:?} is not an mqtt://host:port address"))?;
-    let rest = rest.trim_end_matches('/');
-    let (host, port) = match rest.rsplit_once(':') {
-        Some((h, p)) => (
-            h,
-            p.parse::<u16>()
-                .map_err(|_| format!("{url:?}: port {p:?} is not a number"))?,
-        ),
-        None => (rest, 1883),
-    };
-    if host.is_empty() {
-        return Err(format!("{url:?} has no host"));
-    }
-    Ok((
-        host.trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_string(),
-        port,
-    ))
-}
-
 fn check_filter(f: &str) -> Result<(), String> {
     if f.is_empty() {
         return Err("empty topic filter".into());
@@ -874,15 +936,42 @@ mod tests {
     }
 
     #[test]
-    fn mqtt_urls_parse() {
+    fn tls_settings_of_an_external_broker_are_checked() {
+        let e = Config::parse(
+            "[broker]\nmode = \"external\"\nurl = \"mqtt://h\"\nca_file = \"/etc/ssl/ca.pem\"\n",
+            "c.toml",
+        )
+        .unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("broker.ca_file"));
+        assert!(e.message.contains("mqtts://"), "{e}");
+        let e = Config::parse(
+            "[broker]\nmode = \"external\"\nurl = \"mqtts://h\"\nclient_cert = \"/etc/passwd\"\n",
+            "c.toml",
+        )
+        .unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("broker.client_key"), "{e}");
+        let e = Config::parse(
+            "[broker]\nmode = \"external\"\nurl = \"mqtts://h\"\nca_file = \"/nonexistent/ca.pem\"\n",
+            "c.toml",
+        )
+        .unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("broker.ca_file"));
+        assert!(e.message.contains("/nonexistent/ca.pem"), "{e}");
+        let e = Config::parse(
+            "[broker]\nmode = \"external\"\nurl = \"mqtt://user:pw@h\"\n",
+            "c.toml",
+        )
+        .unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("broker.url"));
+        assert!(!e.to_string().contains("pw@"), "{e}");
+        let cfg = Config::parse(
+            "[broker]\nmode = \"external\"\nurl = \"mqtts://broker.lan\"\n",
+            "c.toml",
+        )
+        .unwrap();
         assert_eq!(
-            parse_mqtt_url("mqtt://localhost:1884").unwrap(),
-            ("localhost".into(), 1884)
+            cfg.broker.broker_url().unwrap().to_string(),
+            "mqtts://broker.lan:8883"
         );
-        assert_eq!(
-            parse_mqtt_url("mqtt://10.0.0.2").unwrap(),
-            ("10.0.0.2".into(), 1883)
-        );
-        assert!(parse_mqtt_url("localhost:1883").is_err());
     }
 }

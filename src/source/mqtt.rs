@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 
 use super::decode::{DecodeError, Decoder, Limits};
 use crate::broker::Link;
-use crate::config::{parse_mqtt_url, BrokerConfig, Config, IngestConfig};
+use crate::config::{BrokerConfig, BrokerUrl, Config, IngestConfig, Tls};
 use crate::control::ControlRequest;
 use crate::model::{now_ms, Control, Reading, Timestamp};
 use crate::shutdown::Shutdown;
@@ -62,6 +62,9 @@ pub enum SourceError {
     Refused { url: String, reason: String },
     #[error("bad broker address: {0}")]
     Url(String),
+    /// A TLS file that cannot be used, or a certificate the broker or we refused.
+    #[error("{0}")]
+    Certificate(String),
     #[error("broker.username is set but ${0} (the password) is not")]
     MissingPassword(String),
 }
@@ -330,10 +333,11 @@ pub fn run_embedded(
 pub fn external_options(
     cfg: &BrokerConfig,
     client_id: &str,
-) -> Result<(MqttOptions, String), SourceError> {
-    let url = cfg.url.clone().unwrap_or_default();
-    let (host, port) = parse_mqtt_url(&url).map_err(SourceError::Url)?;
-    let mut opts = MqttOptions::new(client_id, host, port);
+) -> Result<(MqttOptions, BrokerUrl, Tls), SourceError> {
+    let url = cfg.broker_url().map_err(SourceError::Url)?;
+    let tls = cfg.tls();
+    let mut opts = centinela_sim::broker_url::connect_options(client_id, &url, &tls)
+        .map_err(|e| SourceError::Certificate(format!("{url}: {e}")))?;
     opts.set_clean_session(false);
     opts.set_keep_alive(Duration::from_secs(30));
     opts.set_max_packet_size(cfg.max_payload + 4096, cfg.max_payload + 4096);
@@ -343,7 +347,7 @@ pub fn external_options(
             .map_err(|_| SourceError::MissingPassword(cfg.password_env.clone()))?;
         opts.set_credentials(user.clone(), pass);
     }
-    Ok((opts, url))
+    Ok((opts, url, tls))
 }
 
 /// Subscribes to an external broker and runs until shutdown begins. Reconnects with
@@ -357,7 +361,7 @@ pub async fn run_external(
     control: mpsc::Sender<ControlRequest>,
     mut stop: Shutdown,
 ) -> Result<(), SourceError> {
-    let (opts, url) = external_options(cfg, &cfg.client_id)?;
+    let (opts, url, tls) = external_options(cfg, &cfg.client_id)?;
     let (client, mut events) = AsyncClient::new(opts, 10_000);
     let mut ing = Ingest::new(setup, stats.clone(), control);
     let filters = setup.ingest.filters();
@@ -398,16 +402,26 @@ pub async fn run_external(
                     stats.connected.store(false, Ordering::Relaxed);
                     let reason = refusal(code);
                     if !ever_connected {
-                        return Err(SourceError::Refused { url, reason });
+                        return Err(SourceError::Refused { url: url.to_string(), reason });
                     }
                     tracing::error!(%url, reason, retry_in = ?backoff, "the MQTT broker refused the connection");
                     sleep_or_stop(&mut backoff, &mut stop).await;
                 }
                 Err(e) => {
                     stats.connected.store(false, Ordering::Relaxed);
+                    if let Some(problem) = centinela_sim::broker_url::certificate_problem(&e, &url, &tls) {
+                        // A certificate does not fix itself: at start-up this is an error,
+                        // later (a certificate replaced on the broker) a loud retry.
+                        if !ever_connected {
+                            return Err(SourceError::Certificate(problem));
+                        }
+                        tracing::error!(%url, retry_in = ?backoff, "{problem}");
+                        sleep_or_stop(&mut backoff, &mut stop).await;
+                        continue;
+                    }
                     if !ever_connected && matches!(e, ConnectionError::MqttState(rumqttc::StateError::Io(_)) | ConnectionError::NotConnAck(_)) {
                         // A broker that closes the connection before CONNACK is refusing us.
-                        return Err(SourceError::Refused { url, reason: format!("connection closed before CONNACK ({e}); check username and password") });
+                        return Err(SourceError::Refused { url: url.to_string(), reason: format!("connection closed before CONNACK ({e}); check username and password") });
                     }
                     tracing::warn!(%url, error = %e, retry_in = ?backoff, "MQTT connection lost; reconnecting");
                     sleep_or_stop(&mut backoff, &mut stop).await;

@@ -18,7 +18,10 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, ConnectReturnCode, Event, EventLoop, MqttOptions, Packet, QoS};
+use centinela_sim::broker_url::connect_options;
+use rumqttc::{AsyncClient, ConnectReturnCode, Event, EventLoop, Packet, QoS};
+
+use crate::config::{BrokerUrl, Tls};
 use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
 
@@ -45,8 +48,10 @@ const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// How to reach the service's broker.
 #[derive(Clone)]
 pub struct RemoteOptions {
-    /// `mqtt://HOST:PORT` (`tcp://` too; port 1883 when left out).
+    /// `mqtt://HOST[:PORT]` or `mqtts://HOST[:PORT]` (see [`BrokerUrl`]).
     pub url: String,
+    /// With `mqtts://`: the CA and client certificate files.
+    pub tls: Tls,
     pub client_id: String,
     pub username: Option<String>,
     pub password: Option<String>,
@@ -61,6 +66,7 @@ impl fmt::Debug for RemoteOptions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RemoteOptions")
             .field("url", &self.url)
+            .field("tls", &self.tls)
             .field("client_id", &self.client_id)
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
@@ -73,30 +79,16 @@ impl fmt::Debug for RemoteOptions {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RemoteError {
-    #[error("broker URL {0:?} is not mqtt://HOST:PORT")]
+    #[error("--broker: {0}")]
     BadUrl(String),
+    /// A TLS file that cannot be used, or a certificate refused: not retried.
+    #[error("{0}")]
+    Certificate(String),
 }
 
-/// `mqtt://host:port` → (host, port).
-pub fn parse_url(url: &str) -> Result<(String, u16), RemoteError> {
-    let bad = || RemoteError::BadUrl(url.to_string());
-    let rest = url
-        .strip_prefix("mqtt://")
-        .or_else(|| url.strip_prefix("tcp://"))
-        .unwrap_or(url);
-    let rest = rest.trim_end_matches('/');
-    if rest.is_empty() || rest.contains(['/', '@', '?']) {
-        return Err(bad());
-    }
-    let (host, port) = match rest.rsplit_once(':') {
-        Some((h, p)) if !h.ends_with(':') => (h, p.parse::<u16>().map_err(|_| bad())?),
-        _ => (rest, 1883),
-    };
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    if host.is_empty() {
-        return Err(bad());
-    }
-    Ok((host.to_string(), port))
+/// The broker address of `opts`, parsed.
+pub fn parse_url(url: &str) -> Result<BrokerUrl, RemoteError> {
+    BrokerUrl::parse(url).map_err(RemoteError::BadUrl)
 }
 
 /// What the polling task tells the feed.
@@ -124,8 +116,9 @@ pub async fn feed_with_catalogue(
     mut control: mpsc::Receiver<Control>,
     mut catalogue: Option<tokio::sync::oneshot::Sender<Vec<Reading>>>,
 ) -> Result<(), RemoteError> {
-    let (host, port) = parse_url(&opts.url)?;
-    let mut mqtt = MqttOptions::new(opts.client_id.clone(), host, port);
+    let url = parse_url(&opts.url)?;
+    let mut mqtt = connect_options(&opts.client_id, &url, &opts.tls)
+        .map_err(|e| RemoteError::Certificate(format!("{url}: {e}")))?;
     mqtt.set_keep_alive(Duration::from_secs(10));
     mqtt.set_clean_session(true);
     mqtt.set_max_packet_size(opts.max_payload.max(64 * 1024) + 1024, 64 * 1024);
@@ -280,7 +273,19 @@ pub async fn attach(
     history: Option<Arc<dyn super::HistorySource>>,
     opts: super::RunOptions,
 ) -> Result<(), AttachError> {
-    parse_url(&remote.url)?;
+    let url = parse_url(&remote.url)?;
+    if url.tls {
+        // A certificate problem is said before the screen opens, not retried behind it.
+        let mut mqtt = connect_options(&remote.client_id, &url, &remote.tls)
+            .map_err(|e| RemoteError::Certificate(format!("{url}: {e}")))?;
+        mqtt.set_clean_session(true);
+        if let Some(user) = &remote.username {
+            mqtt.set_credentials(user.clone(), remote.password.clone().unwrap_or_default());
+        }
+        if let Err(problem) = centinela_sim::broker_url::check_tls(mqtt, &url, &remote.tls).await {
+            return Err(RemoteError::Certificate(problem).into());
+        }
+    }
     let (live_tx, live_rx) = broadcast::channel(4096);
     let (control_tx, control_rx) = mpsc::channel(16);
     let (cat_tx, cat_rx) = tokio::sync::oneshot::channel();
@@ -391,21 +396,10 @@ mod tests {
 
     #[test]
     fn urls() {
-        assert_eq!(
-            parse_url("mqtt://127.0.0.1:1884").unwrap(),
-            ("127.0.0.1".to_string(), 1884)
-        );
-        assert_eq!(
-            parse_url("tcp://pi.local").unwrap(),
-            ("pi.local".to_string(), 1883)
-        );
-        assert_eq!(parse_url("broker:99").unwrap(), ("broker".to_string(), 99));
-        assert_eq!(
-            parse_url("mqtt://[::1]:1883").unwrap(),
-            ("::1".to_string(), 1883)
-        );
-        assert!(parse_url("mqtt://host:notaport").is_err());
-        assert!(parse_url("mqtt://").is_err());
+        let u = parse_url("mqtts://pi.local").unwrap();
+        assert_eq!((u.tls, u.host.as_str(), u.port), (true, "pi.local", 8883));
+        let e = parse_url("broker:99").unwrap_err().to_string();
+        assert!(e.contains("mqtt://broker:99"), "{e}");
         assert!(parse_url("mqtt://user:pw@host:1").is_err());
     }
 
@@ -413,6 +407,7 @@ mod tests {
     fn debug_hides_the_password() {
         let o = RemoteOptions {
             url: "mqtt://h:1".into(),
+            tls: Tls::default(),
             client_id: "v".into(),
             username: Some("u".into()),
             password: Some("hunter2".into()),
