@@ -88,7 +88,7 @@ impl Feed {
                 decode_errors: Vec::new(),
                 outbox_pending: 0,
                 outbox_dead: 0,
-                influx_backlog: None,
+                outputs: Vec::new(),
                 offline: false,
             }));
         }

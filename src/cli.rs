@@ -1245,25 +1245,24 @@ async fn doctor(path: Option<&Path>, send_test: bool) -> anyhow::Result<ExitCode
             r.message
         );
     }
-    if let Some(i) = &cfg.storage.influxdb {
+    for o in crate::store::configured(&cfg) {
+        let Some(c) = o.check().await else { continue };
         checked += 1;
-        match crate::store::influx::health_check(i).await {
-            Ok(()) => println!(
-                "ok   influxdb  {:<32} writes are accepted",
-                crate::notify::redact_urls(&i.url)
-            ),
-            Err(e) => {
-                bad += 1;
-                println!(
-                    "FAIL influxdb  {:<32} {}",
-                    crate::notify::redact_urls(&i.url),
-                    crate::notify::redact_urls(&e.to_string())
-                );
-            }
-        }
+        bad += usize::from(c.result.is_err());
+        let (word, message) = match c.result {
+            Ok(m) => ("ok  ", m),
+            Err(m) => ("FAIL", m),
+        };
+        // Credentials in a URL never reach the terminal.
+        println!(
+            "{word} {:<9} {:<32} {}",
+            o.name(),
+            crate::notify::redact_urls(&c.target),
+            crate::notify::redact_urls(&message)
+        );
     }
     if checked == 0 {
-        println!("nothing to check: no [notify.*] channel and no [storage.influxdb] configured");
+        println!("nothing to check: no [notify.*] channel and no output besides SQLite configured");
     }
     Ok(if bad == 0 {
         ExitCode::SUCCESS

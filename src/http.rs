@@ -49,8 +49,8 @@ pub struct Metrics {
     pub queues: Vec<QueueDepth>,
     /// The notification outbox, per channel.
     pub outbox: Vec<OutboxCounts>,
-    /// The InfluxDB sink; `None` when it is not configured.
-    pub influx: Option<InfluxCounts>,
+    /// The outputs' own figures ([`crate::store::Output::metrics`]), in their order.
+    pub outputs: Vec<Sample>,
     /// Alerts currently firing, by severity (`info`, `warning`, `critical`).
     pub alerts_firing: Vec<(String, u64)>,
     /// Bytes this process caused to be written to storage (`write_bytes` of
@@ -66,7 +66,7 @@ pub struct Metrics {
 /// Depth of one bounded channel.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct QueueDepth {
-    /// The channel, named after the stage that reads it (`engine`, `sqlite`, `influx`).
+    /// The channel, named after the stage that reads it (`readings` for the engine, then each output: `sqlite`, `influxdb`, …).
     pub queue: String,
     pub depth: u64,
     pub capacity: u64,
@@ -85,19 +85,41 @@ pub struct OutboxCounts {
     pub dead: u64,
 }
 
-/// The InfluxDB sink's counters.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct InfluxCounts {
-    /// Points handed to the sink.
-    pub accepted: u64,
-    /// Points InfluxDB acknowledged.
-    pub written: u64,
-    /// Points waiting in the durable backlog (a gauge).
-    pub backlog: u64,
-    /// Points dropped because the backlog was full.
-    pub dropped: u64,
-    /// Points InfluxDB refused (bad line, 4xx): never retried.
-    pub rejected: u64,
+/// A metric family of one sample, as an output reports it: `centinela_<output>_…`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    /// The full name; a counter's ends in `_total`.
+    pub name: &'static str,
+    pub kind: Kind,
+    pub help: &'static str,
+    pub value: u64,
+}
+
+/// The Prometheus type of a [`Sample`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+}
+
+impl Sample {
+    pub fn counter(name: &'static str, help: &'static str, value: u64) -> Self {
+        Self {
+            name,
+            kind: Kind::Counter,
+            help,
+            value,
+        }
+    }
+
+    pub fn gauge(name: &'static str, help: &'static str, value: u64) -> Self {
+        Self {
+            name,
+            kind: Kind::Gauge,
+            help,
+            value,
+        }
+    }
 }
 
 /// The health of each stage, as `/healthz` shows it.
@@ -309,42 +331,13 @@ pub fn render_metrics(m: &Metrics) -> String {
         );
     }
 
-    if let Some(i) = &m.influx {
-        for (name, kind, help, v) in [
-            (
-                "centinela_influx_points_accepted_total",
-                "counter",
-                "Points handed to the InfluxDB sink.",
-                i.accepted,
-            ),
-            (
-                "centinela_influx_points_written_total",
-                "counter",
-                "Points InfluxDB acknowledged.",
-                i.written,
-            ),
-            (
-                "centinela_influx_backlog_points",
-                "gauge",
-                "Points waiting in the durable InfluxDB backlog.",
-                i.backlog,
-            ),
-            (
-                "centinela_influx_points_dropped_total",
-                "counter",
-                "Points dropped because the InfluxDB backlog was full.",
-                i.dropped,
-            ),
-            (
-                "centinela_influx_points_rejected_total",
-                "counter",
-                "Points InfluxDB refused; not retried.",
-                i.rejected,
-            ),
-        ] {
-            family(o, name, kind, help);
-            sample(o, name, &[], v);
-        }
+    for x in &m.outputs {
+        let kind = match x.kind {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+        };
+        family(o, x.name, kind, x.help);
+        sample(o, x.name, &[], x.value);
     }
 
     family(
@@ -646,13 +639,23 @@ mod tests {
                     dead: 2,
                 },
             ],
-            influx: Some(InfluxCounts {
-                accepted: 50,
-                written: 40,
-                backlog: 10,
-                dropped: 0,
-                rejected: 1,
-            }),
+            outputs: vec![
+                Sample::counter(
+                    "centinela_influx_points_written_total",
+                    "Points InfluxDB acknowledged.",
+                    40,
+                ),
+                Sample::gauge(
+                    "centinela_influx_backlog_points",
+                    "Points waiting in the durable InfluxDB backlog.",
+                    10,
+                ),
+                Sample::counter(
+                    "centinela_influx_points_rejected_total",
+                    "Points InfluxDB refused; not retried.",
+                    1,
+                ),
+            ],
             alerts_firing: vec![("critical".into(), 2), ("warning".into(), 0)],
             disk_bytes_written: Some(4096),
             resident_memory_bytes: Some(10 << 20),

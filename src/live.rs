@@ -1,11 +1,16 @@
-//! The live bus out to MQTT: alert events (retained, one topic per alert) and pipeline
+//! The live bus: what viewers see as it happens, in-process (the TUI of `run` and
+//! `demo`) and over MQTT: alert events (retained, one topic per alert) and pipeline
 //! status for remote viewers (`centinela tui --broker …`) and other apps.
 //!
 //! ```text
-//!  live bus (broadcast) ──► this task ──► centinela/alerts/<rule>/<series>  retained JSON AlertEvent
-//!                                      ├► centinela/status                  retained JSON PipelineStatus
-//!                                      └► centinela/series                  retained catalogue, every 10 s
+//!  engine ─Fanout─► LiveOutput ──► live bus (broadcast) ──► viewers in-process
+//!                                        └► this task ──► centinela/alerts/<rule>/<series>  retained JSON AlertEvent
+//!  status (1/s) ──────────────────► live bus          ├► centinela/status                  retained JSON PipelineStatus
+//!                                                     └► centinela/series                  retained catalogue, every 10 s
 //! ```
+//!
+//! The bus is an output like any other ([`LiveOutput`]), one that drops rather than
+//! wait: a slow viewer never holds up the stream.
 //!
 //! With the embedded broker it publishes through an in-process link; with an external
 //! broker through its own client. Falling behind: the live bus is lossy; a lagged
@@ -21,11 +26,60 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rumqttc::{AsyncClient, QoS};
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{broadcast, mpsc};
+use tokio::task::JoinHandle;
 
 use crate::config::BrokerConfig;
 use crate::model::{AlertEvent, LiveEvent, PipelineStatus, SeriesId, Timestamp};
+use crate::shutdown::Shutdown;
+use crate::store::{BoxFuture, Context, Output, OutputMsg, StartError, WhenFull};
 use rumqttd::local::{LinkRx, LinkTx};
+
+/// The live bus as an output: readings and alert events from the engine onto the bus.
+pub struct LiveOutput {
+    pub bus: broadcast::Sender<LiveEvent>,
+}
+
+impl Output for LiveOutput {
+    fn name(&self) -> &'static str {
+        "live"
+    }
+
+    fn capacity(&self) -> usize {
+        256
+    }
+
+    fn when_full(&self) -> WhenFull {
+        WhenFull::Drop
+    }
+
+    fn start<'a>(
+        &'a self,
+        _ctx: &'a Context<'a>,
+        mut input: mpsc::Receiver<OutputMsg>,
+        shutdown: Shutdown,
+    ) -> BoxFuture<'a, Result<JoinHandle<()>, StartError>> {
+        let bus = self.bus.clone();
+        Box::pin(async move {
+            Ok(tokio::spawn(async move {
+                let _shutdown = shutdown;
+                while let Some(msg) = input.recv().await {
+                    // No viewer is not an error: the bus is there for those who come.
+                    match msg {
+                        OutputMsg::Readings(r) => {
+                            let _ = bus.send(LiveEvent::Readings(r));
+                        }
+                        OutputMsg::Alerts(a) => {
+                            for e in &a.events {
+                                let _ = bus.send(LiveEvent::Alert(e.clone()));
+                            }
+                        }
+                    }
+                }
+            }))
+        })
+    }
+}
 
 pub const STATUS_TOPIC: &str = "centinela/status";
 pub const ALERTS_PREFIX: &str = "centinela/alerts";
@@ -110,13 +164,14 @@ pub struct Request {
     pub done: tokio::sync::oneshot::Sender<Result<(), String>>,
 }
 
-/// Publishes alert events and status from the live bus, and `requests`, until `stop`.
+/// Publishes alert events and status from the live bus, and `requests`, until
+/// shutdown begins.
 pub async fn run(
     mut out: Out,
     mut rx: broadcast::Receiver<LiveEvent>,
     mut requests: tokio::sync::mpsc::Receiver<Request>,
     mut discovery: Option<crate::homeassistant::Discovery>,
-    mut stop: watch::Receiver<bool>,
+    mut shutdown: Shutdown,
 ) {
     use broadcast::error::RecvError;
     // Home Assistant discovery: the rules' entities, once at start.
@@ -145,7 +200,7 @@ pub async fn run(
                 let _ = req.done.send(if ok { Ok(()) } else { Err("the broker is gone".into()) });
                 continue;
             }
-            _ = stop.changed() => break,
+            _ = shutdown.recv() => break,
         };
         if let (Some(d), Ok(LiveEvent::Alert(e))) = (discovery.as_mut(), &ev) {
             for (topic, payload) in d.on_event(e) {

@@ -217,12 +217,25 @@ pub struct PipelineStatus {
     pub decode_errors: Vec<(String, u64)>,
     pub outbox_pending: u64,
     pub outbox_dead: u64,
-    /// `None` when no InfluxDB is configured.
-    pub influx_backlog: Option<u64>,
+    /// The optional outputs' figures (`influx backlog 17`), in their order.
+    #[serde(default)]
+    pub outputs: Vec<OutputStatus>,
     /// The service said it stopped (its last will, or its goodbye on a clean stop):
     /// the figures are its last ones.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub offline: bool,
+}
+
+/// One output's figure in the status line and the TUI header: `influx backlog 17`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct OutputStatus {
+    /// The short name shown: `influx`, `parquet`.
+    pub name: String,
+    /// What `value` counts (`backlog`, `files`); left out when the header is compact.
+    pub label: String,
+    pub value: u64,
+    /// Shown as a warning (a backlog that is not empty, a write that failed).
+    pub warn: bool,
 }
 
 /// Formats a timestamp as RFC 3339 UTC with milliseconds: `2026-11-26T05:00:00.000Z`.

@@ -61,6 +61,9 @@ pub struct Config {
     pub log: LogConfig,
     /// The `/metrics` and `/healthz` endpoint; absent means off.
     pub http: Option<HttpConfig>,
+    /// `[output.*]`: the optional outputs registered in `store` (each absent means off).
+    #[serde(default)]
+    pub output: crate::store::OutputsConfig,
     /// Home Assistant MQTT discovery; absent means off.
     pub homeassistant: Option<HomeAssistantConfig>,
 }
@@ -578,6 +581,7 @@ impl Config {
             ));
         }
         out.extend(self.notify.validate());
+        out.extend(self.output.validate());
         if let Some(h) = &self.http {
             if !h.listen.ip().is_loopback() && !h.allow_remote {
                 out.push(Invalid::new(

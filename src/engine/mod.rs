@@ -7,6 +7,8 @@
 //! [`Engine::control`] for acks and silences, persists [`Engine::take_dirty`] and
 //! [`Engine::take_dirty_silences`] to SQLite, and calls [`Engine::restore`] once at
 //! start-up. [`replay()`] drives the same engine with the readings' own clock.
+//! That async shell is [`stage`], beside this core: the only part of the folder that
+//! does I/O.
 //!
 //! # How rules behave
 //!
@@ -83,6 +85,7 @@
 mod render;
 pub mod replay;
 mod rule;
+pub mod stage;
 #[cfg(test)]
 mod tests;
 

@@ -17,8 +17,9 @@ use tokio::sync::mpsc;
 use super::decode::{DecodeError, Decoder, Limits};
 use crate::broker::Link;
 use crate::config::{BrokerConfig, BrokerUrl, Config, IngestConfig, Tls};
+use crate::control::ControlRequest;
 use crate::model::{now_ms, Control, Reading, Timestamp};
-use crate::service::ControlRequest;
+use crate::shutdown::Shutdown;
 
 /// Topic on which `Control` requests (JSON) reach the engine.
 pub const CONTROL_TOPIC: &str = "centinela/control";
@@ -270,8 +271,8 @@ impl Overrun {
     }
 }
 
-/// Reads from the embedded broker's in-process link on the calling thread until `stop`
-/// is set or the broker goes away. The link is already subscribed to the ingest topics
+/// Reads from the embedded broker's in-process link on the calling thread until
+/// shutdown begins or the broker goes away. The link is already subscribed to the ingest topics
 /// and [`CONTROL_TOPIC`] (see `broker::start`). Blocking: run it on its own thread.
 pub fn run_embedded(
     mut link: Link,
@@ -279,7 +280,7 @@ pub fn run_embedded(
     stats: Arc<SourceStats>,
     out: mpsc::Sender<Vec<Reading>>,
     control: mpsc::Sender<ControlRequest>,
-    stop: Arc<AtomicBool>,
+    stop: Shutdown,
 ) {
     stats.connected.store(true, Ordering::Relaxed);
     let mut ing = Ingest::new(setup, stats.clone(), control);
@@ -331,7 +332,7 @@ pub fn run_embedded(
         {
             break;
         }
-        if stop.load(Ordering::Relaxed) {
+        if stop.is_shutdown() {
             break;
         }
     }
@@ -363,7 +364,7 @@ pub fn external_options(
     Ok((opts, url, tls))
 }
 
-/// Subscribes to an external broker and runs until `stop` resolves. Reconnects with
+/// Subscribes to an external broker and runs until shutdown begins. Reconnects with
 /// backoff; a refusal before the first successful connection (bad credentials, not
 /// authorised) is returned as an error instead of retried for ever.
 pub async fn run_external(
@@ -372,7 +373,7 @@ pub async fn run_external(
     stats: Arc<SourceStats>,
     out: mpsc::Sender<Vec<Reading>>,
     control: mpsc::Sender<ControlRequest>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    mut stop: Shutdown,
 ) -> Result<(), SourceError> {
     let (opts, url, tls) = external_options(cfg, &cfg.client_id)?;
     let (client, mut events) = AsyncClient::new(opts, 10_000);
@@ -383,7 +384,7 @@ pub async fn run_external(
     let mut flush = tokio::time::interval(Duration::from_millis(5));
     loop {
         tokio::select! {
-            _ = stop.changed() => break,
+            _ = stop.recv() => break,
             _ = flush.tick() => {
                 if !ing.batch.is_empty() && out.send(ing.take()).await.is_err() {
                     break;
@@ -450,10 +451,10 @@ pub async fn run_external(
     Ok(())
 }
 
-async fn sleep_or_stop(backoff: &mut Duration, stop: &mut tokio::sync::watch::Receiver<bool>) {
+async fn sleep_or_stop(backoff: &mut Duration, stop: &mut Shutdown) {
     tokio::select! {
         _ = tokio::time::sleep(*backoff) => {}
-        _ = stop.changed() => {}
+        _ = stop.recv() => {}
     }
     *backoff = (*backoff * 2).min(Duration::from_secs(30));
 }

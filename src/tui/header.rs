@@ -1,5 +1,5 @@
-//! The header line: broker and storage health, throughput, outbox and InfluxDB
-//! backlog, from the pipeline's [`PipelineStatus`](crate::model::PipelineStatus).
+//! The header line: broker and storage health, throughput, outbox and each output's
+//! figure (the InfluxDB backlog, …), from the pipeline's [`PipelineStatus`](crate::model::PipelineStatus).
 //! The broker comes first and turns red when lost; when the line does not fit, a
 //! compact form drops the addresses and shortens the labels.
 
@@ -137,13 +137,17 @@ fn header(app: &App, fit: Fit) -> Line<'static> {
     } else if !compact {
         spans.push(Span::raw(" 0 dead"));
     }
-    if let Some(b) = s.influx_backlog {
+    for o in &s.outputs {
         let text = Span::raw(if compact {
-            format!("  influx {b}")
+            format!("  {} {}", o.name, o.value)
         } else {
-            format!("  influx backlog {b}")
+            format!("  {} {} {}", o.name, o.label, o.value)
         });
-        spans.push(if b > 0 { text.style(theme::WARN) } else { text });
+        spans.push(if o.warn {
+            text.style(theme::WARN)
+        } else {
+            text
+        });
     }
     if s.storage_ok && fit == Fit::Full {
         spans.push(Span::raw("  "));

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use centinela::model::{
-    AlertEvent, AlertState, LiveEvent, PipelineStatus, Reading, Severity, Timestamp,
+    AlertEvent, AlertState, LiveEvent, OutputStatus, PipelineStatus, Reading, Severity, Timestamp,
 };
 use centinela::tui::{self, App, Options, Threshold};
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
@@ -59,7 +59,12 @@ pub fn status(broker_up: bool) -> PipelineStatus {
         decode_errors: vec![("not_a_number".into(), 2), ("malformed_json".into(), 1)],
         outbox_pending: 2,
         outbox_dead: 1,
-        influx_backlog: Some(17),
+        outputs: vec![OutputStatus {
+            name: "influx".into(),
+            label: "backlog".into(),
+            value: 17,
+            warn: true,
+        }],
         offline: false,
     }
 }

@@ -34,6 +34,7 @@
 pub mod backlog;
 pub mod client;
 pub mod line;
+mod output;
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -49,6 +50,7 @@ pub use backlog::{Backlog, BacklogError};
 pub use client::{
     health_check, health_check_with, HealthError, InfluxClient, Secret, Secrets, WriteError,
 };
+pub use output::{output, InfluxOutput};
 
 use crate::config::InfluxConfig;
 use crate::model::{AlertEvent, Reading};
@@ -58,6 +60,37 @@ use crate::model::{AlertEvent, Reading};
 pub enum InfluxInput {
     Readings(std::sync::Arc<[Reading]>),
     Events(Vec<AlertEvent>),
+}
+
+/// What the sink can take from its channel: [`InfluxInput`], or the pipeline's
+/// [`OutputMsg`](crate::store::OutputMsg) (readings, and the events of alert batches).
+pub trait SinkInput: Send + 'static {
+    /// `None` when there is nothing in it for InfluxDB (alert state without events).
+    fn into_input(self) -> Option<InfluxInput>;
+}
+
+impl SinkInput for InfluxInput {
+    fn into_input(self) -> Option<InfluxInput> {
+        Some(self)
+    }
+}
+
+impl SinkInput for crate::store::OutputMsg {
+    fn into_input(self) -> Option<InfluxInput> {
+        match self {
+            Self::Readings(r) => Some(InfluxInput::Readings(r)),
+            Self::Alerts(a) if a.events.is_empty() => None,
+            Self::Alerts(a) => Some(InfluxInput::Events(a.events.clone())),
+        }
+    }
+}
+
+/// Whether the early-stop signal says stop (true also when its sender is gone).
+async fn stopped(shutdown: &mut Option<watch::Receiver<bool>>) -> bool {
+    match shutdown {
+        Some(s) => s.changed().await.is_err() || *s.borrow(),
+        None => std::future::pending().await,
+    }
 }
 
 /// Counters shared with the service and the TUI. Points, not requests.
@@ -206,10 +239,24 @@ impl InfluxSink {
 
     /// Runs until `shutdown` turns true or the channel closes, then sends what is in
     /// memory (or puts it in the backlog) and returns.
-    pub async fn run(
+    pub async fn run<M: SinkInput>(
+        self,
+        rx: mpsc::Receiver<M>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<(), SinkError> {
+        self.run_inner(rx, Some(shutdown)).await
+    }
+
+    /// Runs until the channel closes — after the last batch the engine sends — then
+    /// empties memory as [`run`](Self::run) does. The pipeline's way.
+    pub async fn run_to_end<M: SinkInput>(self, rx: mpsc::Receiver<M>) -> Result<(), SinkError> {
+        self.run_inner(rx, None).await
+    }
+
+    async fn run_inner<M: SinkInput>(
         mut self,
-        mut rx: mpsc::Receiver<InfluxInput>,
-        mut shutdown: watch::Receiver<bool>,
+        mut rx: mpsc::Receiver<M>,
+        mut shutdown: Option<watch::Receiver<bool>>,
     ) -> Result<(), SinkError> {
         tracing::info!(
             url = self.client.url(),
@@ -231,8 +278,8 @@ impl InfluxSink {
                         self.settle(res).await?;
                     }
                 }
-                changed = shutdown.changed() => {
-                    if changed.is_err() || *shutdown.borrow() {
+                stop = stopped(&mut shutdown), if shutdown.is_some() => {
+                    if stop {
                         break;
                     }
                 }
@@ -241,7 +288,11 @@ impl InfluxSink {
                 }
                 _ = tokio::time::sleep_until(self.retry_at), if idle_down => {}
                 msg = rx.recv() => match msg {
-                    Some(input) => self.take(input).await?,
+                    Some(input) => {
+                        if let Some(input) = input.into_input() {
+                            self.take(input).await?;
+                        }
+                    }
                     None => break,
                 },
             }
@@ -249,7 +300,9 @@ impl InfluxSink {
         // Shutdown: take what the engine already sent, then empty memory.
         rx.close();
         while let Some(input) = rx.recv().await {
-            self.take(input).await?;
+            if let Some(input) = input.into_input() {
+                self.take(input).await?;
+            }
         }
         self.seal().await?;
         while let Some(res) = self.inflight.join_next().await {

@@ -161,7 +161,7 @@ pub enum StoreMsg {
 }
 
 /// What the engine hands the store after a reading or a tick.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct AlertBatch {
     pub events: Vec<AlertEvent>,
     /// Alert states changed since the last batch (upsert by rule and series).
