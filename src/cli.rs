@@ -446,6 +446,9 @@ pub fn init_logging_to(cfg: &Config, file: Option<&Path>) {
 /// the same file (an invalid file keeps the running rules and says why).
 async fn run_service(cfg: Config, path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     use tokio::signal::unix::{signal, SignalKind};
+    // Before starting: a SIGTERM while the service starts stops it cleanly once started.
+    let mut term =
+        signal(SignalKind::terminate()).context("while installing the SIGTERM handler")?;
     let mut service = Service::start(cfg, Options::default()).await?;
     let mut hup = signal(SignalKind::hangup()).context("while installing the SIGHUP handler")?;
     crate::systemd::ready();
@@ -463,7 +466,7 @@ async fn run_service(cfg: Config, path: Option<PathBuf>) -> anyhow::Result<ExitC
     });
     let outcome = loop {
         tokio::select! {
-            r = wait_for_stop(&mut service, None) => break r,
+            r = wait_for_stop(&mut service, &mut term, None) => break r,
             _ = hup.recv() => match config::resolve_path(path.as_deref()) {
                 None => tracing::warn!("SIGHUP: running on the embedded default, nothing to reload"),
                 Some(p) => match config::load(&p) {
@@ -489,9 +492,11 @@ async fn run_service(cfg: Config, path: Option<PathBuf>) -> anyhow::Result<ExitC
     outcome.map(|()| ExitCode::SUCCESS)
 }
 
-async fn wait_for_stop(service: &mut Service, limit: Option<Duration>) -> anyhow::Result<()> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("while installing the SIGTERM handler")?;
+async fn wait_for_stop(
+    service: &mut Service,
+    term: &mut tokio::signal::unix::Signal,
+    limit: Option<Duration>,
+) -> anyhow::Result<()> {
     let sleep = async {
         match limit {
             Some(d) => tokio::time::sleep(d).await,
@@ -621,7 +626,9 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
             e = service.failed() => Err(e),
         }
     } else {
-        wait_for_stop(&mut service, args.duration).await
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("while installing the SIGTERM handler")?;
+        wait_for_stop(&mut service, &mut term, args.duration).await
     };
     let _ = sim_stop_tx.send(true);
     match sim.await {

@@ -332,13 +332,20 @@ async fn buttons_under_an_alert_ack_and_silence_it() {
         "{:?}",
         alert_now.reply_markup
     );
-    let told: Vec<String> = s
-        .api
-        .sent_to(ALLOWED)
-        .iter()
-        .skip(1)
-        .map(|m| m.text.clone())
-        .collect();
+    // The chat is told after the button is answered: wait for both messages.
+    let told_now = || -> Vec<String> {
+        s.api
+            .sent_to(ALLOWED)
+            .iter()
+            .skip(1)
+            .map(|m| m.text.clone())
+            .collect()
+    };
+    let start = std::time::Instant::now();
+    while told_now().len() < 2 && start.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let told = told_now();
     assert_eq!(
         told,
         vec![

@@ -32,7 +32,7 @@ fn stderr(o: &Output) -> String {
 fn write_config(dir: &Path, port: u16, extra: &str) -> PathBuf {
     let path = dir.join("centinela.toml");
     let text = format!(
-        "[broker]\nlisten = \"127.0.0.1:{port}\"\n\n[storage.sqlite]\npath = \"{}\"\nflush_interval = \"100ms\"\n\n[engine]\ntick = \"100ms\"\n\n{extra}",
+        "[broker]\nlisten = \"127.0.0.1:{port}\"\nusername = \"texts\"\n\n[storage.sqlite]\npath = \"{}\"\nflush_interval = \"100ms\"\n\n[engine]\ntick = \"100ms\"\n\n{extra}",
         dir.join("c.db").display()
     );
     std::fs::write(&path, text).unwrap();
@@ -44,6 +44,8 @@ fn start_service(config: &Path, port: u16, log: &Path) -> Child {
     let child = Command::new(BIN)
         .args(["run", "--config", config.to_str().unwrap()])
         .env_remove("RUST_LOG")
+        // The user that publishes readings and acks (control needs a user with the right).
+        .env("CENTINELA_MQTT_PASSWORD", "texts-password")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(log).unwrap())
         .spawn()
@@ -107,7 +109,7 @@ async fn the_journal_tells_every_transition_and_the_history_says_cancelled() {
     let t0 = 1_795_600_000_000i64;
 
     let svc = start_service(&config, port, &log);
-    let mut p = Publisher::connect(port, "texts", None).await;
+    let mut p = Publisher::connect(port, "texts", Some(("texts", "texts-password"))).await;
     // JSON with a unit, then plain numbers: the series keeps its unit.
     let first = [
         (

@@ -444,6 +444,10 @@ async fn drive(
                     {
                         Some(PublishError::ClosedBeforeConnAck { addr: addr.clone() })
                     }
+                    // rumqttc 0.25 reports a peer that hangs up before CONNACK this way.
+                    ConnectionError::MqttState(
+                        rumqttc::StateError::ConnectionAborted | rumqttc::StateError::Io(_),
+                    ) => Some(PublishError::ClosedBeforeConnAck { addr: addr.clone() }),
                     ConnectionError::Io(io) => Some(PublishError::Unreachable {
                         addr: addr.clone(),
                         reason: io.to_string(),

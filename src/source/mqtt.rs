@@ -67,7 +67,7 @@ pub enum SourceError {
     /// A TLS file that cannot be used, or a certificate the broker or we refused.
     #[error("{0}")]
     Certificate(String),
-    #[error("broker.username is set but ${0} (the password) is not")]
+    #[error("broker.username is set but ${0} (the password) is unset or empty")]
     MissingPassword(String),
 }
 
@@ -357,8 +357,11 @@ pub fn external_options(
     opts.set_max_packet_size(cfg.max_payload + 4096, cfg.max_payload + 4096);
     opts.set_inflight(1000);
     if let Some(user) = &cfg.username {
+        // An empty variable is a mistake, not "log in without a password".
         let pass = std::env::var(&cfg.password_env)
-            .map_err(|_| SourceError::MissingPassword(cfg.password_env.clone()))?;
+            .ok()
+            .filter(|p| !p.is_empty())
+            .ok_or_else(|| SourceError::MissingPassword(cfg.password_env.clone()))?;
         opts.set_credentials(user.clone(), pass);
     }
     Ok((opts, url, tls))
@@ -433,7 +436,7 @@ pub async fn run_external(
                         sleep_or_stop(&mut backoff, &mut stop).await;
                         continue;
                     }
-                    if !ever_connected && matches!(e, ConnectionError::MqttState(rumqttc::StateError::Io(_)) | ConnectionError::NotConnAck(_)) {
+                    if !ever_connected && matches!(e, ConnectionError::MqttState(rumqttc::StateError::Io(_) | rumqttc::StateError::ConnectionAborted) | ConnectionError::NotConnAck(_)) {
                         // A broker that closes the connection before CONNACK is refusing us.
                         return Err(SourceError::Refused { url: url.to_string(), reason: format!("connection closed before CONNACK ({e}); check username and password") });
                     }
@@ -468,5 +471,31 @@ fn refusal(code: ConnectReturnCode) -> String {
         ConnectReturnCode::BadClientId => "client id rejected (set broker.client_id)".into(),
         ConnectReturnCode::ServiceUnavailable => "service unavailable".into(),
         other => format!("{other:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_password_variable_is_an_error_not_an_empty_password() {
+        let cfg = BrokerConfig {
+            mode: crate::config::BrokerMode::External,
+            url: Some("mqtt://127.0.0.1:1883".into()),
+            username: Some("centinela".into()),
+            password_env: "CENTINELA_TEST_EMPTY_EXTERNAL_PASSWORD".into(),
+            ..BrokerConfig::default()
+        };
+        std::env::set_var("CENTINELA_TEST_EMPTY_EXTERNAL_PASSWORD", "");
+        let e = external_options(&cfg, "c")
+            .expect_err("refused")
+            .to_string();
+        assert!(
+            e.contains("$CENTINELA_TEST_EMPTY_EXTERNAL_PASSWORD") && e.contains("empty"),
+            "{e}"
+        );
+        std::env::set_var("CENTINELA_TEST_EMPTY_EXTERNAL_PASSWORD", "s3cret");
+        assert!(external_options(&cfg, "c").is_ok());
     }
 }
