@@ -63,6 +63,9 @@ pub struct Service {
     pub store_stats: Arc<StoreStats>,
     /// The InfluxDB output's counters; `None` when it is not configured.
     pub influx_stats: Option<Arc<InfluxStats>>,
+    /// The Kafka source's counters; `None` without `[source.kafka]`.
+    #[cfg(feature = "kafka")]
+    pub kafka_source: Option<Arc<crate::source::kafka::KafkaSourceStats>>,
     /// Every output, SQLite first, in the order the engine feeds them.
     pub outputs: Vec<Arc<dyn Output>>,
     pub live: broadcast::Sender<LiveEvent>,
@@ -155,6 +158,26 @@ impl Service {
             .into_iter()
             .map(|(s, t, _)| (s, t));
         let setup = mqtt::SourceSetup::new(&cfg, stored.collect());
+        // With a Kafka source, MQTT and Kafka meet in one merge in front of the engine.
+        #[cfg(feature = "kafka")]
+        let mut kafka_source = None;
+        #[cfg(feature = "kafka")]
+        let readings_tx = match &cfg.source.kafka {
+            Some(k) => {
+                let started = crate::source::kafka::start(
+                    k,
+                    setup.clone(),
+                    source_stats.clone(),
+                    store_stats.clone(),
+                    readings_tx,
+                    trigger.token(),
+                )?;
+                tasks.extend(started.tasks);
+                kafka_source = Some(started.stats);
+                started.mqtt
+            }
+            None => readings_tx,
+        };
         let mut source_thread = None;
         let mut external = None;
         let mut broker_addr = None;
@@ -290,6 +313,8 @@ impl Service {
             source_stats,
             store_stats,
             influx_stats,
+            #[cfg(feature = "kafka")]
+            kafka_source,
             outputs,
             live,
             control: control_tx,

@@ -10,6 +10,7 @@ mod check;
 mod duration;
 mod influx;
 mod ingest;
+mod kafka;
 mod notify;
 mod rules;
 mod trust;
@@ -18,6 +19,7 @@ pub use centinela_sim::broker_url::{BrokerUrl, Tls};
 pub use duration::Duration;
 pub use influx::{InfluxApi, InfluxConfig};
 pub use ingest::{MapConfig, MapFormat};
+pub use kafka::{KafkaOutputConfig, KafkaSourceConfig, KeyFrom, SourcesConfig, BUILT_WITH_KAFKA};
 pub use notify::{
     EmailConfig, MqttNotifyConfig, NotifyConfig, OutboxConfig, SmtpTls, TelegramConfig,
     WebhookConfig,
@@ -64,6 +66,9 @@ pub struct Config {
     /// `[output.*]`: the optional outputs registered in `store` (each absent means off).
     #[serde(default)]
     pub output: crate::store::OutputsConfig,
+    /// `[source.*]`: sources beside MQTT (Kafka); each absent means off.
+    #[serde(default)]
+    pub source: SourcesConfig,
     /// Home Assistant MQTT discovery; absent means off.
     pub homeassistant: Option<HomeAssistantConfig>,
 }
@@ -582,6 +587,7 @@ impl Config {
         }
         out.extend(self.notify.validate());
         out.extend(self.output.validate());
+        out.extend(self.source.validate());
         if let Some(h) = &self.http {
             if !h.listen.ip().is_loopback() && !h.allow_remote {
                 out.push(Invalid::new(

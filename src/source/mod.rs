@@ -4,6 +4,8 @@
 //! embedded broker's in-process link or from an external broker.
 
 pub mod decode;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 pub mod line;
 pub mod map;
 pub mod mqtt;

@@ -1,0 +1,49 @@
+//! Kafka as an output (`[output.kafka]`): every reading as normalised JSON on
+//! `readings_topic` (key = series, so a series stays in one partition and in order) and
+//! every alert event on `alerts_topic` (key = alert id, the fields of `alerts --json`),
+//! for other apps, Kafka Connect and data lakes. [`encode`] is the pure part; the
+//! producer (librdkafka) is built only with `--features kafka`.
+//!
+//! Falling behind: librdkafka queues messages in memory (`QUEUE_MESSAGES` at most) and
+//! retries until `message_timeout`; a message the brokers did not acknowledge by then
+//! counts as failed. When that queue is full (the brokers are away or slower than the
+//! stream) the output waits a moment, then drops and counts, so an unreachable Kafka
+//! never holds up SQLite and the rest of the pipeline. Stopping waits at most
+//! `flush_timeout` for what is in flight; what is left then counts as failed.
+
+pub mod encode;
+#[cfg(feature = "kafka")]
+mod sink;
+
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::store::Output;
+
+#[cfg(feature = "kafka")]
+pub use sink::{client_config, KafkaOutput, KafkaOutputStats};
+
+/// The Kafka output when `[output.kafka]` is configured, or `[source.kafka]` names an
+/// `alerts_topic` (alert events only, to the source's brokers). Validation refuses
+/// both sections in a binary built without Kafka.
+pub fn output(cfg: &Config) -> Option<Arc<dyn Output>> {
+    let k = match (&cfg.output.kafka, &cfg.source.kafka) {
+        (Some(k), _) => k.clone(),
+        (None, Some(s)) => crate::config::KafkaOutputConfig {
+            brokers: s.brokers.clone(),
+            readings_topic: String::new(),
+            alerts_topic: s.alerts_topic.clone()?,
+            ..Default::default()
+        },
+        (None, None) => return None,
+    };
+    #[cfg(feature = "kafka")]
+    {
+        Some(Arc::new(KafkaOutput::new(k)))
+    }
+    #[cfg(not(feature = "kafka"))]
+    {
+        let _ = k;
+        None
+    }
+}
