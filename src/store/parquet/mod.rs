@@ -1,53 +1,52 @@
-//! The data lake: readings as Parquet files, one partition per UTC hour, for DuckDB,
-//! pandas/pyarrow, Spark and the like (`[output.parquet]`).
+//! The data lake (`[output.parquet]`): readings and alert events as Parquet part files
+//! in hive-style UTC partitions, for DuckDB, pyarrow/pandas, Spark and the like.
 //!
 //! ```text
-//!  Fanout ─[64]─► this task: rows held per hour (by the readings' own time)
-//!                   │ the hour has closed and took nothing for a round (5 s)
-//!                   │ or it holds max_rows
-//!                   ▼
-//!                 file.rs: dir/date=YYYY-MM-DD/hour=HH/part-N.parquet  (temp + link)
+//!  Fanout ─[64]─► lake.rs: batches held (shared, not copied) until a file is due:
+//!                   │ flush_interval since the oldest, the partition ended,
+//!                   │ max_rows waiting, or the input closed
+//!                   ▼ blocking thread
+//!                 file.rs: dir/readings/date=YYYY-MM-DD/hour=HH/part-….parquet
+//!                          dir/alerts/date=YYYY-MM-DD/hour=HH/part-….parquet
+//!                          (temp file, fsync, rename, fsync the folder)
 //! ```
 //!
-//! One file per closed hour in the usual case; an hour that takes more than
-//! `max_rows`, or readings that arrive after their hour was written (late or replayed
-//! data), makes further parts `part-1`, `part-2`, … in the same folder.
+//! Guarantees: a reader never sees half a file (it appears under its final name only
+//! once complete and synced). A clean stop writes everything held. A crash loses what
+//! was not yet in a closed file: at most `flush_interval` of readings (SQLite has them;
+//! `centinela export --parquet` writes them). A folder that cannot be written (a full
+//! disk, a read-only mount) makes the output unhealthy in `/healthz` and `doctor`; the
+//! rows are held and retried with backoff, and past `max_buffered_rows` the oldest
+//! are dropped and counted. The task keeps taking batches while it writes or waits to
+//! retry, so it never holds up the engine or the other outputs.
 //!
-//! Guarantees: when the input closes (shutdown), every hour still held is written as a
-//! part file before the task returns: a clean stop loses nothing. A failed write keeps
-//! its rows and tries again next round (a full disk that frees up loses nothing); past
-//! ten times `max_rows` held, the oldest hour is dropped and counted. A crash loses
-//! the hours held in memory, which SQLite still has: `centinela export --parquet`
-//! writes the same layout from it.
-//!
-//! Falling behind: the engine waits for this task (it only copies rows into memory;
-//! writing a part happens on a blocking thread and takes a moment per hour).
+//! `centinela export --parquet DIR` ([`export`]) writes what SQLite holds in the same
+//! layout.
 
 mod config;
 mod export;
 mod file;
+mod lake;
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-pub use config::ParquetConfig;
-pub use export::{export, ExportSummary};
-pub use file::{encode, hour_of, partition, write_part, PartError, HOUR_MS};
+pub use config::{Codec, ParquetConfig, Partition};
+pub use export::{export, ExportError, ExportSummary};
+pub use file::{encode, partition_dir, write_all, EventRow, Layout, PartError, Table, Written};
 
 use crate::config::Config;
 use crate::http::{Sample, StageHealth};
-use crate::model::{now_ms, OutputStatus, Reading, Timestamp};
+use crate::model::OutputStatus;
 use crate::shutdown::Shutdown;
 use crate::store::{BoxFuture, Check, Context, Output, OutputMsg, StartError};
 
-/// How often closed hours are looked for.
-const ROUND: Duration = Duration::from_secs(5);
+/// Temporary files older than this, left by a crash mid-write, are removed at start.
+const STALE_TEMP: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// The Parquet output when `[output.parquet]` is configured.
 pub fn output(cfg: &Config) -> Option<Arc<dyn Output>> {
@@ -58,19 +57,38 @@ pub fn output(cfg: &Config) -> Option<Arc<dyn Output>> {
     }))
 }
 
-/// Counters shared with `/metrics`, the header and `/healthz`.
+/// Counters shared with `/metrics`, the status line and `/healthz`.
 #[derive(Debug, Default)]
 pub struct ParquetStats {
     pub rows_written: AtomicU64,
+    pub events_written: AtomicU64,
     pub files_written: AtomicU64,
-    /// Rows held in memory, waiting for their hour to close (a gauge).
-    pub rows_held: AtomicU64,
-    /// Failed writes (each one retried the next round).
+    pub bytes_written: AtomicU64,
+    /// Readings in memory, not yet in a closed file (a gauge).
+    pub rows_buffered: AtomicU64,
+    /// Failed writes (each retried).
     pub write_errors: AtomicU64,
-    /// Rows given up on: held past the bound while writes kept failing.
+    /// Readings given up on: held past `max_buffered_rows` while writes failed.
     pub rows_dropped: AtomicU64,
     /// Why the last write failed, until one succeeds.
-    pub failing: Mutex<Option<String>>,
+    failing: Mutex<Option<String>>,
+}
+
+impl ParquetStats {
+    /// Why writes fail, if the last one did.
+    pub fn failing(&self) -> Option<String> {
+        self.failing.lock().ok().and_then(|f| f.clone())
+    }
+
+    /// Sets or clears the failure; true when that changed whether writes fail.
+    fn set_failing(&self, why: Option<String>) -> bool {
+        let Ok(mut f) = self.failing.lock() else {
+            return false;
+        };
+        let changed = f.is_some() != why.is_some();
+        *f = why;
+        changed
+    }
 }
 
 pub struct ParquetOutput {
@@ -81,10 +99,6 @@ pub struct ParquetOutput {
 impl ParquetOutput {
     pub fn stats(&self) -> Arc<ParquetStats> {
         self.stats.clone()
-    }
-
-    fn failing(&self) -> Option<String> {
-        self.stats.failing.lock().ok().and_then(|f| f.clone())
     }
 }
 
@@ -99,18 +113,24 @@ impl Output for ParquetOutput {
         input: mpsc::Receiver<OutputMsg>,
         shutdown: Shutdown,
     ) -> BoxFuture<'a, Result<JoinHandle<()>, StartError>> {
-        let lake = Lake {
-            cfg: self.cfg.clone(),
-            stats: self.stats.clone(),
-            hours: BTreeMap::new(),
-            held: 0,
-        };
+        let lake = lake::Lake::new(&self.cfg, self.stats.clone());
+        let dir = self.cfg.dir.clone();
         Box::pin(async move {
-            std::fs::create_dir_all(&lake.cfg.dir).map_err(|e| StartError {
-                output: "parquet",
-                message: format!("cannot create {}: {e}", lake.cfg.dir.display()),
-            })?;
-            tracing::info!(dir = %lake.cfg.dir.display(), "Parquet output started");
+            match tokio::task::spawn_blocking(move || {
+                let r = writable(&dir);
+                (file::remove_stale_temps(&dir, STALE_TEMP), r)
+            })
+            .await
+            {
+                Ok((_, Ok(_))) => {}
+                // Not fatal: rows are held and retried until the folder can be written.
+                Ok((_, Err(e))) => {
+                    tracing::error!(dir = %self.cfg.dir.display(), "Parquet: {e}; readings are held meanwhile");
+                    self.stats.set_failing(Some(e));
+                }
+                Err(e) => tracing::error!(error = %e, "Parquet: the start-up check failed"),
+            }
+            tracing::info!(dir = %self.cfg.dir.display(), "Parquet output started");
             Ok(tokio::spawn(lake.run(input, shutdown)))
         })
     }
@@ -125,14 +145,24 @@ impl Output for ParquetOutput {
                 get(&s.rows_written),
             ),
             Sample::counter(
+                "centinela_parquet_events_written_total",
+                "Alert events written to Parquet part files.",
+                get(&s.events_written),
+            ),
+            Sample::counter(
                 "centinela_parquet_files_written_total",
                 "Parquet part files written.",
                 get(&s.files_written),
             ),
+            Sample::counter(
+                "centinela_parquet_bytes_written_total",
+                "Bytes of Parquet part files written.",
+                get(&s.bytes_written),
+            ),
             Sample::gauge(
-                "centinela_parquet_rows_held",
-                "Readings held in memory until their hour closes.",
-                get(&s.rows_held),
+                "centinela_parquet_rows_buffered",
+                "Readings in memory, not yet in a closed part file.",
+                get(&s.rows_buffered),
             ),
             Sample::counter(
                 "centinela_parquet_write_errors_total",
@@ -141,7 +171,7 @@ impl Output for ParquetOutput {
             ),
             Sample::counter(
                 "centinela_parquet_rows_dropped_total",
-                "Readings dropped after writes kept failing past the bound.",
+                "Readings dropped after writes kept failing past max_buffered_rows.",
                 get(&s.rows_dropped),
             ),
         ]
@@ -152,19 +182,32 @@ impl Output for ParquetOutput {
             name: "parquet".into(),
             label: "files".into(),
             value: self.stats.files_written.load(Ordering::Relaxed),
-            warn: self.failing().is_some(),
+            warn: self.stats.failing().is_some()
+                || self.stats.rows_dropped.load(Ordering::Relaxed) > 0,
         })
     }
 
     fn health(&self) -> Option<StageHealth> {
-        Some(match self.failing() {
-            Some(why) => StageHealth::new("parquet", false, format!("writes fail: {why}")),
+        let s = &self.stats;
+        let buffered = s.rows_buffered.load(Ordering::Relaxed);
+        let dropped = s.rows_dropped.load(Ordering::Relaxed);
+        Some(match s.failing() {
+            Some(why) => StageHealth::new(
+                "parquet",
+                false,
+                format!("cannot write: {why}; {buffered} readings held, retried"),
+            ),
+            None if dropped > 0 => StageHealth::new(
+                "parquet",
+                false,
+                format!("{dropped} readings dropped while writes failed"),
+            ),
             None => StageHealth::new(
                 "parquet",
-                self.stats.rows_dropped.load(Ordering::Relaxed) == 0,
+                true,
                 format!(
-                    "{} files written",
-                    self.stats.files_written.load(Ordering::Relaxed)
+                    "{} files written, {buffered} readings waiting",
+                    s.files_written.load(Ordering::Relaxed)
                 ),
             ),
         })
@@ -184,169 +227,14 @@ impl Output for ParquetOutput {
     }
 }
 
-/// Whether a file can be made and removed in `dir` (created when missing).
+/// Whether a file can be made, synced and removed in `dir` (created when missing).
 fn writable(dir: &Path) -> Result<String, String> {
-    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create the folder: {e}"))?;
-    let probe = dir.join(".centinela-doctor.tmp");
-    std::fs::write(&probe, b"probe").map_err(|e| format!("cannot write in it: {e}"))?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| format!("cannot create the folder {}: {e}", dir.display()))?;
+    let probe = dir.join(".centinela-probe.tmp");
+    std::fs::write(&probe, b"probe")
+        .and_then(|()| std::fs::File::open(&probe)?.sync_all())
+        .map_err(|e| format!("cannot write in {}: {e}", dir.display()))?;
     std::fs::remove_file(&probe).map_err(|e| format!("cannot remove {}: {e}", probe.display()))?;
     Ok("the folder is writable".into())
-}
-
-/// The rows of one hour not yet written.
-#[derive(Default)]
-struct Hour {
-    rows: Vec<Reading>,
-    /// Took rows since the last round.
-    touched: bool,
-}
-
-/// The running state of the output's task.
-struct Lake {
-    cfg: ParquetConfig,
-    stats: Arc<ParquetStats>,
-    /// By the hour's start (UTC ms).
-    hours: BTreeMap<Timestamp, Hour>,
-    held: usize,
-}
-
-impl Lake {
-    async fn run(mut self, mut input: mpsc::Receiver<OutputMsg>, shutdown: Shutdown) {
-        let _shutdown = shutdown;
-        let mut round = tokio::time::interval(ROUND);
-        round.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                msg = input.recv() => match msg {
-                    Some(OutputMsg::Readings(batch)) => self.take(&batch).await,
-                    Some(OutputMsg::Alerts(_)) => {}
-                    None => break,
-                },
-                _ = round.tick() => self.round(now_ms()).await,
-            }
-        }
-        // The input has closed: every hour held becomes a part file.
-        for attempt in 1..=5 {
-            let hours: Vec<Timestamp> = self.hours.keys().copied().collect();
-            for h in hours {
-                self.write(h).await;
-            }
-            if self.hours.is_empty() {
-                break;
-            }
-            tracing::error!(attempt, rows = self.held, "Parquet: final write failed; retrying");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        if self.held > 0 {
-            tracing::error!(
-                rows = self.held,
-                "Parquet: rows not written at shutdown (SQLite has them: `centinela export --parquet`)"
-            );
-        }
-        tracing::info!(
-            files = self.stats.files_written.load(Ordering::Relaxed),
-            rows = self.stats.rows_written.load(Ordering::Relaxed),
-            "Parquet output stopped"
-        );
-    }
-
-    async fn take(&mut self, batch: &[Reading]) {
-        let mut full = Vec::new();
-        for r in batch {
-            let h = hour_of(r.ts);
-            let hour = self.hours.entry(h).or_default();
-            hour.rows.push(r.clone());
-            hour.touched = true;
-            if hour.rows.len() == self.cfg.max_rows {
-                full.push(h);
-            }
-        }
-        self.held += batch.len();
-        self.stats.rows_held.store(self.held as u64, Ordering::Relaxed);
-        for h in full {
-            self.write(h).await;
-        }
-    }
-
-    /// Writes the hours that have closed and took nothing since the last round; bounds
-    /// what failed writes hold.
-    async fn round(&mut self, now: Timestamp) {
-        let mut due = Vec::new();
-        for (&h, hour) in self.hours.iter_mut() {
-            if h + HOUR_MS <= now && !hour.touched {
-                due.push(h);
-            }
-            hour.touched = false;
-        }
-        for h in due {
-            self.write(h).await;
-        }
-        while self.held > self.cfg.max_rows.saturating_mul(10) {
-            let Some((h, hour)) = self.hours.pop_first() else {
-                break;
-            };
-            self.held -= hour.rows.len();
-            self.stats
-                .rows_dropped
-                .fetch_add(hour.rows.len() as u64, Ordering::Relaxed);
-            tracing::error!(
-                hour = %crate::model::format_ts(h),
-                rows = hour.rows.len(),
-                "Parquet: writes keep failing; dropped the oldest hour held (SQLite still has it)"
-            );
-        }
-        self.stats.rows_held.store(self.held as u64, Ordering::Relaxed);
-    }
-
-    /// Writes hour `h` as a part file; on failure its rows stay held.
-    async fn write(&mut self, h: Timestamp) {
-        let Some(hour) = self.hours.remove(&h) else {
-            return;
-        };
-        let root = self.cfg.dir.clone();
-        let mut rows = hour.rows;
-        let done = tokio::task::spawn_blocking(move || {
-            let res = write_part(&root, h, &mut rows);
-            (rows, res)
-        })
-        .await;
-        let (rows, res) = match done {
-            Ok(x) => x,
-            Err(e) => {
-                // The rows went with the panicked thread.
-                tracing::error!(error = %e, "Parquet writer panicked");
-                return;
-            }
-        };
-        match res {
-            Ok(path) => {
-                self.held -= rows.len();
-                self.stats
-                    .rows_written
-                    .fetch_add(rows.len() as u64, Ordering::Relaxed);
-                self.stats.files_written.fetch_add(1, Ordering::Relaxed);
-                if let Ok(mut f) = self.stats.failing.lock() {
-                    *f = None;
-                }
-                tracing::debug!(path = %path.display(), rows = rows.len(), "Parquet part written");
-            }
-            Err(e) => {
-                self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
-                let first = self
-                    .stats
-                    .failing
-                    .lock()
-                    .map(|mut f| f.replace(e.to_string()).is_none())
-                    .unwrap_or(true);
-                if first {
-                    tracing::error!(error = %e, rows = rows.len(), "Parquet: cannot write a part; rows kept, retried every round");
-                }
-                let hour = self.hours.entry(h).or_default();
-                let mut rows = rows;
-                rows.append(&mut hour.rows);
-                hour.rows = rows;
-            }
-        }
-        self.stats.rows_held.store(self.held as u64, Ordering::Relaxed);
-    }
 }
