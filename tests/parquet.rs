@@ -428,3 +428,218 @@ async fn export_writes_what_sqlite_holds_in_the_same_layout() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains(blocker.to_str().unwrap()), "{err}");
 }
+
+/// A lake folder that cannot be written for a while: as root a small tmpfs filled to
+/// the last byte (a full disk), otherwise folders made read-only with chmod.
+enum Fault {
+    Full { mount: tempfile::TempDir },
+    ReadOnly { lake: PathBuf },
+}
+
+impl Fault {
+    /// Where the lake goes, and the fault not yet on.
+    fn prepare(dir: &Path) -> Option<(Fault, PathBuf)> {
+        // Root ignores file modes, so it gets a full disk instead.
+        let root = Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+        if !root {
+            let lake = dir.join("lake");
+            return Some((Fault::ReadOnly { lake: lake.clone() }, lake));
+        }
+        let mount = tempfile::tempdir().ok()?;
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+            .arg(mount.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            println!("SKIPPED: root, but cannot mount a tmpfs");
+            return None;
+        }
+        let lake = mount.path().join("lake");
+        Some((Fault::Full { mount }, lake))
+    }
+
+    fn begin(&self) {
+        match self {
+            Fault::Full { mount } => {
+                let mut f = std::fs::File::create(mount.path().join("filler")).unwrap();
+                let block = vec![0u8; 64 * 1024];
+                while f.write_all(&block).is_ok() {}
+                while f.write_all(&[0u8; 512]).is_ok() {}
+                while f.write_all(&[0u8]).is_ok() {}
+                let _ = f.sync_all();
+            }
+            Fault::ReadOnly { lake } => chmod_dirs(lake, "0555"),
+        }
+    }
+
+    fn end(&self) {
+        match self {
+            Fault::Full { mount } => std::fs::remove_file(mount.path().join("filler")).unwrap(),
+            Fault::ReadOnly { lake } => chmod_dirs(lake, "0755"),
+        }
+    }
+}
+
+impl Drop for Fault {
+    fn drop(&mut self) {
+        if let Fault::Full { mount } = self {
+            let _ = Command::new("umount").arg("-l").arg(mount.path()).status();
+        }
+    }
+}
+
+fn chmod_dirs(root: &Path, mode: &str) {
+    let ok = Command::new("find")
+        .arg(root)
+        .args(["-type", "d", "-exec", "chmod", mode, "{}", "+"])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lake_that_cannot_be_written_is_unhealthy_and_loses_nothing_once_it_can() {
+    if !readers() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let Some((fault, lake)) = Fault::prepare(dir.path()) else {
+        return;
+    };
+    let (port, http) = (free_port(), free_port());
+    let extra = format!(
+        "[output.parquet]\ndir = \"{}\"\nflush_interval = \"1s\"\n",
+        lake.display()
+    );
+    let config = write_config(dir.path(), port, http, &extra);
+    let svc = start_service(&config, port);
+    let t0 = centinela::model::now_ms() - 10 * 60_000;
+    let mut sent = publish(port, "parquet-before", 40, t0, 1000).await;
+    wait_for("the first readings in a part file", 30, || {
+        metric(http, "centinela_parquet_rows_written_total") == 40
+    })
+    .await;
+
+    fault.begin();
+    sent.extend(publish(port, "parquet-during", 100, t0 + 60_000, 1000).await);
+    wait_for("a failed write", 30, || {
+        metric(http, "centinela_parquet_write_errors_total") >= 1
+    })
+    .await;
+    let (status, stage) = parquet_health(http);
+    assert_eq!(status, 503, "{stage}");
+    assert_eq!(stage["ok"], false, "{stage}");
+    let detail = stage["detail"].as_str().unwrap().to_string();
+    assert!(detail.starts_with("cannot write: "), "{detail}");
+    assert!(detail.contains("readings held, retried"), "{detail}");
+    // The stream goes on: SQLite takes every reading while the lake cannot.
+    wait_for("every reading in SQLite meanwhile", 30, || {
+        metric(http, "centinela_readings_stored_total") == 140
+    })
+    .await;
+    assert_eq!(metric(http, "centinela_parquet_rows_written_total"), 40);
+    assert_eq!(metric(http, "centinela_parquet_rows_buffered"), 100);
+
+    fault.end();
+    wait_for(
+        "the held readings written once the folder can be",
+        60,
+        || metric(http, "centinela_parquet_rows_written_total") == 140,
+    )
+    .await;
+    let (status, stage) = parquet_health(http);
+    assert_eq!(status, 200, "{stage}");
+    assert_eq!(metric(http, "centinela_parquet_rows_dropped_total"), 0);
+    let (code, log) = stop(svc);
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains("cannot write a part file"), "{log}");
+    assert!(log.contains("part files are written again"), "{log}");
+    sent.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+    let rows = read_lake(&lake)["duckdb_readings"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(rows.len(), sent.len(), "none lost, none twice");
+    for (row, (ts, series, value, _)) in rows.iter().zip(&sent) {
+        assert_eq!(row[0].as_i64(), Some(*ts), "{row}");
+        assert_eq!(row[1].as_str(), Some(series.as_str()), "{row}");
+        assert_eq!(row[2].as_f64(), Some(*value), "{row}");
+    }
+    part_files(&lake);
+}
+
+/// kill -9 in the middle of a steady stream: every file left is whole (both readers
+/// read the folder), and what is missing is only the last `flush_interval` before the
+/// kill.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_leaves_whole_files_and_loses_at_most_the_flush_interval() {
+    if !readers() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake");
+    let (port, http) = (free_port(), free_port());
+    let extra = format!(
+        "[output.parquet]\ndir = \"{}\"\nflush_interval = \"2s\"\n",
+        lake.display()
+    );
+    let config = write_config(dir.path(), port, http, &extra);
+    let mut svc = start_service(&config, port);
+    let mut p = Publisher::connect(port, "parquet-kill", None).await;
+    // 100 readings a second for 7 s, stamped with the time they are sent.
+    let mut sent = Vec::new();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(7) && sent.len() < 2_000 {
+        let ts = centinela::model::now_ms();
+        p.publish(
+            "sensors/lab/n3/pressure",
+            format!(r#"{{"value":{},"ts":{ts}}}"#, sent.len()),
+        )
+        .await;
+        sent.push(ts);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    p.wait_acked(sent.len() as u64).await;
+    let written_before = metric(http, "centinela_parquet_rows_written_total");
+    svc.kill().unwrap();
+    let killed_at = centinela::model::now_ms();
+    svc.wait().unwrap();
+    assert!(written_before > 0, "no file closed in 7 s");
+    let rows = read_lake(&lake);
+    let duck = rows["duckdb_readings"].as_array().unwrap();
+    assert_eq!(
+        rows["pyarrow_readings"]["rows"].as_array().unwrap().len(),
+        duck.len()
+    );
+    let stored: std::collections::HashSet<i64> =
+        duck.iter().filter_map(|r| r[0].as_i64()).collect();
+    let lost: Vec<i64> = sent
+        .iter()
+        .copied()
+        .filter(|t| !stored.contains(t))
+        .collect();
+    let window = lost.first().map_or(0, |first| killed_at - first);
+    println!(
+        "kill -9: {} of {} readings in the lake, {} lost, the oldest lost {window} ms before the kill",
+        duck.len(),
+        sent.len(),
+        lost.len()
+    );
+    // flush_interval (2 s) plus the write itself and scheduling on a loaded machine.
+    assert!(
+        window <= 4_000,
+        "lost readings from {window} ms before the kill"
+    );
+    // Everything older than the window is there, in order.
+    let cut = killed_at - 4_000;
+    assert!(sent
+        .iter()
+        .filter(|&&t| t < cut)
+        .all(|t| stored.contains(t)));
+    part_files(&lake);
+}
