@@ -304,3 +304,69 @@ async fn sleep_until(at: Option<Instant>) {
         None => std::future::pending().await,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Output;
+
+    fn batch(n: usize, base: i64) -> OutputMsg {
+        let series: Arc<str> = Arc::from("a/b");
+        let rows: Vec<Reading> = (0..n)
+            .map(|i| Reading {
+                series: series.clone(),
+                value: i as f64,
+                ts: base + i as i64,
+                unit: None,
+            })
+            .collect();
+        OutputMsg::Readings(rows.into())
+    }
+
+    /// A lake whose root is a plain file: every write fails, as on a broken disk.
+    #[tokio::test]
+    async fn failing_writes_never_hold_up_the_sender_and_memory_stays_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let blocker = dir.path().join("not-a-folder");
+        std::fs::write(&blocker, b"x").unwrap();
+        let cfg = ParquetConfig {
+            dir: blocker,
+            flush_interval: crate::config::Duration::from_millis(10),
+            max_rows: 10,
+            max_buffered_rows: 100,
+            ..ParquetConfig::default()
+        };
+        let out = super::super::ParquetOutput {
+            cfg: cfg.clone(),
+            stats: Arc::default(),
+        };
+        let stats = out.stats();
+        let (tx, rx) = mpsc::channel(1);
+        let trigger = crate::shutdown::Trigger::new();
+        let task = tokio::spawn(Lake::new(&cfg, stats.clone()).run(rx, trigger.token()));
+        let sent = tokio::time::timeout(Duration::from_secs(20), async {
+            for i in 0..1_000 {
+                tx.send(batch(10, i * 10)).await.unwrap();
+            }
+        })
+        .await;
+        assert!(sent.is_ok(), "the sender was held up");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while stats.write_errors.load(Ordering::Relaxed) == 0 {
+            assert!(Instant::now() < deadline, "no write failed");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(stats.rows_buffered.load(Ordering::Relaxed) <= 100);
+        let dropped = stats.rows_dropped.load(Ordering::Relaxed);
+        assert!(dropped >= 10_000 - 100, "{dropped} dropped");
+        assert_eq!(stats.rows_written.load(Ordering::Relaxed), 0);
+        let health = out.health().unwrap();
+        assert!(!health.ok, "{health:?}");
+        assert!(health.detail.contains("not-a-folder"), "{health:?}");
+        drop(tx);
+        tokio::time::timeout(Duration::from_secs(20), task)
+            .await
+            .expect("the task ends when its input closes")
+            .unwrap();
+    }
+}

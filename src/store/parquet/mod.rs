@@ -116,20 +116,26 @@ impl Output for ParquetOutput {
         let lake = lake::Lake::new(&self.cfg, self.stats.clone());
         let dir = self.cfg.dir.clone();
         Box::pin(async move {
-            match tokio::task::spawn_blocking(move || {
-                let r = writable(&dir);
-                (file::remove_stale_temps(&dir, STALE_TEMP), r)
-            })
-            .await
-            {
-                Ok((_, Ok(_))) => {}
+            let probe = dir.clone();
+            match tokio::task::spawn_blocking(move || writable(&probe)).await {
+                Ok(Ok(_)) => {}
                 // Not fatal: rows are held and retried until the folder can be written.
-                Ok((_, Err(e))) => {
+                Ok(Err(e)) => {
                     tracing::error!(dir = %self.cfg.dir.display(), "Parquet: {e}; readings are held meanwhile");
                     self.stats.set_failing(Some(e));
                 }
                 Err(e) => tracing::error!(error = %e, "Parquet: the start-up check failed"),
             }
+            // In the background: a large lake takes a while to walk.
+            tokio::task::spawn_blocking(move || {
+                let n = file::remove_stale_temps(&dir, STALE_TEMP);
+                if n > 0 {
+                    tracing::info!(
+                        files = n,
+                        "Parquet: removed temporary files left by a crash"
+                    );
+                }
+            });
             tracing::info!(dir = %self.cfg.dir.display(), "Parquet output started");
             Ok(tokio::spawn(lake.run(input, shutdown)))
         })
