@@ -358,7 +358,8 @@ mod tests {
         }
         assert!(stats.rows_buffered.load(Ordering::Relaxed) <= 100);
         let dropped = stats.rows_dropped.load(Ordering::Relaxed);
-        assert!(dropped >= 10_000 - 100, "{dropped} dropped");
+        // All but the bound, and the batch that may still wait in the channel.
+        assert!(dropped >= 10_000 - 100 - 10, "{dropped} dropped");
         assert_eq!(stats.rows_written.load(Ordering::Relaxed), 0);
         let health = out.health().unwrap();
         assert!(!health.ok, "{health:?}");
