@@ -40,6 +40,7 @@ pub mod backup;
 pub mod chunk;
 pub mod influx;
 pub mod kafka;
+pub mod parquet;
 pub mod sqlite;
 mod sqlite_output;
 
@@ -70,6 +71,8 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub struct OutputsConfig {
     /// `[output.kafka]`: readings and alert events to Kafka topics.
     pub kafka: Option<crate::config::KafkaOutputConfig>,
+    /// `[output.parquet]`: the data lake.
+    pub parquet: Option<parquet::ParquetConfig>,
 }
 
 impl OutputsConfig {
@@ -79,6 +82,11 @@ impl OutputsConfig {
         if let Some(k) = &self.kafka {
             out.extend(k.validate(&[crate::config::key("output"), crate::config::key("kafka")]));
         }
+        out.extend(
+            self.parquet
+                .iter()
+                .flat_map(parquet::ParquetConfig::validate),
+        );
         out
     }
 }
@@ -88,6 +96,7 @@ pub fn configured(cfg: &Config) -> Vec<Arc<dyn Output>> {
     let mut out: Vec<Arc<dyn Output>> = Vec::new();
     out.extend(influx::output(cfg));
     out.extend(kafka::output(cfg));
+    out.extend(parquet::output(cfg));
     out
 }
 
