@@ -80,6 +80,7 @@ fn decode(c: &mut Criterion) {
     let limits = Limits {
         max_future_ms: Some(300_000),
         max_past_ms: Some(30 * 86_400_000),
+        max_series: Some(100_000),
     };
     let mapped = Decoder::with_mappings("sensors", 64 * 1024, &[map], limits);
     run(

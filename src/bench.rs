@@ -880,6 +880,8 @@ async fn run_pipeline(
         .extend(Config::parse(PROBE_RULES, "<bench probe rule>")?.rules);
     // The probe crosses its threshold a hundred times a second: no flapping hold.
     cfg.engine.flap_transitions = 0;
+    // Room for every series asked for, and the probe's.
+    cfg.ingest.max_series = cfg.ingest.max_series.max(opts.load.series + 16);
     let addr = match &opts.broker {
         Some(url) => {
             cfg.broker.mode = BrokerMode::External;

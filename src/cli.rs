@@ -13,6 +13,8 @@ use crate::model::{format_ts, now_ms, AlertState, LiveEvent};
 use crate::service::{Options, Service};
 use crate::store::sqlite;
 
+mod export;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "centinela",
@@ -92,6 +94,9 @@ pub enum Command {
     },
     /// Print the man page (roff), e.g. `centinela man | man -l -`.
     Man,
+    /// Write the stored readings and alert events as Parquet files (the layout of
+    /// [output.parquet]), for DuckDB, pandas or Spark.
+    Export(export::ExportArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -378,6 +383,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Readings(args) => readings(args).await,
+        Command::Export(args) => export::export(args).await,
         Command::Tui(args) => tui(args).await,
         Command::Doctor { config, send_test } => doctor(config.config.as_deref(), send_test).await,
         Command::Alerts(args) => alerts(args).await,

@@ -86,8 +86,11 @@ pub const ALERTS_PREFIX: &str = "centinela/alerts";
 /// The last value of every series, newest first, as a JSON array of
 /// `[series, value, ts, unit]`: a viewer that attaches lists them at once.
 pub const CATALOGUE_TOPIC: &str = "centinela/series";
-/// The catalogue is published this often when something changed.
+/// The catalogue is published at most this often, when something changed.
 const CATALOGUE_EVERY: Duration = Duration::from_secs(10);
+/// And this long after the first change, so a burst of new series (a service that
+/// starts, sensors that come back) lands in one catalogue rather than the first of them.
+const CATALOGUE_SETTLE: Duration = Duration::from_secs(1);
 /// And kept under this size (about a thousand series), so it fits in any viewer's
 /// packet limit; the newest series are kept.
 pub const CATALOGUE_MAX_BYTES: usize = 60_000;
@@ -180,14 +183,15 @@ pub async fn run(
     }
     let mut last_status: Option<PipelineStatus> = None;
     let mut last: HashMap<SeriesId, (f64, Timestamp, Option<Arc<str>>)> = HashMap::new();
-    let mut changed = false;
-    let mut every = tokio::time::interval(CATALOGUE_EVERY);
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    // When the catalogue is due (something changed), and when it last went out.
+    let mut due: Option<tokio::time::Instant> = None;
+    let mut published: Option<tokio::time::Instant> = None;
     loop {
         let ev = tokio::select! {
             ev = rx.recv() => ev,
-            _ = every.tick(), if changed => {
-                changed = false;
+            _ = tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)), if due.is_some() => {
+                due = None;
+                published = Some(tokio::time::Instant::now());
                 let payload = catalogue(&last);
                 if !out.publish(CATALOGUE_TOPIC.to_string(), payload, true).await {
                     tracing::warn!("live publisher: the broker is gone");
@@ -218,7 +222,10 @@ pub async fn run(
                 for r in batch.iter() {
                     last.insert(r.series.clone(), (r.value, r.ts, r.unit.clone()));
                 }
-                changed = true;
+                if due.is_none() {
+                    let settled = tokio::time::Instant::now() + CATALOGUE_SETTLE;
+                    due = Some(published.map_or(settled, |p| settled.max(p + CATALOGUE_EVERY)));
+                }
                 continue;
             }
             Ok(_) => continue,

@@ -38,7 +38,7 @@ async fn a_threshold_crossing_is_mailed_once_and_its_resolve_too() {
     .await
     .unwrap();
     let mut p = Publisher::connect(port, "mail-sensor", None).await;
-    let t0 = 1_795_600_000_000i64;
+    let t0 = support::clock::past_t0();
     p.publish(
         "sensors/greenhouse/node1/temperature",
         format!(r#"{{"value":31.2,"unit":" °C","ts":{t0}}}"#),

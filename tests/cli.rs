@@ -197,14 +197,11 @@ async fn sigterm_flushes_everything_and_readings_prints_json_and_csv() {
     let config = write_config(dir.path(), port, "");
     let mut svc = start_service(&config, port);
     let mut p = Publisher::connect(port, "cli-test", None).await;
+    let t0 = support::clock::past_t0();
     for i in 0..50 {
         p.publish(
             "sensors/lab/node7",
-            format!(
-                r#"{{"humidity":{}.5,"ts":{}}}"#,
-                40 + i,
-                1_795_600_000_000i64 + i * 1000
-            ),
+            format!(r#"{{"humidity":{}.5,"ts":{}}}"#, 40 + i, t0 + i * 1000),
         )
         .await;
     }
@@ -229,12 +226,18 @@ async fn sigterm_flushes_everything_and_readings_prints_json_and_csv() {
     assert_eq!(lines.len(), 50);
     assert_eq!(
         lines[0],
-        r#"{"series":"lab/node7/humidity","ts":"2026-11-25T09:46:40.000Z","value":40.5}"#
+        format!(
+            r#"{{"series":"lab/node7/humidity","ts":"{}","value":40.5}}"#,
+            centinela::model::format_ts(t0)
+        )
     );
     let o = centinela(&["readings", "--db", db.to_str().unwrap(), "--csv"]);
     let csv = stdout(&o);
     assert!(
-        csv.starts_with("series,ts,value\nlab/node7/humidity,2026-11-25T09:46:40.000Z,40.5\n"),
+        csv.starts_with(&format!(
+            "series,ts,value\nlab/node7/humidity,{},40.5\n",
+            centinela::model::format_ts(t0)
+        )),
         "{csv}"
     );
     assert_eq!(csv.lines().count(), 51);
@@ -290,7 +293,7 @@ async fn a_firing_alert_survives_kill_9_and_is_not_announced_again() {
                  [[rules]]\nname = \"slow\"\nseries = \"gh/+/humidity\"\nkind = \"threshold\"\nabove = 80.0\nfor = \"1h\"\n";
     let config = write_config(dir.path(), port, rules);
     let db = dir.path().join("c.db");
-    let t0 = 1_795_600_000_000i64;
+    let t0 = support::clock::past_t0();
 
     let mut svc = start_service(&config, port);
     let mut p = Publisher::connect(port, "kill-test", None).await;
@@ -372,7 +375,7 @@ async fn sighup_reloads_rules_keeping_alert_state_and_refuses_a_broken_file() {
     let db = dir.path().join("c.db");
     let mut svc = start_service(&config, port);
     let mut p = Publisher::connect(port, "hup-test", None).await;
-    let t0 = 1_795_600_000_000i64;
+    let t0 = support::clock::past_t0();
     let send = |i: i64, v: f64| format!(r#"{{"value":{v},"ts":{}}}"#, t0 + i * 1000);
     p.publish("sensors/gh/n1/temperature", send(0, 35.0)).await;
     p.wait_acked(1).await;

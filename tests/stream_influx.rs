@@ -51,7 +51,7 @@ async fn readings_reach_influxdb_and_an_outage_loses_none() {
     .await
     .unwrap();
     let mut p = Publisher::connect(port, "influx-e2e", None).await;
-    let t0 = 1_795_600_000_000i64;
+    let t0 = support::clock::past_t0();
     let total = 3000;
     for i in 0..total {
         if i == total / 3 {

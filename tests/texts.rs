@@ -106,7 +106,7 @@ async fn the_journal_tells_every_transition_and_the_history_says_cancelled() {
     let config = write_config(dir.path(), port, RULES);
     let db = dir.path().join("c.db");
     let log = dir.path().join("run.log");
-    let t0 = 1_795_600_000_000i64;
+    let t0 = support::clock::past_t0();
 
     let svc = start_service(&config, port, &log);
     let mut p = Publisher::connect(port, "texts", Some(("texts", "texts-password"))).await;

@@ -42,7 +42,7 @@ async fn a_plain_reading_after_one_with_a_unit_keeps_the_series_tags() {
     .await
     .unwrap();
     let mut p = Publisher::connect(port, "units", None).await;
-    let t0 = 1_795_600_000_000i64;
+    let t0 = support::clock::past_t0();
     p.publish(
         "sensors/gh/n1/temperature",
         format!(r#"{{"value":21.5,"unit":"°C","ts":{t0}}}"#),

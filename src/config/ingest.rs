@@ -215,6 +215,12 @@ pub(super) fn validate(ingest: &IngestConfig) -> Vec<Invalid> {
             "must be longer than zero (a device clock a moment ahead would lose every reading)",
         ));
     }
+    if ingest.max_series == 0 {
+        out.push(Invalid::new(
+            &[key("ingest"), key("max_series")],
+            "must be at least 1 (every reading would be refused)",
+        ));
+    }
     out
 }
 

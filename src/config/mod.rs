@@ -240,6 +240,9 @@ pub struct IngestConfig {
     /// How far into the future a reading's own timestamp may be (the past is bounded by
     /// `storage.sqlite.retention`); readings outside are refused and counted.
     pub max_clock_skew: Duration,
+    /// How many distinct series are accepted at most (those already stored count);
+    /// readings of new series past it are refused, counted and warned about.
+    pub max_series: usize,
 }
 
 impl Default for IngestConfig {
@@ -250,6 +253,7 @@ impl Default for IngestConfig {
             warn_interval: Duration::from_secs(10),
             map: Vec::new(),
             max_clock_skew: Duration::from_secs(300),
+            max_series: 100_000,
         }
     }
 }

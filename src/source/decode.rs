@@ -73,11 +73,13 @@ pub enum DecodeError {
     RetainedNotNewer { series: String, ts: String },
     #[error("line protocol: {0}")]
     BadLineProtocol(String),
+    #[error("new series {series:?} refused: {max} series are known already (ingest.max_series)")]
+    TooManySeries { series: String, max: usize },
 }
 
 impl DecodeError {
     /// Every reason, in the order metrics list them.
-    pub const REASONS: [&'static str; 20] = [
+    pub const REASONS: [&'static str; 21] = [
         "oversized",
         "outside_prefix",
         "invalid_utf8",
@@ -98,6 +100,7 @@ impl DecodeError {
         "retained_without_ts",
         "retained_not_newer",
         "bad_line_protocol",
+        "too_many_series",
     ];
 
     /// Short label used for counting and metrics.
@@ -132,6 +135,7 @@ impl DecodeError {
             DecodeError::RetainedWithoutTs { .. } => 17,
             DecodeError::RetainedNotNewer { .. } => 18,
             DecodeError::BadLineProtocol(_) => 19,
+            DecodeError::TooManySeries { .. } => 20,
         }
     }
 }
@@ -143,6 +147,9 @@ pub struct Limits {
     pub max_future_ms: Option<i64>,
     /// At most this many ms before it (`storage.sqlite.retention`).
     pub max_past_ms: Option<i64>,
+    /// At most this many distinct series (`ingest.max_series`): readings of a new
+    /// series past it are refused, so a flood of new names cannot exhaust memory.
+    pub max_series: Option<usize>,
 }
 
 /// An interned series and the newest timestamp known for it.
@@ -564,6 +571,13 @@ impl Decoder {
                 (k.id.clone(), problem)
             }
             None => {
+                if let Some(max) = self.limits.max_series.filter(|m| self.names.len() >= *m) {
+                    self.refused.push(DecodeError::TooManySeries {
+                        series: name.to_string(),
+                        max,
+                    });
+                    return;
+                }
                 let id: SeriesId = Arc::from(name);
                 let problem = verdict(Timestamp::MIN);
                 if self.names.len() < MAX_INTERNED {
@@ -849,6 +863,7 @@ mod tests {
         Limits {
             max_future_ms: Some(300_000),
             max_past_ms: Some(30 * DAY),
+            max_series: None,
         }
     }
 
@@ -1133,6 +1148,40 @@ mod tests {
         // Without limits (a viewer) nothing is refused.
         let (got, _) = (run("sensors/a", br#"{"value":1,"ts":0}"#).unwrap(), ());
         assert_eq!(got.len(), 1);
+    }
+
+    #[test]
+    fn new_series_past_max_series_are_refused_and_known_ones_go_on() {
+        let cap = Limits {
+            max_series: Some(3),
+            ..limits()
+        };
+        let mut d = Decoder::with_mappings("sensors", 1024, &[], cap);
+        d.remember("stored/one", NOW - 60_000);
+        let mut out = Vec::new();
+        let mut go = |d: &mut Decoder, topic: &str| {
+            out.clear();
+            d.decode_message(topic, b"1", false, NOW, &mut out).unwrap();
+            let refused: Vec<String> = d.refused().iter().map(|e| e.to_string()).collect();
+            (out.len(), refused)
+        };
+        assert_eq!(go(&mut d, "sensors/a"), (1, vec![]));
+        assert_eq!(go(&mut d, "sensors/b"), (1, vec![]));
+        // The stored series counted: the fourth name is one too many.
+        assert_eq!(
+            go(&mut d, "sensors/c"),
+            (
+                0,
+                vec![
+                    r#"new series "c" refused: 3 series are known already (ingest.max_series)"#
+                        .to_string()
+                ]
+            )
+        );
+        assert_eq!(d.refused()[0].reason(), "too_many_series");
+        // Series already known are read as before, the stored one included.
+        assert_eq!(go(&mut d, "sensors/a"), (1, vec![]));
+        assert_eq!(go(&mut d, "sensors/stored/one"), (1, vec![]));
     }
 
     #[test]

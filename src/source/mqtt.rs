@@ -98,6 +98,7 @@ impl SourceSetup {
         let limits = Limits {
             max_future_ms: Some(self.ingest.max_clock_skew.as_millis()),
             max_past_ms: Some(self.retention.as_millis()),
+            max_series: Some(self.ingest.max_series),
         };
         let mut d = Decoder::with_mappings(
             &self.ingest.prefix,

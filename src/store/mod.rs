@@ -41,6 +41,7 @@ pub mod backup;
 pub mod block;
 pub mod chunk;
 pub mod influx;
+pub mod parquet;
 pub mod sqlite;
 mod sqlite_output;
 
@@ -68,12 +69,21 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// `[output.*]`: one optional table per registered output.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct OutputsConfig {}
+pub struct OutputsConfig {
+    /// `[output.parquet]`: the data lake.
+    pub parquet: Option<parquet::ParquetConfig>,
+}
 
 impl OutputsConfig {
     /// Each configured table's errors, named `output.<name>.<field>`.
     pub fn validate(&self) -> Vec<Invalid> {
-        Vec::new()
+        let mut out = Vec::new();
+        out.extend(
+            self.parquet
+                .iter()
+                .flat_map(parquet::ParquetConfig::validate),
+        );
+        out
     }
 }
 
@@ -81,6 +91,7 @@ impl OutputsConfig {
 pub fn configured(cfg: &Config) -> Vec<Arc<dyn Output>> {
     let mut out: Vec<Arc<dyn Output>> = Vec::new();
     out.extend(influx::output(cfg));
+    out.extend(parquet::output(cfg));
     out
 }
 

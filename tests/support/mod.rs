@@ -1,4 +1,5 @@
 //! Helpers shared by the integration tests: real servers on free loopback ports.
 #![allow(dead_code)]
 
+pub mod clock;
 pub mod mqtt;

@@ -1,0 +1,174 @@
+//! `centinela export --parquet DIR`: the readings and alert events SQLite holds, written
+//! in the layout the live output writes.
+//!
+//! One partition at a time, so memory follows the largest partition, not the database:
+//! the chunk catalogue (ids and time ranges, no data) is read first, then each
+//! partition's chunks are decoded, cut to the partition and written. Everything is read
+//! in one transaction, so a service compacting chunks meanwhile neither hides nor
+//! doubles a reading. File names are new ones: an export next to a live lake adds
+//! files and replaces none (so exporting a range the lake already has doubles it).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use sqlx::Row;
+
+use super::file::{write_all, EventRow, Layout, PartError, Table, Written};
+use crate::model::{topic_matches, Reading, Timestamp};
+use crate::store::chunk;
+use crate::store::sqlite::StoreError;
+
+/// What an export wrote.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ExportSummary {
+    pub readings: u64,
+    pub events: u64,
+    pub files: u64,
+    pub bytes: u64,
+}
+
+impl ExportSummary {
+    fn add(&mut self, written: &[Written]) -> u64 {
+        let rows: u64 = written.iter().map(|w| w.rows as u64).sum();
+        self.files += written.len() as u64;
+        self.bytes += written.iter().map(|w| w.bytes).sum::<u64>();
+        rows
+    }
+}
+
+/// Why an export stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Part(#[from] PartError),
+    #[error("the writer thread failed: {0}")]
+    Thread(#[from] tokio::task::JoinError),
+}
+
+impl From<sqlx::Error> for ExportError {
+    fn from(e: sqlx::Error) -> Self {
+        ExportError::Store(StoreError::Sql(e))
+    }
+}
+
+/// Writes the readings of the series matching `pattern` (MQTT wildcards), and the alert
+/// events of those series, since `since` under `root`.
+pub async fn export(
+    pool: &sqlx::SqlitePool,
+    root: &Path,
+    layout: Layout,
+    pattern: &str,
+    since: Timestamp,
+) -> Result<ExportSummary, ExportError> {
+    let mut tx = pool.begin().await?;
+    let mut series: HashMap<i64, (Arc<str>, Option<Arc<str>>)> = HashMap::new();
+    for r in sqlx::query("SELECT id, name, unit FROM series")
+        .fetch_all(&mut *tx)
+        .await?
+    {
+        let name: String = r.try_get("name")?;
+        if topic_matches(pattern, &name) {
+            let unit: Option<String> = r.try_get("unit")?;
+            series.insert(r.try_get("id")?, (name.into(), unit.map(Arc::from)));
+        }
+    }
+    // partition start → chunk ids with points in it.
+    let period = layout.partition.period_ms();
+    let mut parts: BTreeMap<Timestamp, Vec<i64>> = BTreeMap::new();
+    for r in sqlx::query("SELECT id, series_id, first_ts, last_ts FROM chunks WHERE last_ts >= ?")
+        .bind(since)
+        .fetch_all(&mut *tx)
+        .await?
+    {
+        let series_id: i64 = r.try_get("series_id")?;
+        if !series.contains_key(&series_id) {
+            continue;
+        }
+        let id: i64 = r.try_get("id")?;
+        let first: i64 = r.try_get::<i64, _>("first_ts")?.max(since);
+        let last: i64 = r.try_get("last_ts")?;
+        let mut p = layout.partition.start_of(first);
+        while p <= last {
+            parts.entry(p).or_default().push(id);
+            p += period;
+        }
+    }
+    let mut summary = ExportSummary::default();
+    for (start, ids) in parts {
+        let mut rows = Vec::new();
+        for id in ids {
+            let r = sqlx::query("SELECT series_id, data FROM chunks WHERE id = ?")
+                .bind(id)
+                .fetch_one(&mut *tx)
+                .await?;
+            let series_id: i64 = r.try_get("series_id")?;
+            let data: Vec<u8> = r.try_get("data")?;
+            // Only chunks of series in the map were listed above.
+            let Some((name, unit)) = series.get(&series_id) else {
+                continue;
+            };
+            let points = chunk::decode(&data).map_err(|source| StoreError::Chunk { id, source })?;
+            rows.extend(
+                points
+                    .into_iter()
+                    .filter(|&(ts, _)| ts >= since && ts >= start && ts < start + period)
+                    .map(|(ts, value)| Reading {
+                        series: name.clone(),
+                        value,
+                        ts,
+                        unit: unit.clone(),
+                    }),
+            );
+        }
+        summary.readings += write(root, layout, rows, &mut summary).await?;
+    }
+    let mut events = Vec::new();
+    for r in sqlx::query(
+        "SELECT rule, series, state, severity, value, unit, ts, message FROM alerts \
+         WHERE ts >= ? ORDER BY ts, id",
+    )
+    .bind(since)
+    .fetch_all(&mut *tx)
+    .await?
+    {
+        let s: String = r.try_get("series")?;
+        if !topic_matches(pattern, &s) {
+            continue;
+        }
+        events.push(EventRow {
+            ts: r.try_get("ts")?,
+            rule: r.try_get::<String, _>("rule")?.into(),
+            series: s.into(),
+            state: r.try_get::<String, _>("state")?.into(),
+            severity: r.try_get::<String, _>("severity")?.into(),
+            value: r.try_get("value")?,
+            unit: r.try_get::<Option<String>, _>("unit")?.map(Arc::from),
+            message: r.try_get::<String, _>("message")?.into(),
+        });
+    }
+    tx.rollback().await?;
+    summary.events += write(root, layout, events, &mut summary).await?;
+    Ok(summary)
+}
+
+/// Writes `rows` on a blocking thread; adds the files to `summary`, returns the rows.
+async fn write<T: Table>(
+    root: &Path,
+    layout: Layout,
+    rows: Vec<T>,
+    summary: &mut ExportSummary,
+) -> Result<u64, ExportError> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let root: PathBuf = root.to_path_buf();
+    let out = tokio::task::spawn_blocking(move || write_all(&root, &layout, rows)).await?;
+    let n = summary.add(&out.written);
+    match out.failed {
+        Some((e, _)) => Err(e.into()),
+        None => Ok(n),
+    }
+}

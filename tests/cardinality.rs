@@ -1,0 +1,143 @@
+//! A client that publishes to thousands of new topics: past `ingest.max_series` new
+//! series are refused, counted and warned about, while the series already known go on
+//! being stored and judged.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::mqtt::{free_port, Publisher};
+
+const BIN: &str = env!("CARGO_BIN_EXE_centinela");
+
+fn http_get(port: u16, path: &str) -> String {
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    let _ = write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    );
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+fn metric(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_new_names_past_max_series_is_refused_and_known_series_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let http = free_port();
+    let db = dir.path().join("c.db");
+    let log = dir.path().join("stderr.log");
+    let config = dir.path().join("c.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[broker]\nlisten = \"127.0.0.1:{port}\"\n[http]\nlisten = \"127.0.0.1:{http}\"\n\
+             [ingest]\nmax_series = 20\n\
+             [storage.sqlite]\npath = \"{}\"\nflush_interval = \"200ms\"\n[engine]\ntick = \"100ms\"\n\
+             [[rules]]\nname = \"hot\"\nseries = \"gh/+/temperature\"\nkind = \"threshold\"\nabove = 30.0\n",
+            db.display()
+        ),
+    )
+    .unwrap();
+    let mut svc = Command::new(BIN)
+        .args(["run", "--config", config.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "the service did not listen");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // Ten greenhouse sensors are known first.
+    let mut p = Publisher::connect(port, "sensors", None).await;
+    for i in 0..10 {
+        p.publish(&format!("sensors/gh/n{i}/temperature"), "20")
+            .await;
+    }
+    p.wait_acked(10).await;
+    // Then a client floods 3,000 new names.
+    let mut flood = Publisher::connect(port, "flood", None).await;
+    for i in 0..3_000 {
+        flood.publish(&format!("sensors/junk/{i}"), "1").await;
+    }
+    flood.wait_acked(3_000).await;
+    // The known sensors go on, and one of them gets hot.
+    for i in 0..10 {
+        let v = if i == 3 { "31.5" } else { "21" };
+        p.publish(&format!("sensors/gh/n{i}/temperature"), v).await;
+    }
+    p.wait_acked(20).await;
+
+    let refused_metric = "centinela_decode_errors_total{reason=\"too_many_series\"}";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let metrics = loop {
+        let m = http_get(http, "/metrics");
+        if metric(&m, "centinela_readings_received_total") == Some(30) {
+            break m;
+        }
+        assert!(Instant::now() < deadline, "readings not counted: {m}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    // 10 known + 10 of the flood fill the 20; the other 2,990 are refused.
+    assert_eq!(metric(&metrics, refused_metric), Some(2_990), "{metrics}");
+
+    let _ = Command::new("kill")
+        .args(["-TERM", &svc.id().to_string()])
+        .status();
+    assert_eq!(svc.wait().unwrap().code(), Some(0));
+
+    let o = Command::new(BIN)
+        .args(["readings", "--db", db.to_str().unwrap(), "--json"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    let rows: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let series: std::collections::BTreeSet<&str> =
+        rows.iter().filter_map(|r| r["series"].as_str()).collect();
+    assert_eq!(series.len(), 20, "{series:?}");
+    let gh = rows
+        .iter()
+        .filter(|r| r["series"].as_str().unwrap().starts_with("gh/"))
+        .count();
+    assert_eq!(
+        gh, 20,
+        "every reading of the known sensors is stored: {text}"
+    );
+
+    let o = Command::new(BIN)
+        .args(["alerts", "--db", db.to_str().unwrap(), "--json"])
+        .output()
+        .unwrap();
+    let alerts = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        alerts.contains("\"series\":\"gh/n3/temperature\"") && alerts.contains("firing"),
+        "the hot sensor still alerts: {alerts}"
+    );
+
+    // The journal names the limit, rate-limited rather than once per message.
+    let log = std::fs::read_to_string(&log).unwrap();
+    let warnings = log
+        .lines()
+        .filter(|l| l.contains("ingest.max_series"))
+        .count();
+    assert!(
+        (1..=5).contains(&warnings),
+        "{warnings} warnings about the limit:\n{log}"
+    );
+}
