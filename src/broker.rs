@@ -15,7 +15,7 @@ mod front;
 mod viewer;
 
 pub use acl::{covers, Rights, Users, UsersError, ANONYMOUS, RESERVED_PREFIX};
-pub use front::FrontStats;
+pub use front::{Door, FrontStats};
 pub use viewer::{read_viewer_login, viewer_file, write_viewer_login, VIEWER_USER};
 
 use std::collections::HashMap;
@@ -77,12 +77,13 @@ pub fn start(cfg: &BrokerConfig, links: &[(&str, Vec<String>)]) -> Result<Vec<Li
 }
 
 /// [`start`], also adding a local viewer user (name, password) with the rights of
-/// `centinela tui` when given; returns the front's figures too.
+/// `centinela tui` when given; returns the front's figures too, and the door that
+/// closes it when the service stops.
 pub fn start_broker(
     cfg: &BrokerConfig,
     links: &[(&str, Vec<String>)],
     viewer: Option<(String, String)>,
-) -> Result<(Vec<Link>, Arc<FrontStats>), BrokerError> {
+) -> Result<(Vec<Link>, Arc<FrontStats>, Door), BrokerError> {
     let mut users = Users::from_config(cfg)?;
     if let Some((name, pass)) = viewer {
         let rights = Users::viewer_rights(&name);
@@ -191,6 +192,7 @@ pub fn start_broker(
         std::thread::sleep(Duration::from_millis(20));
     }
 
+    let (closing, closing_rx) = tokio::sync::watch::channel(false);
     let front = Arc::new(front::Front::new(
         users,
         internal,
@@ -200,7 +202,9 @@ pub fn start_broker(
         cfg.max_connections_per_ip,
         cfg.max_connections,
         Duration::from_secs(10),
+        closing_rx,
     ));
+    let door = front.door(closing);
     let stats = front.stats.clone();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -233,7 +237,7 @@ pub fn start_broker(
             "embedded MQTT broker listening"
         );
     }
-    Ok((out, stats))
+    Ok((out, stats, door))
 }
 
 /// A random credential (hex), from the operating system's generator.

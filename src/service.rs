@@ -79,6 +79,8 @@ pub struct Service {
     _db_lock: sqlite::DbLock,
     tasks: Vec<JoinHandle<()>>,
     source_thread: Option<std::thread::JoinHandle<()>>,
+    /// Closes the embedded broker's listeners first when the service stops.
+    broker_door: Option<crate::broker::Door>,
     external: Option<JoinHandle<Result<(), mqtt::SourceError>>>,
 }
 
@@ -159,6 +161,7 @@ impl Service {
         let mut external = None;
         let mut broker_addr = None;
         let mut broker_front = None;
+        let mut broker_door = None;
         let broker_desc;
         let live_out;
         match cfg.broker.mode {
@@ -174,7 +177,7 @@ impl Service {
                         |e| tracing::warn!(error = %e, "no local viewer login for centinela tui"),
                     )
                     .ok();
-                let (mut links, front) = crate::broker::start_broker(
+                let (mut links, front, door) = crate::broker::start_broker(
                     &cfg.broker,
                     &[
                         ("centinela-ingest", filters),
@@ -183,6 +186,7 @@ impl Service {
                     viewer,
                 )?;
                 broker_front = Some(front);
+                broker_door = Some(door);
                 let link = links.remove(0);
                 live_out = crate::live::Out::link(links.remove(0));
                 broker_addr = Some(cfg.broker.listen);
@@ -300,6 +304,7 @@ impl Service {
             _db_lock: db_lock,
             tasks,
             source_thread,
+            broker_door,
             external,
         })
     }
@@ -320,6 +325,10 @@ impl Service {
     /// Stops taking messages, drains every stage and flushes the database.
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
         tracing::info!("shutting down: draining the pipeline");
+        // No publish is acknowledged from here on; what was is read before the source stops.
+        if let Some(door) = self.broker_door.take() {
+            door.close(Duration::from_secs(2)).await;
+        }
         self.trigger.begin();
         if let Some(t) = self.source_thread.take() {
             let _ = tokio::task::spawn_blocking(move || t.join()).await;

@@ -30,7 +30,7 @@ use rumqttc::mqttbytes::v4::{
 use rumqttc::mqttbytes::{check, Error as CodecError, PacketType, Protocol};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use super::acl::{Rights, Users};
 use crate::logging::Throttle;
@@ -57,6 +57,25 @@ pub struct FrontStats {
     pub idle_closed: AtomicU64,
     /// Connections turned away by the per-IP or total limit.
     pub over_limit: AtomicU64,
+    /// Sessions still reading their client's packets (all but the paused ones, once
+    /// the front is closing).
+    pub reading: AtomicU64,
+}
+
+/// Counts a session in [`FrontStats::reading`] while it reads from its client.
+struct Reading(Arc<FrontStats>);
+
+impl Reading {
+    fn new(stats: &Arc<FrontStats>) -> Reading {
+        stats.reading.fetch_add(1, Ordering::Relaxed);
+        Reading(stats.clone())
+    }
+}
+
+impl Drop for Reading {
+    fn drop(&mut self) {
+        self.0.reading.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// The rate-limited warnings, one throttle per kind.
@@ -87,6 +106,38 @@ pub struct Front {
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     warnings: Warnings,
     next_id: AtomicU64,
+    /// Becomes true when the service stops: listeners close, sessions end.
+    closing: watch::Receiver<bool>,
+}
+
+/// Closes the front when the service stops, before the pipeline drains: no new
+/// connection, and no packet read from a client (so no publish acknowledged) after
+/// [`Door::close`], while what rumqttd sends still reaches the clients. A client's
+/// unacknowledged QoS 1/2 publishes are its to send again; everything acknowledged
+/// before is in rumqttd's log for the source to read.
+pub struct Door {
+    closing: watch::Sender<bool>,
+    stats: Arc<FrontStats>,
+}
+
+impl Door {
+    /// Stops accepting and reading; returns once no session reads, or after `max`.
+    pub async fn close(&self, max: Duration) {
+        self.closing.send_replace(true);
+        let deadline = tokio::time::Instant::now() + max;
+        while self.stats.reading.load(Ordering::Relaxed) > 0
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// Resolves once the front is closing (never, when its door was dropped unused).
+async fn closed(mut rx: watch::Receiver<bool>) {
+    if rx.wait_for(|c| *c).await.is_err() {
+        std::future::pending::<()>().await;
+    }
 }
 
 impl Front {
@@ -100,6 +151,7 @@ impl Front {
         max_per_ip: usize,
         max_connections: usize,
         warn_every: Duration,
+        closing: watch::Receiver<bool>,
     ) -> Front {
         let t = || Mutex::new(Throttle::new(warn_every));
         let users = Arc::new(users);
@@ -114,6 +166,7 @@ impl Front {
                 bad_topics: AtomicU64::new(0),
                 idle_closed: AtomicU64::new(0),
                 over_limit: AtomicU64::new(0),
+                reading: AtomicU64::new(0),
             }),
             upstream,
             upstream_login,
@@ -131,6 +184,15 @@ impl Front {
                 tls: t(),
             },
             next_id: AtomicU64::new(0),
+            closing,
+        }
+    }
+
+    /// The door that closes this front.
+    pub fn door(&self, closing: watch::Sender<bool>) -> Door {
+        Door {
+            closing,
+            stats: self.stats.clone(),
         }
     }
 
@@ -179,7 +241,11 @@ pub async fn serve(
     front: Arc<Front>,
 ) {
     loop {
-        let (sock, peer) = match listener.accept().await {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = closed(front.closing.clone()) => return,
+        };
+        let (sock, peer) = match accepted {
             Ok(c) => c,
             Err(e) => {
                 // Out of file descriptors and the like: wait instead of spinning.
@@ -444,6 +510,7 @@ async fn client_to_broker<R, W>(
     W: AsyncWrite + Unpin,
 {
     let mut out = BytesMut::with_capacity(64 * 1024);
+    let reading = Reading::new(&front.stats);
     loop {
         let mut close = false;
         loop {
@@ -611,7 +678,17 @@ async fn client_to_broker<R, W>(
             let _ = w.shutdown().await;
             return;
         }
-        match tokio::time::timeout(idle, r.read_buf(&mut buf)).await {
+        let read = tokio::select! {
+            read = tokio::time::timeout(idle, r.read_buf(&mut buf)) => read,
+            _ = closed(front.closing.clone()) => {
+                // Nothing half forwarded: stop reading from the client, keep the way
+                // back open (its acknowledgements, the service's last status).
+                drop(reading);
+                std::future::pending::<()>().await;
+                return;
+            }
+        };
+        match read {
             Ok(Ok(0)) | Ok(Err(_)) => return,
             Ok(Ok(_)) => {}
             Err(_) => {

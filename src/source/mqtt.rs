@@ -26,6 +26,10 @@ pub const CONTROL_TOPIC: &str = "centinela/control";
 
 /// Readings per batch handed downstream at most.
 const BATCH: usize = 2048;
+/// At shutdown the embedded link is read until this many polls in a row (5 ms each)
+/// found nothing, or for this long at most.
+const DRAIN_QUIET: u32 = 20;
+const DRAIN_MAX: Duration = Duration::from_secs(5);
 
 /// Counters of the source stage.
 #[derive(Debug, Default)]
@@ -288,6 +292,8 @@ pub fn run_embedded(
     let mut next_offset: Option<u64> = None;
     let track_gaps = setup.ingest.filters().len() == 1;
     let mut overrun = Overrun::new(ing.warn_every);
+    let mut draining: Option<Instant> = None;
+    let mut quiet = 0;
     loop {
         // A batch goes downstream as soon as the link has nothing more ready (or it is
         // full): batches grow with the load, and a lone reading waits for nobody.
@@ -334,7 +340,13 @@ pub fn run_embedded(
             break;
         }
         if stop.is_shutdown() {
-            break;
+            // The front has stopped acknowledging publishes: read what the router still
+            // holds until the link stays quiet, so nothing acknowledged is left behind.
+            let until = *draining.get_or_insert_with(|| Instant::now() + DRAIN_MAX);
+            quiet = if idle { quiet + 1 } else { 0 };
+            if quiet >= DRAIN_QUIET || Instant::now() >= until {
+                break;
+            }
         }
     }
     if !ing.batch.is_empty() {
