@@ -22,7 +22,7 @@ const CATALOGUE_EVERY_MS: i64 = 60_000;
 /// How often the rollups of the minutes that are over are written: rows of one series
 /// for consecutive minutes share a page, so writing several minutes at once spares the
 /// SD card a page per series per minute.
-pub const ROLLUPS_EVERY_MS: i64 = 60_000;
+pub const ROLLUPS_EVERY_MS: i64 = 600_000;
 /// Rollup rows per flush at most (whole minutes; the rest waits for the next flush).
 const ROLLUP_ROWS_PER_FLUSH: usize = 20_000;
 /// A flush whose series hold at least this many new points each, on average, writes one
@@ -1133,7 +1133,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn rollups_of_past_minutes_are_written_once_a_minute_and_never_twice() {
+    async fn rollups_of_past_minutes_are_written_every_few_minutes_and_never_twice() {
         let dir = tempfile::tempdir().unwrap();
         let pool = open(&dir.path().join("t.db")).await.unwrap();
         let mut w = Writer::new(pool.clone());
@@ -1148,21 +1148,30 @@ mod tests {
             .await
             .unwrap()
         };
-        // A reading a second for three minutes, flushed each second.
+        // A reading a second for three minutes, flushed each second: the minutes that
+        // are over wait in memory for the next write of rollups.
         for s in 0..180 {
             w.add(&[reading(&a, minute + s * 1000, s as f64)]);
             w.flush_at(minute + s * 1000 + 1000).await.unwrap();
         }
-        // The first minute was written once it was over (two minutes on); the second
-        // waits for the next write, a minute later.
-        assert_eq!(rollups(pool.clone()).await, vec![(minute, 60, 29.5)]);
-        // A late reading of the first minute merges into its row.
+        assert_eq!(rollups(pool.clone()).await, vec![]);
+        // A late reading of the first minute joins it in memory.
         w.add(&[reading(&a, minute + 59_500, 29.5)]);
-        w.flush_at(minute + 241_000).await.unwrap();
-        let got = rollups(pool.clone()).await;
-        assert_eq!(got[0], (minute, 61, 29.5));
-        assert_eq!(got[1], (minute + 60_000, 60, 89.5));
-        assert_eq!(got.len(), 3);
+        w.flush_at(minute + 1000 + ROLLUPS_EVERY_MS).await.unwrap();
+        assert_eq!(
+            rollups(pool.clone()).await,
+            vec![
+                (minute, 61, 29.5),
+                (minute + 60_000, 60, 89.5),
+                (minute + 120_000, 60, 149.5)
+            ]
+        );
+        // Later still: it merges into the stored row.
+        w.add(&[reading(&a, minute + 59_600, 29.5)]);
+        w.flush_at(minute + 1000 + 2 * ROLLUPS_EVERY_MS)
+            .await
+            .unwrap();
+        assert_eq!(rollups(pool.clone()).await[0], (minute, 62, 29.5));
     }
 
     #[tokio::test]
