@@ -1039,7 +1039,7 @@ fn event_table(cells: &[Vec<String>]) -> String {
     crate::format::table(&header, &align, cells)
 }
 
-/// Reads `series,ts,value` rows; a bad row is an error naming the file and line.
+/// Reads a `series,ts,value` file; a bad row is an error naming the file and line.
 fn read_csv(
     path: &Path,
     pattern: &str,
@@ -1047,62 +1047,12 @@ fn read_csv(
 ) -> anyhow::Result<Vec<crate::model::Reading>> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("while reading {}", path.display()))?;
-    let mut lines = text.lines().enumerate();
-    let header = lines
-        .next()
-        .map(|(_, l)| l.trim().to_ascii_lowercase())
-        .unwrap_or_default();
-    if header.replace(' ', "") != "series,ts,value" {
-        return Err(config::ConfigError {
-            file: path.display().to_string(),
-            line: Some(1),
-            col: Some(1),
-            field: None,
-            message: format!("expected the header `series,ts,value`, found {header:?}"),
-        }
-        .into());
-    }
-    let mut names: std::collections::HashMap<String, crate::model::SeriesId> =
-        std::collections::HashMap::new();
-    let mut out = Vec::new();
-    for (i, line) in lines {
-        let line = line.trim();
-        if line.is_empty() {
-            continue;
-        }
-        let bad = |msg: String| config::ConfigError {
-            file: path.display().to_string(),
-            line: Some(i + 1),
-            col: None,
-            field: None,
-            message: msg,
-        };
-        let mut parts = line.rsplitn(3, ',');
-        let (Some(value), Some(ts), Some(series)) = (parts.next(), parts.next(), parts.next())
-        else {
-            return Err(bad(format!("expected series,ts,value, found {line:?}")).into());
-        };
-        let series = series.trim().trim_matches('"');
-        if !crate::model::topic_matches(pattern, series) {
-            continue;
-        }
-        let ts = crate::engine::parse_time(ts.trim().trim_matches('"'), zone).map_err(bad)?;
-        let value: f64 = value
-            .trim()
-            .parse()
-            .map_err(|_| bad(format!("value {:?} is not a number", value.trim())))?;
-        let id = names
-            .entry(series.to_string())
-            .or_insert_with_key(|k| std::sync::Arc::from(k.as_str()))
-            .clone();
-        out.push(crate::model::Reading {
-            series: id,
-            value,
-            ts,
-            unit: None,
-        });
-    }
-    Ok(out)
+    Ok(crate::source::csv::parse(
+        &text,
+        &path.display().to_string(),
+        pattern,
+        zone,
+    )?)
 }
 
 async fn tui(args: TuiArgs) -> anyhow::Result<ExitCode> {

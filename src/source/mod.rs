@@ -2,7 +2,9 @@
 //! [`map`] (topic mappings, JSON flattening), [`line`] (InfluxDB line protocol) and
 //! [`name`] (which series names and units are accepted); [`mqtt`] reads from the
 //! embedded broker's in-process link or from an external broker.
+//! [`csv`] reads the `series,ts,value` files that `replay --csv` judges.
 
+pub mod csv;
 pub mod decode;
 pub mod line;
 pub mod map;
