@@ -79,9 +79,6 @@ pub enum StoreError {
     Damaged { path: String, detail: String },
 }
 
-/// Page size of a new database.
-pub const PAGE_SIZE: u32 = 1024;
-
 /// Opens (creating when missing) the database at `path` with WAL and
 /// `synchronous = NORMAL`, and brings its schema up to date.
 pub async fn open(path: &Path) -> Result<SqlitePool, StoreError> {
@@ -91,10 +88,6 @@ pub async fn open(path: &Path) -> Result<SqlitePool, StoreError> {
     let opts = SqliteConnectOptions::new()
         .filename(path)
         .create_if_missing(true)
-        // A new database gets 1 KiB pages: a flush appends a few hundred bytes, and
-        // every commit writes whole pages to the WAL, so small pages write a quarter of
-        // the bytes to the SD card. (A database that exists keeps its page size.)
-        .page_size(PAGE_SIZE)
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Normal)
         .busy_timeout(Duration::from_secs(10))
