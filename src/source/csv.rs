@@ -55,10 +55,12 @@ pub fn parse(
             continue;
         }
         let ts = parse_time(ts.trim().trim_matches('"'), zone).map_err(bad)?;
-        let value: f64 = value
+        let value = value
             .trim()
-            .parse()
-            .map_err(|_| bad(format!("value {:?} is not a number", value.trim())))?;
+            .parse::<f64>()
+            .ok()
+            .filter(|v: &f64| v.is_finite())
+            .ok_or_else(|| bad(format!("value {:?} is not a number", value.trim())))?;
         let id = names
             .entry(series.to_string())
             .or_insert_with_key(|k| Arc::from(k.as_str()))
@@ -91,6 +93,15 @@ mod tests {
         );
         let e = parse("series,ts,value\ngh/a/t,0,warm\n", "in.csv", "#", Zone::Utc).unwrap_err();
         assert_eq!(e.to_string(), "in.csv:2: value \"warm\" is not a number");
+        // As on MQTT, NaN and infinities are not readings.
+        let e = parse(
+            "series,ts,value\ngh/a/t,0,1\ngh/a/t,0,NaN\n",
+            "in.csv",
+            "#",
+            Zone::Utc,
+        )
+        .unwrap_err();
+        assert_eq!(e.to_string(), "in.csv:3: value \"NaN\" is not a number");
         let e = parse("name,value\n", "in.csv", "#", Zone::Utc).unwrap_err();
         assert_eq!(e.line, Some(1));
     }

@@ -72,7 +72,12 @@ impl Publisher {
 
     /// Waits until `n` QoS 1 publishes have been acknowledged by the broker.
     pub async fn wait_acked(&mut self, n: u64) {
-        let deadline = Instant::now() + Duration::from_secs(20);
+        self.wait_acked_within(n, Duration::from_secs(20)).await
+    }
+
+    /// [`Self::wait_acked`] for bigger bursts, with its own deadline.
+    pub async fn wait_acked_within(&mut self, n: u64, max: Duration) {
+        let deadline = Instant::now() + max;
         while *self.acked.borrow() < n {
             assert!(
                 Instant::now() < deadline,
