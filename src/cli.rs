@@ -650,7 +650,9 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     service.shutdown().await?;
     outcome?;
     let pool = sqlite::open_existing(&db).await?;
-    let n: i64 = sqlx::query_scalar("SELECT coalesce(sum(count), 0) FROM chunks")
+    let n: i64 = sqlx::query_scalar(
+        "SELECT (SELECT coalesce(sum(count), 0) FROM chunks) + (SELECT coalesce(sum(count), 0) FROM blocks)",
+    )
         .fetch_one(&pool)
         .await?;
     let s: i64 = sqlx::query_scalar("SELECT count(*) FROM series")

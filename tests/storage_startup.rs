@@ -94,16 +94,18 @@ fn a_second_instance_on_the_same_database_refuses_and_names_the_first() {
     drop(lock);
 }
 
-/// A database with a few hundred pages of readings, closed (checkpointed).
+/// A database with a few hundred pages of readings, closed (checkpointed): 40 points
+/// per series and flush, so each flush writes a chunk row per series.
 async fn filled_db(db: &Path) {
     let pool = sqlite::open(db).await.unwrap();
     let mut w = sqlite::Writer::new(pool.clone());
     for flush in 0..40 {
         let batch: Vec<Reading> = (0..300)
-            .map(|k| Reading {
+            .flat_map(|k| (0..40).map(move |p| (k, p)))
+            .map(|(k, p)| Reading {
                 series: SeriesId::from(format!("site/node{k}/t").as_str()),
-                value: (flush * k) as f64 * 0.37,
-                ts: 1_700_000_000_000 + flush * 1000,
+                value: (flush * k + p) as f64 * 0.37,
+                ts: 1_700_000_000_000 + flush * 40_000 + p * 1000,
                 unit: Some(Arc::from("°C")),
             })
             .collect();

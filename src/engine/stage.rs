@@ -150,8 +150,10 @@ pub struct Inputs {
     pub reload: mpsc::Receiver<Config>,
 }
 
-/// How often alert state that changed without an event is saved.
-const STATE_SAVE_MS: i64 = 10_000;
+/// How often alert state that changed without an event is saved (deadman last-seen
+/// times): once a minute, like the series catalogue, so a restart loses at most that
+/// much precision and the SD card is spared a rewrite of every series' state.
+const STATE_SAVE_MS: i64 = 60_000;
 
 impl EngineStage {
     pub fn new(

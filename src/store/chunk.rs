@@ -28,19 +28,25 @@ const VERSION: u8 = 1;
 /// Packs `points` (in the order given; usually ascending time).
 pub fn encode(points: &[(Timestamp, f64)]) -> Vec<u8> {
     let mut out = Vec::with_capacity(8 + points.len() * 3);
+    encode_into(&mut out, points);
+    out
+}
+
+/// [`encode`], appending to `out`.
+pub fn encode_into(out: &mut Vec<u8>, points: &[(Timestamp, f64)]) {
     out.push(VERSION);
     let mode = decimal_digits(points.iter().map(|p| p.1));
     out.push(mode);
-    put_varint(&mut out, points.len() as u64);
+    put_varint(out, points.len() as u64);
     let Some(&(first_ts, first_v)) = points.first() else {
-        return out;
+        return;
     };
-    put_varint(&mut out, zigzag(first_ts));
+    put_varint(out, zigzag(first_ts));
     let mut prev_ts = first_ts;
     let mut prev_delta = 0i64;
     for &(ts, _) in &points[1..] {
         let delta = ts.wrapping_sub(prev_ts);
-        put_varint(&mut out, zigzag(delta.wrapping_sub(prev_delta)));
+        put_varint(out, zigzag(delta.wrapping_sub(prev_delta)));
         prev_delta = delta;
         prev_ts = ts;
     }
@@ -66,11 +72,10 @@ pub fn encode(points: &[(Timestamp, f64)]) -> Vec<u8> {
         let mut prev = 0i64;
         for &(_, v) in points {
             let n = (v * scale).round() as i64;
-            put_varint(&mut out, zigzag(n.wrapping_sub(prev)));
+            put_varint(out, zigzag(n.wrapping_sub(prev)));
             prev = n;
         }
     }
-    out
 }
 
 /// Unpacks a blob made by [`encode`].
@@ -156,12 +161,20 @@ fn unzigzag(v: u64) -> i64 {
     ((v >> 1) as i64) ^ -((v & 1) as i64)
 }
 
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+pub(crate) fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         out.push((v as u8) | 0x80);
         v >>= 7;
     }
     out.push(v as u8);
+}
+
+/// Reads a varint of `data` at `pos`, moving `pos` past it.
+pub(crate) fn read_varint(data: &[u8], pos: &mut usize) -> Result<u64, ChunkError> {
+    let mut r = Reader { data, pos: *pos };
+    let v = r.varint()?;
+    *pos = r.pos;
+    Ok(v)
 }
 
 struct Reader<'a> {

@@ -31,12 +31,14 @@
 //! alert state and the outbox), and the live bus lives in [`crate::live`].
 //!
 //! # Layout
-//! - [`sqlite`]: always on: readings as chunks ([`chunk`] is the pure codec), rollups,
+//! - [`sqlite`]: always on: readings as blocks and chunks ([`block`], [`chunk`]: the pure
+//!   codecs), rollups,
 //!   the series catalogue, alerts history and alert state; [`SqliteOutput`] is its seam.
 //! - [`influx`]: the optional InfluxDB sink (line protocol over HTTP, durable backlog).
 //! - [`parquet`]: the optional data lake (hourly Parquet files, `date=/hour=` folders).
 
 pub mod backup;
+pub mod block;
 pub mod chunk;
 pub mod influx;
 pub mod kafka;

@@ -16,8 +16,8 @@ use sqlx::Row;
 
 use super::file::{write_all, EventRow, Layout, PartError, Table, Written};
 use crate::model::{topic_matches, Reading, Timestamp};
-use crate::store::chunk;
 use crate::store::sqlite::StoreError;
+use crate::store::{block, chunk};
 
 /// What an export wrote.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -75,9 +75,26 @@ pub async fn export(
             series.insert(r.try_get("id")?, (name.into(), unit.map(Arc::from)));
         }
     }
-    // partition start → chunk ids with points in it.
+    // partition start → chunk ids with points in it (and, apart, block ids: the recent
+    // readings of every series, not merged into chunks yet).
     let period = layout.partition.period_ms();
     let mut parts: BTreeMap<Timestamp, Vec<i64>> = BTreeMap::new();
+    let mut block_parts: BTreeMap<Timestamp, Vec<i64>> = BTreeMap::new();
+    for r in sqlx::query("SELECT id, first_ts, last_ts FROM blocks WHERE last_ts >= ?")
+        .bind(since)
+        .fetch_all(&mut *tx)
+        .await?
+    {
+        let id: i64 = r.try_get("id")?;
+        let first: i64 = r.try_get::<i64, _>("first_ts")?.max(since);
+        let last: i64 = r.try_get("last_ts")?;
+        let mut p = layout.partition.start_of(first);
+        while p <= last {
+            block_parts.entry(p).or_default().push(id);
+            parts.entry(p).or_default();
+            p += period;
+        }
+    }
     for r in sqlx::query("SELECT id, series_id, first_ts, last_ts FROM chunks WHERE last_ts >= ?")
         .bind(since)
         .fetch_all(&mut *tx)
@@ -99,6 +116,31 @@ pub async fn export(
     let mut summary = ExportSummary::default();
     for (start, ids) in parts {
         let mut rows = Vec::new();
+        let in_part = |ts: Timestamp| ts >= since && ts >= start && ts < start + period;
+        for &id in block_parts.get(&start).into_iter().flatten() {
+            let r = sqlx::query("SELECT data FROM blocks WHERE id = ?")
+                .bind(id)
+                .fetch_one(&mut *tx)
+                .await?;
+            let data: Vec<u8> = r.try_get("data")?;
+            block::for_each(&data, |series_id, blob| {
+                if let Some((name, unit)) = series.get(&series_id) {
+                    rows.extend(
+                        chunk::decode(blob)?
+                            .into_iter()
+                            .filter(|&(ts, _)| in_part(ts))
+                            .map(|(ts, value)| Reading {
+                                series: name.clone(),
+                                value,
+                                ts,
+                                unit: unit.clone(),
+                            }),
+                    );
+                }
+                Ok(())
+            })
+            .map_err(|source| StoreError::Block { id, source })?;
+        }
         for id in ids {
             let r = sqlx::query("SELECT series_id, data FROM chunks WHERE id = ?")
                 .bind(id)
@@ -114,7 +156,7 @@ pub async fn export(
             rows.extend(
                 points
                     .into_iter()
-                    .filter(|&(ts, _)| ts >= since && ts >= start && ts < start + period)
+                    .filter(|&(ts, _)| in_part(ts))
                     .map(|(ts, value)| Reading {
                         series: name.clone(),
                         value,

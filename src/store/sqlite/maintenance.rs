@@ -67,7 +67,7 @@ impl Writer {
         Ok(written)
     }
 
-    /// Deletes raw chunks that ended before `raw_before` and rollups before
+    /// Deletes raw chunks and blocks that ended before `raw_before` and rollups before
     /// `rollup_before`, at most `step` rows per statement; returns rows deleted.
     pub async fn retention(
         &self,
@@ -80,6 +80,7 @@ impl Writer {
         for sql in [
             "DELETE FROM chunks WHERE id IN (SELECT id FROM chunks WHERE compacted = 1 AND last_ts < ?1 LIMIT ?2)",
             "DELETE FROM chunks WHERE id IN (SELECT id FROM chunks WHERE compacted = 0 AND last_ts < ?1 LIMIT ?2)",
+            "DELETE FROM blocks WHERE id IN (SELECT id FROM blocks WHERE last_ts < ?1 LIMIT ?2)",
         ] {
             a += sqlx::query(sql)
             .bind(raw_before)

@@ -1,17 +1,21 @@
-//! SQLite store: readings as per-series chunks, per-minute rollups, the series
-//! catalogue, the alerts history and the alert state that survives a restart.
+//! SQLite store: readings as blocks and per-series chunks, per-minute rollups, the
+//! series catalogue, the alerts history and the alert state that survives a restart.
 //!
 //! The writer is one task that owns its connection. Readings are buffered per series
-//! and written once per `flush_interval` in a single transaction: one chunk row per
-//! series, one rollup upsert per series-minute, one catalogue upsert per series —
-//! writes grow with the number of series, not of readings, which spares SD cards.
-//! Small chunks are later merged per series and hour ([`Writer::compact`]); retention
-//! deletes old rows in small steps so no statement holds the database for long.
+//! and written once per `flush_interval` in a single transaction: one block row holding
+//! every series' new points (one chunk row per series when they hold many each), the
+//! rollups of the minutes that are over, catalogue upserts for new series — a flush
+//! costs by the readings it writes, not by the series, and one commit per interval
+//! spares SD cards. Blocks are merged into per-series chunks in the background
+//! ([`Writer::merge_if_due`]), chunks per series and hour once the hour has passed
+//! ([`Writer::compact`]); retention deletes old rows in small steps so no statement
+//! holds the database for long.
 //!
 //! # Layout
 //!
 //! - `mod.rs`: opening the database, the messages the writer takes, its counters.
-//! - [`writer`]: the writer task: readings buffered per series, one transaction per flush.
+//! - [`writer`]: the writer task: readings buffered per series, one transaction per
+//!   flush, the merge of blocks into chunks.
 //! - `alerts`: alert events, alert state and their notifications, in one transaction.
 //! - `maintenance`: merging small chunks, retention.
 //! - [`queries`]: what the CLI, the TUI and the engine read back.
@@ -52,6 +56,8 @@ pub enum StoreError {
     Outbox(String),
     #[error("corrupt chunk {id}: {source}")]
     Chunk { id: i64, source: chunk::ChunkError },
+    #[error("corrupt block {id}: {source}")]
+    Block { id: i64, source: chunk::ChunkError },
     #[error(
         "database {db} is in use by another process (pid {pid}, see {lock}): stop it first, \
          or give this instance its own [storage.sqlite] path"

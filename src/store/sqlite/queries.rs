@@ -8,6 +8,7 @@ use sqlx::{Row, SqlitePool};
 use super::{chunk, StoreError};
 use crate::engine::{AlertRecord, SilenceRecord};
 use crate::model::{format_ts, AlertEvent, AlertState, Severity, Timestamp};
+use crate::store::block;
 
 /// One stored reading, as `centinela readings` prints it.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -54,6 +55,25 @@ pub async fn query_readings(
             .entry(series_id)
             .or_default()
             .extend(decoded.into_iter().filter(|p| p.0 >= since));
+    }
+    // Recent readings not merged into chunks yet.
+    let rows = sqlx::query("SELECT id, data FROM blocks WHERE last_ts >= ?")
+        .bind(since)
+        .fetch_all(pool)
+        .await?;
+    for row in rows {
+        let id: i64 = row.try_get("id")?;
+        let data: &[u8] = row.try_get("data")?;
+        block::for_each(data, |series_id, blob| {
+            if names.contains_key(&series_id) {
+                points
+                    .entry(series_id)
+                    .or_default()
+                    .extend(chunk::decode(blob)?.into_iter().filter(|p| p.0 >= since));
+            }
+            Ok(())
+        })
+        .map_err(|source| StoreError::Block { id, source })?;
     }
     let mut by_name: Vec<(String, Vec<(Timestamp, f64)>)> = points
         .into_iter()
@@ -252,6 +272,22 @@ pub async fn query_series(
                 .filter(|p| p.0 >= since),
         );
     }
+    let rows = sqlx::query("SELECT id, data FROM blocks WHERE last_ts >= ?")
+        .bind(since)
+        .fetch_all(pool)
+        .await?;
+    for row in rows {
+        let id: i64 = row.try_get("id")?;
+        let data: &[u8] = row.try_get("data")?;
+        block::for_each(data, |s, blob| {
+            if s == series_id {
+                out.extend(chunk::decode(blob)?.into_iter().filter(|p| p.0 >= since));
+            }
+            Ok(())
+        })
+        .map_err(|source| StoreError::Block { id, source })?;
+    }
+    // Stable: readings with equal timestamps keep the order they were written in.
     out.sort_by_key(|p| p.0);
     Ok(out)
 }

@@ -1,9 +1,11 @@
 //! The writer task: readings buffered per series and written once per
-//! `flush_interval` in a single transaction (one chunk row per series, one rollup upsert
-//! per series-minute, catalogue upserts), while alert batches and maintenance run
-//! between flushes.
+//! `flush_interval` in a single transaction — one block row holding every series' new
+//! points (or, when the series hold many points each, one chunk row per series), the
+//! rollups of the minutes that are over, catalogue upserts for new series — while
+//! alert batches, the merge of blocks into per-series chunks and maintenance run
+//! between flushes. What a flush costs follows the readings, not the series.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,9 +15,23 @@ use tokio::sync::mpsc;
 
 use super::{chunk, AlertBatch, StoreError, StoreMsg, StoreStats, WriterConfig};
 use crate::model::{Reading, SeriesId, Timestamp};
+use crate::store::block;
 
 /// How often the catalogue's last seen and last value are written.
 const CATALOGUE_EVERY_MS: i64 = 60_000;
+/// How often the rollups of the minutes that are over are written: rows of one series
+/// for consecutive minutes share a page, so writing several minutes at once spares the
+/// SD card a page per series per minute.
+pub const ROLLUPS_EVERY_MS: i64 = 600_000;
+/// Rollup rows per flush at most (whole minutes; the rest waits for the next flush).
+const ROLLUP_ROWS_PER_FLUSH: usize = 20_000;
+/// A flush whose series hold at least this many new points each, on average, writes one
+/// chunk row per series (flat out: the rows are full); with fewer, one block row.
+pub const CHUNK_POINTS_MIN: usize = 32;
+/// Blocks are merged into per-series chunks once they hold this many points (~8 MB of
+/// points in memory while merging), or once the hour the oldest was written in is over.
+pub const MERGE_POINTS: u64 = 500_000;
+const HOUR_MS: i64 = 3_600_000;
 
 /// A series as the catalogue will get it.
 #[derive(Debug, Clone)]
@@ -33,6 +49,39 @@ struct Rollup {
     max: f64,
     sum: f64,
     count: i64,
+}
+
+impl Rollup {
+    fn of(v: f64) -> Self {
+        Rollup {
+            min: v,
+            max: v,
+            sum: v,
+            count: 1,
+        }
+    }
+
+    fn add(&mut self, v: f64) {
+        self.min = self.min.min(v);
+        self.max = self.max.max(v);
+        self.sum += v;
+        self.count += 1;
+    }
+
+    fn merge(&mut self, o: &Rollup) {
+        self.min = self.min.min(o.min);
+        self.max = self.max.max(o.max);
+        self.sum += o.sum;
+        self.count += o.count;
+    }
+}
+
+/// The blocks not merged yet, as the writer knows them.
+#[derive(Debug, Clone, Copy, Default)]
+struct Blocks {
+    points: u64,
+    /// Wall time of the flush that wrote the oldest one (`None`: there are none).
+    oldest: Option<Timestamp>,
 }
 
 struct Pending {
@@ -64,7 +113,11 @@ pub struct Writer {
     bands: HashMap<SeriesId, Option<Band>>,
     seen: HashMap<SeriesId, Seen>,
     catalogue_written: Option<Timestamp>,
-    rollups: HashMap<(i64, i64), Rollup>,
+    /// Rollups not written yet: minute → series id → aggregates.
+    rollups: BTreeMap<i64, HashMap<i64, Rollup>>,
+    rollups_written: Option<Timestamp>,
+    /// Unmerged blocks (`None`: not read from the database yet).
+    blocks: Option<Blocks>,
     /// Write the catalogue and every rollup now (the last flush, and tests).
     pub force: bool,
     pending_count: usize,
@@ -104,7 +157,9 @@ impl Writer {
             bands: HashMap::new(),
             seen: HashMap::new(),
             catalogue_written: None,
-            rollups: HashMap::new(),
+            rollups: BTreeMap::new(),
+            rollups_written: None,
+            blocks: None,
             force: false,
             pending_count: 0,
             stats: Arc::default(),
@@ -310,6 +365,12 @@ impl Writer {
     /// Writes every buffered reading in one transaction. On error the readings stay
     /// buffered and the next flush tries again.
     pub async fn flush(&mut self) -> Result<usize, StoreError> {
+        self.flush_at(crate::model::now_ms()).await
+    }
+
+    /// [`Writer::flush`] at wall time `now` (which minutes are over, whether the
+    /// catalogue is due): a fixed `now` makes a run repeatable.
+    pub async fn flush_at(&mut self, now: Timestamp) -> Result<usize, StoreError> {
         if self.pending_count == 0 {
             return Ok(0);
         }
@@ -323,15 +384,15 @@ impl Writer {
             p.points.sort_by_key(|pt| pt.0);
             p.skipped.sort_by_key(|pt| pt.0);
         }
-        match self.write_batch(&batch).await {
-            Ok(()) => {
+        match self.write_batch(&batch, now).await {
+            Ok(rows) => {
                 let n = self.pending_count;
                 self.pending_count = 0;
                 self.stats.stored.fetch_add(n as u64, Ordering::Relaxed);
                 self.stats.flushes.fetch_add(1, Ordering::Relaxed);
                 self.stats
                     .chunks_written
-                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    .fetch_add(rows as u64, Ordering::Relaxed);
                 // Keep the buffers' capacity for the next flush.
                 for (s, mut p) in batch {
                     p.points.clear();
@@ -349,7 +410,11 @@ impl Writer {
         }
     }
 
-    async fn write_batch(&mut self, batch: &[(SeriesId, Pending)]) -> Result<(), StoreError> {
+    async fn write_batch(
+        &mut self,
+        batch: &[(SeriesId, Pending)],
+        now: Timestamp,
+    ) -> Result<usize, StoreError> {
         // What the catalogue and the rollups will get, kept in memory between writes.
         for (s, p) in batch {
             // The catalogue sees every reading, stored or kept out by a deadband.
@@ -380,7 +445,6 @@ impl Writer {
                 e.unit.clone_from(&p.unit);
             }
         }
-        let now = crate::model::now_ms();
         let catalogue_due = self.force
             || self
                 .catalogue_written
@@ -426,9 +490,34 @@ impl Writer {
             }
         }
         let id_of = |s: &SeriesId| self.ids.get(s).copied().or_else(|| new_ids.get(s).copied());
-        // Chunks: one row per series, appended (see the migration on why unindexed by series).
+        let with_points: Vec<(i64, &[(Timestamp, f64)])> = batch
+            .iter()
+            .filter(|(_, p)| !p.points.is_empty())
+            .filter_map(|(s, p)| Some((id_of(s)?, p.points.as_slice())))
+            .collect();
+        let points: usize = with_points.iter().map(|(_, p)| p.len()).sum();
+        let as_block = points < CHUNK_POINTS_MIN * with_points.len();
+        if as_block {
+            // One row for the whole flush, appended at the end of its table.
+            let first = with_points.iter().map(|(_, p)| p[0].0).min();
+            let last = with_points.iter().map(|(_, p)| p[p.len() - 1].0).max();
+            if let (Some(first), Some(last)) = (first, last) {
+                sqlx::query(
+                    "INSERT INTO blocks (first_ts, last_ts, count, data) VALUES (?, ?, ?, ?)",
+                )
+                .bind(first)
+                .bind(last)
+                .bind(points as i64)
+                .bind(block::encode(with_points.iter().copied()))
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        // Otherwise chunks: one row per series, appended (see the migration on why
+        // unindexed by series).
         let blobs: Vec<(i64, Timestamp, Timestamp, i64, Vec<u8>)> = batch
             .iter()
+            .filter(|_| !as_block)
             .filter_map(|(s, p)| {
                 let id = id_of(s)?;
                 let first = p.points.first()?.0;
@@ -456,31 +545,61 @@ impl Writer {
             q.build().execute(&mut *tx).await?;
         }
         // Rollups: accumulated per series and minute; a minute is written once it is
-        // over (a late reading merges into the stored row).
-        let mut acc = self.rollups.clone();
+        // over (a late reading merges into the stored row). What this batch adds is
+        // kept apart until the commit, so a failed write leaves the totals as they were
+        // and the work follows the readings, not the series held.
+        let mut delta: HashMap<(i64, i64), Rollup> = HashMap::new();
         for (s, p) in batch {
             let Some(id) = id_of(s) else { continue };
             for &(ts, v) in p.points.iter().chain(&p.skipped) {
-                let r = acc
+                delta
                     .entry((id, ts.div_euclid(60_000) * 60_000))
-                    .or_insert(Rollup {
-                        min: v,
-                        max: v,
-                        sum: 0.0,
-                        count: 0,
-                    });
-                r.min = r.min.min(v);
-                r.max = r.max.max(v);
-                r.sum += v;
-                r.count += 1;
+                    .and_modify(|r| r.add(v))
+                    .or_insert_with(|| Rollup::of(v));
             }
         }
         let open_minute = now.div_euclid(60_000) * 60_000 - 60_000;
-        let closed: Vec<((i64, i64), Rollup)> = acc
-            .iter()
-            .filter(|(k, _)| self.force || k.1 < open_minute)
-            .map(|(k, r)| (*k, *r))
-            .collect();
+        let rollups_due = self
+            .rollups_written
+            .is_none_or(|t| now - t >= ROLLUPS_EVERY_MS);
+        // Minutes before `upto` are written now.
+        let mut upto = if self.force {
+            i64::MAX
+        } else if rollups_due {
+            open_minute
+        } else {
+            i64::MIN
+        };
+        let mut capped = false;
+        if !self.force {
+            let mut rows = 0;
+            for (&minute, r) in self.rollups.range(..upto) {
+                if rows > 0 && rows + r.len() > ROLLUP_ROWS_PER_FLUSH {
+                    upto = minute;
+                    capped = true;
+                    break;
+                }
+                rows += r.len();
+            }
+        }
+        let mut closed: Vec<((i64, i64), Rollup)> = Vec::new();
+        for (&minute, r) in self.rollups.range(..upto) {
+            for (&id, r) in r {
+                let mut r = *r;
+                if let Some(d) = delta.remove(&(id, minute)) {
+                    r.merge(&d);
+                }
+                closed.push(((id, minute), r));
+            }
+        }
+        let mut open: Vec<((i64, i64), Rollup)> = Vec::with_capacity(delta.len());
+        for (k, d) in delta {
+            if k.1 < upto {
+                closed.push((k, d));
+            } else {
+                open.push((k, d));
+            }
+        }
         for part in closed.chunks(ROWS_PER_STATEMENT) {
             let mut q = sqlx::QueryBuilder::new(
                 "INSERT INTO rollups (series_id, minute, min, max, avg, count) ",
@@ -504,15 +623,145 @@ impl Writer {
         tx.commit().await?;
         // Only now is what was written true.
         self.ids.extend(new_ids);
-        for (k, _) in &closed {
-            acc.remove(k);
+        if as_block && points > 0 {
+            if let Some(b) = &mut self.blocks {
+                b.points += points as u64;
+                b.oldest.get_or_insert(now);
+            }
         }
-        self.rollups = acc;
+        if upto != i64::MIN {
+            self.rollups = if upto == i64::MAX {
+                BTreeMap::new()
+            } else {
+                self.rollups.split_off(&upto)
+            };
+            if !capped {
+                self.rollups_written = Some(now);
+            }
+        }
+        for ((id, minute), d) in open {
+            self.rollups
+                .entry(minute)
+                .or_default()
+                .entry(id)
+                .and_modify(|r| r.merge(&d))
+                .or_insert(d);
+        }
         if catalogue_due {
             self.seen.clear();
             self.catalogue_written = Some(now);
         }
-        Ok(())
+        Ok(if as_block { 1 } else { blobs.len() })
+    }
+
+    /// Merges blocks into per-series chunks when they are due: once they hold
+    /// [`MERGE_POINTS`] points, or once the hour the oldest was written in (wall time
+    /// `now`) is over. Merges at most about [`MERGE_POINTS`] points per call; returns
+    /// the chunk rows written.
+    pub async fn merge_if_due(&mut self, now: Timestamp) -> Result<usize, StoreError> {
+        let b = match self.blocks {
+            Some(b) => b,
+            None => {
+                let (n, points): (i64, i64) =
+                    sqlx::query_as("SELECT count(*), coalesce(sum(count), 0) FROM blocks")
+                        .fetch_one(&self.pool)
+                        .await?;
+                let b = Blocks {
+                    points: u64::try_from(points).unwrap_or(0),
+                    oldest: (n > 0).then_some(now),
+                };
+                self.blocks = Some(b);
+                b
+            }
+        };
+        let hour_over = b
+            .oldest
+            .is_some_and(|t| t.div_euclid(HOUR_MS) < now.div_euclid(HOUR_MS));
+        if b.points < MERGE_POINTS && !hour_over {
+            return Ok(0);
+        }
+        let (rows, merged, left) = self.merge_blocks(MERGE_POINTS).await?;
+        self.blocks = Some(Blocks {
+            points: b.points.saturating_sub(merged),
+            oldest: if left { b.oldest } else { None },
+        });
+        Ok(rows)
+    }
+
+    /// Merges the oldest blocks, about `max_points` points of them (at least one
+    /// block), into one chunk per series and hour, in one transaction that also
+    /// deletes them. Returns (chunk rows written, points merged, whether blocks are left).
+    pub async fn merge_blocks(&self, max_points: u64) -> Result<(usize, u64, bool), StoreError> {
+        let heads: Vec<(i64, i64)> = sqlx::query_as("SELECT id, count FROM blocks ORDER BY id")
+            .fetch_all(&self.pool)
+            .await?;
+        let mut take = 0usize;
+        let mut merged = 0u64;
+        for &(_, count) in &heads {
+            if take > 0 && merged + count.max(0) as u64 > max_points {
+                break;
+            }
+            take += 1;
+            merged += count.max(0) as u64;
+        }
+        let Some(&(last_id, _)) = take.checked_sub(1).and_then(|i| heads.get(i)) else {
+            return Ok((0, 0, false));
+        };
+        let rows = sqlx::query("SELECT id, data FROM blocks WHERE id <= ? ORDER BY id")
+            .bind(last_id)
+            .fetch_all(&self.pool)
+            .await?;
+        // (series, hour) → points, in the order written.
+        let mut groups: HashMap<(i64, i64), Vec<(Timestamp, f64)>> = HashMap::new();
+        for row in &rows {
+            let id: i64 = row.try_get("id")?;
+            let data: &[u8] = row.try_get("data")?;
+            block::for_each(data, |series, blob| {
+                for p in chunk::decode(blob)? {
+                    groups
+                        .entry((series, p.0.div_euclid(HOUR_MS)))
+                        .or_default()
+                        .push(p);
+                }
+                Ok(())
+            })
+            .map_err(|source| StoreError::Block { id, source })?;
+        }
+        let chunks: Vec<(i64, Timestamp, Timestamp, i64, Vec<u8>)> = groups
+            .into_iter()
+            .map(|((series, _), mut points)| {
+                // Stable: readings with equal timestamps keep their arrival order.
+                points.sort_by_key(|p| p.0);
+                let (first, last) = (points[0].0, points[points.len() - 1].0);
+                (
+                    series,
+                    first,
+                    last,
+                    points.len() as i64,
+                    chunk::encode(&points),
+                )
+            })
+            .collect();
+        let mut tx = self.pool.begin().await?;
+        for part in chunks.chunks(ROWS_PER_STATEMENT) {
+            let mut q = sqlx::QueryBuilder::new(
+                "INSERT INTO chunks (series_id, first_ts, last_ts, count, data) ",
+            );
+            q.push_values(part, |mut b, (id, first, last, count, data)| {
+                b.push_bind(id)
+                    .push_bind(first)
+                    .push_bind(last)
+                    .push_bind(count)
+                    .push_bind(data.as_slice());
+            });
+            q.build().execute(&mut *tx).await?;
+        }
+        sqlx::query("DELETE FROM blocks WHERE id <= ?")
+            .bind(last_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok((chunks.len(), merged, take < heads.len()))
     }
 }
 
@@ -541,6 +790,7 @@ pub async fn run_writer(mut w: Writer, mut rx: mpsc::Receiver<StoreMsg>, cfg: Wr
     maintenance.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     maintenance.tick().await;
     let mut queue = VecDeque::new();
+    let mut merge_failed = crate::logging::Throttle::new(Duration::from_secs(60));
     loop {
         tokio::select! {
             _ = std::future::ready(()), if !queue.is_empty() => {
@@ -576,6 +826,9 @@ pub async fn run_writer(mut w: Writer, mut rx: mpsc::Receiver<StoreMsg>, cfg: Wr
             _ = flush.tick() => {
                 if !w.backing_off() {
                     receiving(write_logged(&mut w), &mut rx, &mut queue).await;
+                }
+                if !w.backing_off() {
+                    receiving(merge_logged(&mut w, &mut merge_failed), &mut rx, &mut queue).await;
                 }
             }
             _ = maintenance.tick() => {
@@ -643,6 +896,16 @@ pub(super) async fn write_logged(w: &mut Writer) {
     w.record(r);
 }
 
+/// Merges blocks into chunks when due. A failure keeps the blocks (every query reads
+/// them) and is tried again after the next flush; it is logged once a minute at most.
+async fn merge_logged(w: &mut Writer, failed: &mut crate::logging::Throttle) {
+    if let Err(e) = w.merge_if_due(crate::model::now_ms()).await {
+        if let Some(held_back) = failed.ready() {
+            tracing::warn!(error = %e, held_back, "merging blocks into chunks failed; they stay readable and are merged later");
+        }
+    }
+}
+
 /// Writes the queued alert batches only (readings wait for their flush).
 async fn write_alerts_logged(w: &mut Writer) {
     let r = w.write_pending_alerts().await.map(|()| 0);
@@ -700,11 +963,22 @@ mod tests {
             3
         );
 
-        let chunks: i64 = sqlx::query_scalar("SELECT count(*) FROM chunks")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-        assert_eq!(chunks, 3, "one row per series per flush");
+        let rows: (i64, i64) =
+            sqlx::query_as("SELECT (SELECT count(*) FROM blocks), (SELECT count(*) FROM chunks)")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        assert_eq!(rows, (2, 0), "one block row per flush");
+        // Merged: one chunk per series (and hour), the same readings.
+        let before = query_readings(&pool, "#", 0).await.unwrap();
+        assert_eq!(w.merge_blocks(MERGE_POINTS).await.unwrap(), (2, 61, false));
+        let rows: (i64, i64) =
+            sqlx::query_as("SELECT (SELECT count(*) FROM blocks), (SELECT count(*) FROM chunks)")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        assert_eq!(rows, (0, 2));
+        assert_eq!(query_readings(&pool, "#", 0).await.unwrap(), before);
 
         let r: Vec<(String, i64, f64, f64, f64, i64)> = sqlx::query_as(
             "SELECT series, minute, min, max, avg, count FROM rollups_named WHERE series = 'gh/n1/temperature' ORDER BY minute",
@@ -741,6 +1015,11 @@ mod tests {
             w.add(&[reading(&a, base + i * 1000, i as f64)]);
             w.flush().await.unwrap();
         }
+        // Blocks of at most 20 points per merge: three chunks, then one.
+        assert_eq!(w.merge_blocks(20).await.unwrap(), (1, 20, true));
+        assert_eq!(w.merge_blocks(20).await.unwrap(), (1, 20, true));
+        assert_eq!(w.merge_blocks(20).await.unwrap(), (1, 10, false));
+        assert_eq!(w.merge_blocks(20).await.unwrap(), (0, 0, false));
         assert_eq!(w.compact(base + 3_600_000, 100).await.unwrap(), 1);
         let chunks: i64 = sqlx::query_scalar("SELECT count(*) FROM chunks")
             .fetch_one(&pool)
@@ -798,6 +1077,101 @@ mod tests {
                 .await
                 .unwrap();
         assert_eq!((count, max), (6, 21.1), "rollups count every reading");
+    }
+
+    #[tokio::test]
+    async fn a_flush_of_many_series_writes_one_row_and_is_merged_when_due() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = open(&dir.path().join("t.db")).await.unwrap();
+        let mut w = Writer::new(pool.clone());
+        let names: Vec<SeriesId> = (0..2000).map(|i| Arc::from(format!("s/{i}"))).collect();
+        let t = 1_800_000_012_345;
+        let hour = t - t % HOUR_MS;
+        let count = |pool: SqlitePool| async move {
+            sqlx::query_as::<_, (i64, i64)>(
+                "SELECT (SELECT count(*) FROM blocks), (SELECT count(*) FROM chunks)",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        };
+        // 2,000 series, one reading each per flush: one block row per flush.
+        for round in 0..3 {
+            let batch: Vec<Reading> = names
+                .iter()
+                .enumerate()
+                .map(|(i, s)| reading(s, hour + round * 1000, i as f64 + 0.5))
+                .collect();
+            w.add(&batch);
+            assert_eq!(w.flush_at(hour + round * 1000 + 1000).await.unwrap(), 2000);
+            assert_eq!(w.merge_if_due(hour + round * 1000 + 1000).await.unwrap(), 0);
+        }
+        assert_eq!(count(pool.clone()).await, (3, 0));
+        let stored = query_readings(&pool, "#", 0).await.unwrap();
+        assert_eq!(stored.len(), 6000);
+        assert_eq!(
+            query_series(&pool, "s/7", 0).await.unwrap(),
+            vec![(hour, 7.5), (hour + 1000, 7.5), (hour + 2000, 7.5)]
+        );
+        // Many points per series in one flush: one chunk row per series instead.
+        let many: Vec<Reading> = (0..CHUNK_POINTS_MIN as i64)
+            .flat_map(|k| names[..10].iter().map(move |s| (s, k)))
+            .map(|(s, k)| reading(s, hour + 10_000 + k, 1.0))
+            .collect();
+        w.add(&many);
+        w.flush_at(hour + 20_000).await.unwrap();
+        assert_eq!(count(pool.clone()).await, (3, 10));
+        // Once the hour is over, the blocks become one chunk per series.
+        assert_eq!(w.merge_if_due(hour + HOUR_MS).await.unwrap(), 2000);
+        assert_eq!(count(pool.clone()).await, (0, 2010));
+        let merged = query_readings(&pool, "#", 0).await.unwrap();
+        assert_eq!(merged.len(), 6000 + many.len());
+        assert_eq!(
+            query_series(&pool, "s/7", 0).await.unwrap()[..3],
+            [(hour, 7.5), (hour + 1000, 7.5), (hour + 2000, 7.5)]
+        );
+    }
+
+    #[tokio::test]
+    async fn rollups_of_past_minutes_are_written_every_few_minutes_and_never_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = open(&dir.path().join("t.db")).await.unwrap();
+        let mut w = Writer::new(pool.clone());
+        let a: SeriesId = Arc::from("r/a");
+        let t = 1_800_000_012_345;
+        let minute = t - t % 60_000;
+        let rollups = |pool: SqlitePool| async move {
+            sqlx::query_as::<_, (i64, i64, f64)>(
+                "SELECT minute, count, avg FROM rollups ORDER BY minute",
+            )
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+        };
+        // A reading a second for three minutes, flushed each second: the minutes that
+        // are over wait in memory for the next write of rollups.
+        for s in 0..180 {
+            w.add(&[reading(&a, minute + s * 1000, s as f64)]);
+            w.flush_at(minute + s * 1000 + 1000).await.unwrap();
+        }
+        assert_eq!(rollups(pool.clone()).await, vec![]);
+        // A late reading of the first minute joins it in memory.
+        w.add(&[reading(&a, minute + 59_500, 29.5)]);
+        w.flush_at(minute + 1000 + ROLLUPS_EVERY_MS).await.unwrap();
+        assert_eq!(
+            rollups(pool.clone()).await,
+            vec![
+                (minute, 61, 29.5),
+                (minute + 60_000, 60, 89.5),
+                (minute + 120_000, 60, 149.5)
+            ]
+        );
+        // Later still: it merges into the stored row.
+        w.add(&[reading(&a, minute + 59_600, 29.5)]);
+        w.flush_at(minute + 1000 + 2 * ROLLUPS_EVERY_MS)
+            .await
+            .unwrap();
+        assert_eq!(rollups(pool.clone()).await[0], (minute, 62, 29.5));
     }
 
     #[tokio::test]
