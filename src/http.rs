@@ -51,6 +51,8 @@ pub struct Metrics {
     pub outbox: Vec<OutboxCounts>,
     /// The outputs' own figures ([`crate::store::Output::metrics`]), in their order.
     pub outputs: Vec<Sample>,
+    /// The embedded broker's front: connections, refusals (empty with an external broker).
+    pub broker: Vec<Sample>,
     /// Alerts currently firing, by severity (`info`, `warning`, `critical`).
     pub alerts_firing: Vec<(String, u64)>,
     /// Bytes this process caused to be written to storage (`write_bytes` of
@@ -331,7 +333,7 @@ pub fn render_metrics(m: &Metrics) -> String {
         );
     }
 
-    for x in &m.outputs {
+    for x in m.outputs.iter().chain(&m.broker) {
         let kind = match x.kind {
             Kind::Counter => "counter",
             Kind::Gauge => "gauge",
@@ -656,6 +658,11 @@ mod tests {
                     1,
                 ),
             ],
+            broker: vec![Sample::gauge(
+                "centinela_broker_connections",
+                "Client connections open on the embedded broker.",
+                3,
+            )],
             alerts_firing: vec![("critical".into(), 2), ("warning".into(), 0)],
             disk_bytes_written: Some(4096),
             resident_memory_bytes: Some(10 << 20),

@@ -270,6 +270,7 @@ impl Service {
             let m = crate::status::MetricsSource {
                 started: Instant::now(),
                 source: source_stats.clone(),
+                broker: broker_front.clone(),
                 store: store_stats.clone(),
                 outputs: outputs.clone(),
                 view: view.clone(),

@@ -27,6 +27,8 @@ pub type SharedOutboxCounts = Arc<Mutex<Vec<ChannelCounts>>>;
 pub struct MetricsSource {
     pub started: Instant,
     pub source: Arc<SourceStats>,
+    /// The embedded broker's front (users, ACLs, limits); `None` with an external broker.
+    pub broker: Option<Arc<crate::broker::FrontStats>>,
     pub store: Arc<StoreStats>,
     /// Every output, SQLite first.
     pub outputs: Vec<Arc<dyn Output>>,
@@ -95,6 +97,11 @@ impl MetricsSource {
                 .collect(),
             outbox,
             outputs: self.outputs.iter().flat_map(|o| o.metrics()).collect(),
+            broker: self
+                .broker
+                .as_ref()
+                .map(|b| b.metrics())
+                .unwrap_or_default(),
             alerts_firing: firing.into_iter().collect(),
             disk_bytes_written: crate::http::disk_bytes_written(),
             resident_memory_bytes: crate::http::resident_memory_bytes(),

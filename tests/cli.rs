@@ -485,6 +485,37 @@ async fn the_service_tells_systemd_and_serves_metrics_and_health() {
         metrics.contains("centinela_decode_errors_total{reason=\"not_a_number\"} 1\n"),
         "{metrics}"
     );
+    // The embedded broker's front: the one sensor connected, nothing refused.
+    assert!(
+        metrics.contains("centinela_broker_connections 1\n")
+            && metrics.contains("centinela_broker_refused_logins_total 0\n"),
+        "{metrics}"
+    );
+    // A topic name with a wildcard closes its connection and is counted.
+    let mut raw = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // CONNECT (MQTT 3.1.1, clean session, keepalive 30, client id "raw").
+    raw.write_all(&[
+        0x10, 15, 0, 4, b'M', b'Q', b'T', b'T', 4, 2, 0, 30, 0, 3, b'r', b'a', b'w',
+    ])
+    .unwrap();
+    let mut ack = [0u8; 4];
+    raw.read_exact(&mut ack).unwrap();
+    assert_eq!(ack, [0x20, 2, 0, 0], "CONNACK");
+    // PUBLISH QoS 0 to "a/#".
+    raw.write_all(&[0x30, 6, 0, 3, b'a', b'/', b'#', b'1'])
+        .unwrap();
+    let mut rest = Vec::new();
+    let _ = raw.read_to_end(&mut rest);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !metrics.contains("centinela_broker_bad_topics_total 1\n") && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        metrics = get("/metrics");
+    }
+    assert!(
+        metrics.contains("centinela_broker_bad_topics_total 1\n"),
+        "{metrics}"
+    );
     let health = get("/healthz");
     assert!(health.starts_with("HTTP/1.1 200"), "{health}");
     assert!(health.contains("\"engine\""), "{health}");

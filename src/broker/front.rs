@@ -62,6 +62,51 @@ pub struct FrontStats {
     pub reading: AtomicU64,
 }
 
+impl FrontStats {
+    /// The front's figures for `/metrics` (`centinela_broker_…`).
+    pub fn metrics(&self) -> Vec<crate::http::Sample> {
+        use crate::http::Sample;
+        let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        vec![
+            Sample::gauge(
+                "centinela_broker_connections",
+                "Client connections open on the embedded broker.",
+                n(&self.open),
+            ),
+            Sample::counter(
+                "centinela_broker_refused_logins_total",
+                "Logins refused: unknown user, wrong password, anonymous, protocol.",
+                n(&self.refused_logins),
+            ),
+            Sample::counter(
+                "centinela_broker_refused_publishes_total",
+                "Publishes refused by the users' ACLs.",
+                n(&self.refused_publishes),
+            ),
+            Sample::counter(
+                "centinela_broker_refused_subscriptions_total",
+                "Subscription filters refused by the users' ACLs.",
+                n(&self.refused_subscriptions),
+            ),
+            Sample::counter(
+                "centinela_broker_bad_topics_total",
+                "Publishes to a topic name with '+', '#' or NUL, empty or not UTF-8 (the connection closes).",
+                n(&self.bad_topics),
+            ),
+            Sample::counter(
+                "centinela_broker_idle_closed_total",
+                "Connections closed for saying nothing within 1.5 times their keepalive.",
+                n(&self.idle_closed),
+            ),
+            Sample::counter(
+                "centinela_broker_over_limit_total",
+                "Connections turned away by broker.max_connections_per_ip or max_connections.",
+                n(&self.over_limit),
+            ),
+        ]
+    }
+}
+
 /// Counts a session in [`FrontStats::reading`] while it reads from its client.
 struct Reading(Arc<FrontStats>);
 
