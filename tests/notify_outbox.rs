@@ -1,5 +1,6 @@
 //! The outbox's promises with real parts: a crash mid-delivery loses nothing and repeats
-//! nothing; a failing channel raises an alert through another one; webhook retries;
+//! at most the one notification whose answer it cut off, under the same idempotency
+//! key; a failing channel raises an alert through another one; webhook retries;
 //! MQTT republish is retained.
 
 #[path = "support/notify_db.rs"]
@@ -129,12 +130,19 @@ async fn a_crash_mid_delivery_loses_nothing_and_repeats_nothing() {
     let before = recv.count();
     assert!(before < 25, "everything was sent before the crash");
 
-    // Restart on the same file.
+    // Restart on the same file. Every notification the receiver did not answer is
+    // pending; so may be the one it answered just as the crash came (its delivery was
+    // not recorded yet): that one alone may arrive twice.
     let pool = notify_db::open(&db).await;
     let pending = notify::outbox::pending(&pool, "webhook", 100)
         .await
         .unwrap();
-    assert_eq!(pending.len(), 25 - before, "pending after the crash");
+    assert!(
+        pending.len() == 25 - before || pending.len() == 26 - before,
+        "{} pending after the crash, {before} received",
+        pending.len()
+    );
+    let cut_off = pending.len() + before - 25;
     let outbox = Outbox::new(pool.clone());
     // Enqueueing the same events again (an engine replaying its step) adds nothing.
     assert_eq!(outbox.enqueue(&events, now_ms()).await.unwrap(), 0);
@@ -161,12 +169,18 @@ async fn a_crash_mid_delivery_loses_nothing_and_repeats_nothing() {
         *per_id.entry(id.clone()).or_default() += 1;
     }
     assert_eq!(per_id.len(), 25, "distinct notifications received");
-    assert!(per_id.values().all(|n| *n == 1), "repeated: {per_id:?}");
-    // And in order: each series arrived in the order it was enqueued.
-    let series: Vec<String> = got
+    let repeated = per_id.values().filter(|n| **n > 1).count();
+    assert!(
+        repeated == cut_off && per_id.values().all(|n| *n <= 2),
+        "repeated: {per_id:?}"
+    );
+    // And in order: each series arrived in the order it was enqueued (a repeat right
+    // after the first copy, under the same key).
+    let mut series: Vec<String> = got
         .iter()
         .map(|g| g.1["series"].as_str().unwrap().to_string())
         .collect();
+    series.dedup();
     let expected: Vec<String> = (0..25).map(|i| format!("site/node{i}/t")).collect();
     assert_eq!(series, expected);
 }
