@@ -61,7 +61,13 @@ for deb in "${debs[@]}"; do
     case $deb in
         *_amd64.deb)
             mark "install test: dpkg -i, ExecStartPre, dpkg -r, dpkg --purge"
-            CENTINELA_DEB=$PWD/$deb cargo test --test deb_package -- --nocapture 2>&1
+            # cargo-deb names the package by an absolute path (3.x) or a relative one.
+            case $deb in /*) path=$deb ;; *) path=$PWD/$deb ;; esac
+            if ! [ -f "$path" ]; then
+                echo "no package at $path: cargo deb said $deb" >&2
+                exit 1
+            fi
+            CENTINELA_DEB=$path cargo test --test deb_package -- --nocapture 2>&1
             ;;
     esac
 done
