@@ -7,15 +7,11 @@ use std::time::{Duration, Instant};
 
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
-const BIN: &str = env!("CARGO_BIN_EXE_centinela");
+mod support;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use support::mqtt::free_port;
+
+const BIN: &str = env!("CARGO_BIN_EXE_centinela");
 
 /// Publishes 0, 1, 2, … to `topic` one at a time (one QoS 1 publish in flight), so
 /// `n` acknowledgements mean the values 0..n were acknowledged. Returns the count.

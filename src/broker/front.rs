@@ -179,7 +179,7 @@ impl Door {
 }
 
 /// Resolves once the front is closing (never, when its door was dropped unused).
-async fn closed(mut rx: watch::Receiver<bool>) {
+async fn closed(rx: &mut watch::Receiver<bool>) {
     if rx.wait_for(|c| *c).await.is_err() {
         std::future::pending::<()>().await;
     }
@@ -285,10 +285,11 @@ pub async fn serve(
     tls: Option<tokio_rustls::TlsAcceptor>,
     front: Arc<Front>,
 ) {
+    let mut closing = front.closing.clone();
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
-            _ = closed(front.closing.clone()) => return,
+            _ = closed(&mut closing) => return,
         };
         let (sock, peer) = match accepted {
             Ok(c) => c,
@@ -556,6 +557,7 @@ async fn client_to_broker<R, W>(
 {
     let mut out = BytesMut::with_capacity(64 * 1024);
     let reading = Reading::new(&front.stats);
+    let mut closing = front.closing.clone();
     loop {
         let mut close = false;
         loop {
@@ -725,7 +727,7 @@ async fn client_to_broker<R, W>(
         }
         let read = tokio::select! {
             read = tokio::time::timeout(idle, r.read_buf(&mut buf)) => read,
-            _ = closed(front.closing.clone()) => {
+            _ = closed(&mut closing) => {
                 // Nothing half forwarded: stop reading from the client, keep the way
                 // back open (its acknowledgements, the service's last status).
                 drop(reading);
