@@ -105,6 +105,7 @@ impl Service {
         let (control_tx, control_rx) = mpsc::channel::<ControlRequest>(64);
         let (view_tx, view) = watch::channel(Arc::new(EngineView::default()));
         let (reload_tx, reload_rx) = mpsc::channel::<Config>(4);
+        let (adopt_tx, adopt_rx) = mpsc::channel::<stage::Adopt>(4);
         let heartbeat = Arc::new(AtomicI64::new(now_ms()));
         let outbox_counts = crate::status::SharedOutboxCounts::default();
         let (live, _) = broadcast::channel::<LiveEvent>(LIVE_CAPACITY);
@@ -128,6 +129,14 @@ impl Service {
             Arc::new(crate::live::LiveOutput { bus: live.clone() }),
         ];
         outputs.extend(crate::store::configured(&cfg));
+        // With a Kafka source, the engine's decisions go back to the consumer, which
+        // commits them with the offsets.
+        #[cfg(feature = "kafka")]
+        let mut kafka_tap = cfg.source.kafka.as_ref().map(|_| {
+            let (tap, rx) = crate::kafka::tap::Tap::new();
+            outputs.push(Arc::new(tap));
+            rx
+        });
         let mut tasks = Vec::new();
         let mut fanout = Fanout::new();
         let mut queues = Vec::new();
@@ -146,6 +155,7 @@ impl Service {
             readings: readings_rx,
             control: control_rx,
             reload: reload_rx,
+            adopt: adopt_rx,
         };
         tasks.push(tokio::spawn(stage.run(
             inputs,
@@ -166,20 +176,32 @@ impl Service {
         #[cfg(feature = "kafka")]
         let readings_tx = match &cfg.source.kafka {
             Some(k) => {
+                let tap = kafka_tap
+                    .take()
+                    .context("the Kafka tap is set up with the source")?;
                 let started = crate::source::kafka::start(
                     k,
                     setup.clone(),
                     source_stats.clone(),
                     store_stats.clone(),
                     readings_tx,
+                    tap,
+                    adopt_tx,
+                    &db_path,
                     trigger.token(),
-                )?;
+                )
+                .await?;
                 tasks.extend(started.tasks);
                 kafka_source = Some(started.stats);
                 started.mqtt
             }
-            None => readings_tx,
+            None => {
+                drop(adopt_tx);
+                readings_tx
+            }
         };
+        #[cfg(not(feature = "kafka"))]
+        drop(adopt_tx);
         let mut source_thread = None;
         let mut external = None;
         let mut broker_addr = None;
