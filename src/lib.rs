@@ -45,6 +45,8 @@ pub mod engine;
 pub mod format;
 pub mod homeassistant;
 pub mod http;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 pub mod limits;
 pub mod live;
 pub mod logging;

@@ -66,6 +66,7 @@ impl Output for LiveOutput {
                 while let Some(msg) = input.recv().await {
                     // No viewer is not an error: the bus is there for those who come.
                     match msg {
+                        OutputMsg::Readings(r) if r.is_empty() => {}
                         OutputMsg::Readings(r) => {
                             let _ = bus.send(LiveEvent::Readings(r));
                         }

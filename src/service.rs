@@ -15,6 +15,9 @@
 //! and every output that waits (back-pressure down to the broker's buffer); the live
 //! bus drops for slow viewers, which count what they missed.
 //!
+//! Signals and reload: [`reload`] runs the service under SIGTERM, SIGHUP and systemd's
+//! watchdog; [`channels`] is the set of notification workers a reload replaces.
+//!
 //! Shutdown: one [`Trigger`]; every stage holds a [`Shutdown`](crate::shutdown::Shutdown)
 //! token. It runs front to back: the source stops taking messages, each stage drains
 //! its input and closes its output, the writer flushes last; the service returns
@@ -40,6 +43,9 @@ use crate::source::mqtt::{self, SourceStats};
 use crate::store::influx::{InfluxOutput, InfluxStats};
 use crate::store::sqlite::{self, StoreStats, Writer, WriterConfig};
 use crate::store::{Channel, Fanout, Output, SqliteOutput};
+
+pub mod channels;
+pub mod reload;
 
 /// Capacity of the live bus in messages (a readings batch is one): viewers further
 /// behind than this miss events (counted). Kept small: every slot may hold a batch.
@@ -76,6 +82,8 @@ pub struct Service {
     pub control: mpsc::Sender<ControlRequest>,
     /// New rules and engine settings (SIGHUP); validated before they are sent.
     pub reload: mpsc::Sender<Config>,
+    /// New `[notify]` sections (SIGHUP): the workers are replaced when they changed.
+    channels: mpsc::Sender<crate::config::NotifyConfig>,
     /// Refreshed by the engine stage about once a second.
     pub view: watch::Receiver<Arc<EngineView>>,
     /// Wall time (ms) of the engine stage's last tick: it stops moving when the
@@ -109,6 +117,7 @@ impl Service {
         let (control_tx, control_rx) = mpsc::channel::<ControlRequest>(64);
         let (view_tx, view) = watch::channel(Arc::new(EngineView::default()));
         let (reload_tx, reload_rx) = mpsc::channel::<Config>(4);
+        let (adopt_tx, adopt_rx) = mpsc::channel::<stage::Adopt>(4);
         let heartbeat = Arc::new(AtomicI64::new(now_ms()));
         let outbox_counts = crate::status::SharedOutboxCounts::default();
         let (live, _) = broadcast::channel::<LiveEvent>(LIVE_CAPACITY);
@@ -132,6 +141,14 @@ impl Service {
             Arc::new(crate::live::LiveOutput { bus: live.clone() }),
         ];
         outputs.extend(crate::store::configured(&cfg));
+        // With a Kafka source, the engine's decisions go back to the consumer, which
+        // commits them with the offsets.
+        #[cfg(feature = "kafka")]
+        let mut kafka_tap = cfg.source.kafka.as_ref().map(|_| {
+            let (tap, rx) = crate::kafka::tap::Tap::new();
+            outputs.push(Arc::new(tap));
+            rx
+        });
         let mut tasks = Vec::new();
         let mut fanout = Fanout::new();
         let mut queues = Vec::new();
@@ -150,6 +167,7 @@ impl Service {
             readings: readings_rx,
             control: control_rx,
             reload: reload_rx,
+            adopt: adopt_rx,
         };
         tasks.push(tokio::spawn(stage.run(
             inputs,
@@ -170,20 +188,32 @@ impl Service {
         #[cfg(feature = "kafka")]
         let readings_tx = match &cfg.source.kafka {
             Some(k) => {
+                let tap = kafka_tap
+                    .take()
+                    .context("the Kafka tap is set up with the source")?;
                 let started = crate::source::kafka::start(
                     k,
                     setup.clone(),
                     source_stats.clone(),
                     store_stats.clone(),
                     readings_tx,
+                    tap,
+                    adopt_tx,
+                    &db_path,
                     trigger.token(),
-                )?;
+                )
+                .await?;
                 tasks.extend(started.tasks);
                 kafka_source = Some(started.stats);
                 started.mqtt
             }
-            None => readings_tx,
+            None => {
+                drop(adopt_tx);
+                readings_tx
+            }
         };
+        #[cfg(not(feature = "kafka"))]
+        drop(adopt_tx);
         let mut source_thread = None;
         let mut external = None;
         let mut broker_addr = None;
@@ -257,19 +287,22 @@ impl Service {
 
         // Notifications: a worker per configured channel, reading the outbox the store
         // writes; the Telegram bot when asked for.
-        let senders =
-            crate::notify::senders(&cfg.notify, Some(crate::live::publish_fn(publish_tx)))
-                .context("while setting up the notification channels")?;
+        let build: channels::Build = Box::new(move |n| {
+            crate::notify::senders(n, Some(crate::live::publish_fn(publish_tx.clone())))
+        });
+        let senders = build(&cfg.notify).context("while setting up the notification channels")?;
         if !senders.is_empty() {
             let channels: Vec<&str> = senders.iter().map(|s| s.channel()).collect();
             tracing::info!(?channels, "notification channels ready");
         }
-        tasks.extend(crate::notify::spawn_workers(
-            &outbox,
-            &cfg.notify,
+        let (channels_tx, channels_task) = channels::spawn(
+            outbox.clone(),
+            cfg.notify.clone(),
             senders,
-            trigger.token().watch(),
-        ));
+            build,
+            trigger.token(),
+        );
+        tasks.push(channels_task);
         if let Some(t) = cfg.notify.telegram.as_ref().filter(|t| t.bot) {
             let backend = Arc::new(crate::control::BotBridge {
                 control: control_tx.clone(),
@@ -328,6 +361,7 @@ impl Service {
             live,
             control: control_tx,
             reload: reload_tx,
+            channels: channels_tx,
             view,
             heartbeat,
             trigger,
@@ -337,6 +371,20 @@ impl Service {
             broker_door,
             external,
         })
+    }
+
+    /// Hands a new configuration to the running stages: the rules and engine settings
+    /// to the engine, the `[notify]` sections to the notification workers. What else
+    /// changed needs a restart ([`reload::needs_restart`]).
+    pub async fn reload(&self, cfg: Config) -> anyhow::Result<()> {
+        self.channels
+            .send(cfg.notify.clone())
+            .await
+            .map_err(|_| anyhow::anyhow!("the notification workers have stopped"))?;
+        self.reload
+            .send(cfg)
+            .await
+            .map_err(|_| anyhow::anyhow!("the engine has stopped"))
     }
 
     /// Resolves when the external source stops by itself (a refused connection); never

@@ -5,7 +5,10 @@
 //! once every stage is up, [`reloading`] then [`ready`] around a SIGHUP reload,
 //! [`stopping`] on SIGTERM, and [`run_watchdog`] feeds systemd's watchdog only while the
 //! pipeline reports itself alive, so a stalled pipeline is restarted by systemd
-//! (`WatchdogSec=` in `systemd/centinela.service`).
+//! (`WatchdogSec=` in `systemd/centinela.service`). A step of the start-up that may
+//! outlast `TimeoutStartSec=` (copying the database aside and migrating its schema) runs
+//! inside [`extending_timeout`], which asks for more time with `EXTEND_TIMEOUT_USEC`
+//! until the step is done.
 //!
 //! Messages are datagrams to the `AF_UNIX` socket named by `$NOTIFY_SOCKET` (a path, or
 //! an abstract name written with a leading `@`). Without `$NOTIFY_SOCKET` (not run by
@@ -71,6 +74,61 @@ pub fn stopping() {
 /// old one was kept).
 pub fn reloading() {
     send_logged("RELOADING=1");
+}
+
+/// How much more time each `EXTEND_TIMEOUT_USEC` asks for.
+pub const EXTEND_BY: Duration = Duration::from_secs(30);
+/// How often it is asked for while a long step runs: well within [`EXTEND_BY`].
+pub const EXTEND_EVERY: Duration = Duration::from_secs(10);
+
+/// Asks systemd for `by` more time in the current state (start-up here): the service
+/// must send another message within `by`, and is not timed out before then even past
+/// `TimeoutStartSec=`. It never shortens a timeout.
+pub fn extend_timeout(by: Duration) {
+    send_logged(&extend_message(by));
+}
+
+fn extend_message(by: Duration) -> String {
+    format!("EXTEND_TIMEOUT_USEC={}", by.as_micros())
+}
+
+/// Runs `work` while asking systemd for more time: [`EXTEND_BY`] at once and again every
+/// [`EXTEND_EVERY`] until `work` is done, so a long database migration is not killed by
+/// `TimeoutStartSec=`. Without `$NOTIFY_SOCKET` it only runs `work`.
+pub async fn extending_timeout<F: std::future::Future>(work: F) -> F::Output {
+    match std::env::var_os(NOTIFY_SOCKET) {
+        Some(socket) => {
+            extending_timeout_to(&socket.to_string_lossy(), EXTEND_EVERY, EXTEND_BY, work).await
+        }
+        None => work.await,
+    }
+}
+
+/// [`extending_timeout`] towards a given socket, every `every`, for `by` each time.
+pub async fn extending_timeout_to<F: std::future::Future>(
+    socket: &str,
+    every: Duration,
+    by: Duration,
+    work: F,
+) -> F::Output {
+    let every = every.max(Duration::from_millis(1));
+    let message = extend_message(by);
+    let send = || {
+        if let Err(e) = notify_to(socket, &message) {
+            tracing::warn!(error = %e, "cannot ask systemd for more start-up time");
+        }
+    };
+    // At once, so even a step that ends before the first tick has said so.
+    send();
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            out = &mut work => return out,
+            _ = ticks.tick() => send(),
+        }
+    }
 }
 
 /// A one-line status shown by `systemctl status centinela`.
@@ -258,6 +316,42 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_long_step_asks_for_more_time_until_it_is_done() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify");
+        let server = UnixDatagram::bind(&path).unwrap();
+        let name = path.to_str().unwrap();
+        // A step of ~400 ms, asking every 50 ms for 2 s more.
+        let out = extending_timeout_to(
+            name,
+            Duration::from_millis(50),
+            Duration::from_secs(2),
+            async {
+                tokio::time::sleep(Duration::from_millis(400)).await;
+                7
+            },
+        )
+        .await;
+        assert_eq!(out, 7);
+        let sent = received(&server);
+        // At once, then repeatedly (ticks may come late on a loaded machine: at least 2).
+        assert!(sent.len() >= 2, "{sent:?}");
+        assert!(
+            sent.iter().all(|m| m == "EXTEND_TIMEOUT_USEC=2000000"),
+            "{sent:?}"
+        );
+        // Nothing once the step is done.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(received(&server), Vec::<String>::new());
+
+        // A quick step still says so once; a step never waits for a tick.
+        let started = std::time::Instant::now();
+        extending_timeout_to(name, Duration::from_secs(60), EXTEND_BY, async {}).await;
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert_eq!(received(&server), ["EXTEND_TIMEOUT_USEC=30000000"]);
+    }
+
+    #[tokio::test]
     async fn everything_is_a_no_op_without_notify_socket() {
         // Tests never set NOTIFY_SOCKET; the test runner is not a notify service.
         if std::env::var_os(NOTIFY_SOCKET).is_some() {
@@ -266,6 +360,7 @@ mod tests {
         assert!(!notify("READY=1").unwrap());
         ready();
         status("x");
+        assert_eq!(extending_timeout(async { 3 }).await, 3);
         // Returns at once instead of looping.
         tokio::time::timeout(
             Duration::from_secs(1),

@@ -240,6 +240,9 @@ struct Alert {
     last_transition: Timestamp,
     dirty: bool,
     eval: EvalState,
+    /// Its series is owned by another instance now (Kafka partitions moved): no tick
+    /// work (deadman, repeat) until a reading of it arrives again.
+    parked: bool,
 }
 
 /// The rules engine. See the module docs for the semantics.
@@ -359,6 +362,7 @@ impl Engine {
                     last_transition: 0,
                     dirty: false,
                     eval: rule.fresh_state(),
+                    parked: false,
                 });
                 if rule.is_deadman() {
                     // A new deadman series must be watched from the next tick.
@@ -403,6 +407,9 @@ impl Engine {
         }
         slot.newest = r.ts;
         slot.last_value = Some(r.value);
+        for &ai in &slot.alerts {
+            self.alerts[ai as usize].parked = false;
+        }
         match (&slot.unit, &r.unit) {
             (Some(a), Some(b)) if Arc::ptr_eq(a, b) => {}
             // A plain number after a reading with a unit keeps the series' unit.
@@ -690,6 +697,9 @@ impl Engine {
     /// Returns when this alert next needs a tick.
     fn tick_alert(&mut self, ai: usize, now: Timestamp, out: &mut Vec<AlertEvent>) -> Timestamp {
         let mut due = Timestamp::MAX;
+        if self.alerts[ai].parked {
+            return due;
+        }
         let ri = self.alerts[ai].rule;
         if let Kind::Deadman { silence, .. } = self.rules[ri].kind {
             if self.alerts[ai].phase != Phase::Firing {
@@ -966,57 +976,107 @@ impl Engine {
         now: Timestamp,
     ) {
         for rec in alerts {
-            let Some(ri) = self.rules.iter().position(|r| r.name == rec.rule) else {
-                tracing::info!(rule = %rec.rule, series = %rec.series, "stored alert of a rule no longer configured: dropped");
-                continue;
-            };
-            if !topic_matches(&self.rules[ri].pattern, &rec.series) {
-                tracing::info!(rule = %rec.rule, series = %rec.series, "stored alert no longer matched by its rule: dropped");
-                continue;
-            }
-            let si = self.slot_of(&Arc::from(rec.series.as_str()));
-            let Some(ai) = self.slots[si]
-                .alerts
-                .iter()
-                .map(|&ai| ai as usize)
-                .find(|&ai| self.alerts[ai].rule == ri)
-            else {
-                continue;
-            };
-            let slot = &mut self.slots[si];
-            if let Some(t) = rec.last_seen {
-                slot.newest = slot.newest.max(t);
-            }
-            if slot.unit.is_none() {
-                slot.unit = rec.unit.as_deref().map(Arc::from);
-            }
-            if self.rules[ri].is_deadman() && slot.last_value.is_none() {
-                slot.last_value = rec.value;
-            }
-            let a = &mut self.alerts[ai];
-            a.phase = match rec.state {
-                AlertState::Pending => Phase::Pending,
-                AlertState::Firing | AlertState::Acknowledged | AlertState::Repeat => Phase::Firing,
-                _ => Phase::Ok,
-            };
-            a.since = rec.since;
-            a.value = rec.value;
-            a.last_seen = rec.last_seen;
-            if rec.last_seen.is_none() && a.phase == Phase::Ok && self.rules[ri].is_deadman() {
-                a.watch_since = Some(rec.since);
-            }
-            a.last_notified = rec.last_notified;
-            a.told = rec.notified;
-            a.acked_by = if a.phase == Phase::Firing {
-                rec.acked_by
-            } else {
-                None
-            };
-            a.flapping = rec.flapping;
-            a.last_transition = rec.since;
+            self.restore_one(rec);
         }
         self.silences = silences.into_iter().filter(|s| s.until > now).collect();
         self.due = Timestamp::MIN;
+    }
+
+    /// One persisted alert back into the engine (see [`Engine::restore`]); its index.
+    fn restore_one(&mut self, rec: AlertRecord) -> Option<usize> {
+        let Some(ri) = self.rules.iter().position(|r| r.name == rec.rule) else {
+            tracing::info!(rule = %rec.rule, series = %rec.series, "stored alert of a rule no longer configured: dropped");
+            return None;
+        };
+        if !topic_matches(&self.rules[ri].pattern, &rec.series) {
+            tracing::info!(rule = %rec.rule, series = %rec.series, "stored alert no longer matched by its rule: dropped");
+            return None;
+        }
+        let si = self.slot_of(&Arc::from(rec.series.as_str()));
+        let ai = self.slots[si]
+            .alerts
+            .iter()
+            .map(|&ai| ai as usize)
+            .find(|&ai| self.alerts[ai].rule == ri)?;
+        let slot = &mut self.slots[si];
+        if let Some(t) = rec.last_seen {
+            slot.newest = slot.newest.max(t);
+        }
+        if slot.unit.is_none() {
+            slot.unit = rec.unit.as_deref().map(Arc::from);
+        }
+        if self.rules[ri].is_deadman() && slot.last_value.is_none() {
+            slot.last_value = rec.value;
+        }
+        let a = &mut self.alerts[ai];
+        a.phase = match rec.state {
+            AlertState::Pending => Phase::Pending,
+            AlertState::Firing | AlertState::Acknowledged | AlertState::Repeat => Phase::Firing,
+            _ => Phase::Ok,
+        };
+        a.since = rec.since;
+        a.value = rec.value;
+        a.last_seen = rec.last_seen;
+        if rec.last_seen.is_none() && a.phase == Phase::Ok && self.rules[ri].is_deadman() {
+            a.watch_since = Some(rec.since);
+        }
+        a.last_notified = rec.last_notified;
+        a.told = rec.notified;
+        a.acked_by = if a.phase == Phase::Firing {
+            rec.acked_by
+        } else {
+            None
+        };
+        a.flapping = rec.flapping;
+        a.last_transition = rec.since;
+        Some(ai)
+    }
+
+    /// Takes over the alerts of series that another instance judged until now (their
+    /// Kafka partitions moved here), from that instance's changelog records: state,
+    /// pending and firing start, last notification, ack, deadman last-seen. Unlike
+    /// [`Engine::restore`] it may come at any time: the series' own history here (if
+    /// this instance owned it before) is replaced, its windows start empty, and the
+    /// newest timestamp is the one the records say, so the readings the other instance
+    /// did not commit are judged again. Emits nothing. Returns the alerts taken over.
+    pub fn adopt(&mut self, alerts: Vec<AlertRecord>) -> usize {
+        let mut newest: HashMap<String, Timestamp> = HashMap::new();
+        for rec in &alerts {
+            let n = newest.entry(rec.series.clone()).or_insert(Timestamp::MIN);
+            *n = (*n).max(rec.last_seen.unwrap_or(Timestamp::MIN));
+        }
+        for (series, t) in &newest {
+            let si = self.slot_of(&Arc::from(series.as_str()));
+            self.slots[si].newest = *t;
+            for k in 0..self.slots[si].alerts.len() {
+                let ai = self.slots[si].alerts[k] as usize;
+                let a = &mut self.alerts[ai];
+                a.eval = self.rules[a.rule].fresh_state();
+                a.parked = false;
+                a.transitions.clear();
+            }
+        }
+        let mut n = 0;
+        for rec in alerts {
+            if let Some(ai) = self.restore_one(rec) {
+                self.mark_dirty(ai);
+                n += 1;
+            }
+        }
+        self.due = Timestamp::MIN;
+        n
+    }
+
+    /// Stops tick work (deadman, repeat) for the alerts of `series`: another instance
+    /// owns them now. A reading of the series, or [`Engine::adopt`], takes them back.
+    pub fn release<'a>(&mut self, series: impl IntoIterator<Item = &'a str>) {
+        for s in series {
+            if let Some(&si) = self.index.get(s) {
+                for &ai in &self.slots[si as usize].alerts {
+                    self.alerts[ai as usize].parked = true;
+                }
+            }
+        }
     }
 
     /// Every alert that is not ok (pending, firing, acknowledged), most severe first,

@@ -148,6 +148,17 @@ pub struct Inputs {
     pub readings: mpsc::Receiver<Vec<Reading>>,
     pub control: mpsc::Receiver<ControlRequest>,
     pub reload: mpsc::Receiver<Config>,
+    /// Alert state taken over from another instance (Kafka changelog restore).
+    pub adopt: mpsc::Receiver<Adopt>,
+}
+
+/// Alert state of series this instance takes over ([`Engine::adopt`]); `done` gets
+/// the number of alerts taken once the engine has them, before any later reading.
+pub struct Adopt {
+    pub records: Vec<super::AlertRecord>,
+    /// Series that went to another instance ([`Engine::release`]).
+    pub released: Vec<String>,
+    pub done: tokio::sync::oneshot::Sender<usize>,
 }
 
 /// How often alert state that changed without an event is saved (deadman last-seen
@@ -189,6 +200,7 @@ impl EngineStage {
             readings: mut rx,
             mut control,
             mut reload,
+            mut adopt,
         } = inputs;
         let mut ticker = tokio::time::interval(tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -252,6 +264,13 @@ impl EngineStage {
                     self.engine = engine;
                     ticker.reset_after(cfg.engine.tick.std());
                     tracing::info!(rules = cfg.rules.len(), "rules reloaded; alert state kept");
+                    self.publish_view(now);
+                }
+                Some(req) = adopt.recv() => {
+                    let now = now_ms();
+                    self.engine.release(req.released.iter().map(String::as_str));
+                    let n = self.engine.adopt(req.records);
+                    let _ = req.done.send(n);
                     self.publish_view(now);
                 }
                 Some(req) = control.recv() => {

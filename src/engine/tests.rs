@@ -1119,3 +1119,42 @@ fn resolved_text_is_not_the_firing_text() {
         "b is back to 3.8 (clear above 3.7) after 45s firing"
     );
 }
+
+#[test]
+fn adopted_firing_alert_stays_firing_unannounced_and_readings_it_had_not_seen_are_judged() {
+    let toml = r#"[[rules]]
+name = "hot"
+series = "gh/+/t"
+kind = "threshold"
+above = 30.0
+notify = ["telegram"]
+"#;
+    let mut old = H::new(toml);
+    assert_eq!(states(&old.at("gh/a/t", 1_000, 35.0)), [S::Firing]);
+    let handed = old.e.take_dirty();
+    // The new owner has seen newer readings of the series before (it owned it once).
+    let mut new = H::new(toml);
+    assert!(new.at("gh/a/t", 50_000, 20.0).is_empty());
+    assert_eq!(new.e.adopt(handed), 1);
+    // Still firing, not announced again; a reading after the record's last one counts.
+    assert!(new.at("gh/a/t", 2_000, 36.0).is_empty());
+    assert_eq!(new.e.snapshot(2_000)[0].state, S::Firing);
+    assert_eq!(states(&new.at("gh/a/t", 3_000, 20.0)), [S::Resolved]);
+}
+
+#[test]
+fn released_series_do_no_tick_work_until_a_reading_comes_back() {
+    let mut h = H::new(
+        r##"[[rules]]
+name = "silent"
+series = "#"
+kind = "deadman"
+silence = "5m"
+"##,
+    );
+    assert!(h.at("gh/a/t", 0, 21.5).is_empty());
+    h.e.release(["gh/a/t"]);
+    assert!(h.tick(10 * M).is_empty(), "another instance watches it now");
+    assert!(h.at("gh/a/t", 11 * M, 21.0).is_empty());
+    assert_eq!(states(&h.tick(16 * M)), [S::Firing]);
+}

@@ -5,43 +5,75 @@
 //! [`Decoder`](super::decode::Decoder) as an MQTT payload, the key standing for the
 //! topic under `ingest.prefix`.
 //!
-//! At-least-once: offsets are committed only once the readings of those messages are
-//! written to SQLite. The readings of every source reach the engine through one
-//! [`merge`] task, which numbers them in the order the engine (and so the SQLite
-//! writer, which flushes all it holds at once) sees them; a Kafka batch's offsets are
-//! committed when the writer's count of stored readings has passed the batch's number
-//! and stayed there a whole commit interval (time for the alert events the batch caused,
-//! written just after it, to be written too). A crash replays what was not committed;
-//! it never skips. Partitions taken away in a rebalance get their stored offsets
-//! committed first and are then forgotten, so this instance never commits for a
-//! partition it no longer owns.
+//! # Exactly-once, as Kafka Streams' `exactly_once_v2`
+//! One transactional producer per instance (`transactional.id` = group + instance).
+//! The readings of every source reach the engine through one [`merge`] task, which
+//! numbers them in the order the engine (and so the SQLite writer) sees them. Every
+//! `commit_interval` the consumer sends an empty batch, a barrier, down the pipeline;
+//! when the [`Tap`](crate::kafka::tap) output sees it, every alert batch the engine
+//! made of the readings before it has been handed over. Once SQLite has stored those
+//! readings, one transaction carries the alert events (`alerts_topic`), the changelog
+//! records of the alert state they left ([`crate::kafka::changelog`], in the partition
+//! of the input partition the series comes from) and the consumed offsets
+//! (`send_offsets_to_transaction` with the consumer's group metadata). Readers use
+//! `read_committed`. A crash (even `kill -9`) loses the open transaction: its events
+//! and state are never seen, and the new owner reads the same readings again.
+//!
+//! # Partitions moving
+//! Revoked: what was consumed of them is pushed through and committed before they go
+//! (the callback blocks until then, bounded), and the engine stops tick work for their
+//! series. Assigned: the matching changelog partitions are read to their end and the
+//! engine adopts that state ([`crate::engine::Engine::adopt`]) before a single reading
+//! of them is handed over (the consumer only returns their messages after the
+//! callback). An alert that was firing on the instance that died is still firing here
+//! and is not announced again.
+//!
+//! A transaction that fails is aborted; the consumer then leaves and rejoins the group,
+//! so its partitions restart from the committed offsets and the changelog.
+//!
+//! SQLite is not part of the transaction: a reading is stored by the instance that
+//! consumed it before its offsets are committed, so a crash between the two stores it
+//! twice (on the dead instance and on the new owner) — never zero times.
 //!
 //! Bad messages (no series, undecodable value) are counted per reason and skipped;
 //! their offsets move on with the batch.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc as std_mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Headers};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
 use super::decode::Decoder;
 use super::mqtt::{SourceSetup, SourceStats};
 use crate::config::{KafkaSourceConfig, KeyFrom};
-use crate::model::{now_ms, Reading};
+use crate::engine::stage::Adopt;
+use crate::kafka::changelog;
+use crate::kafka::tap::TapMsg;
+use crate::model::{now_ms, Reading, SeriesId};
 use crate::shutdown::Shutdown;
-use crate::store::sqlite::StoreStats;
+use crate::store::sqlite::{AlertBatch, StoreStats};
 
 /// Readings per batch handed downstream at most.
 const BATCH: usize = 4096;
 /// How long a batch is filled at most before it goes.
 const BATCH_WAIT: Duration = Duration::from_millis(50);
-/// How long stopping waits for the last readings to be written before the final commit.
+/// How long stopping or a revocation waits for the last readings to be stored and
+/// committed.
 const FINAL_COMMIT_WAIT: Duration = Duration::from_secs(15);
+/// How long a changelog restore may take before the partition is judged with what was
+/// read (a warning says so).
+const RESTORE_WAIT: Duration = Duration::from_secs(30);
+/// Bound of one transactional call (commit, offsets).
+const TXN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What the Kafka source counts (beside the decode errors, which go to [`SourceStats`]).
 #[derive(Debug, Default)]
@@ -53,97 +85,141 @@ pub struct KafkaSourceStats {
     pub no_series: AtomicU64,
     /// Partitions this instance owns now.
     pub assigned: AtomicU64,
-    /// Offset commits the group coordinator took, and those it refused.
+    /// Transactions committed (offsets, events and changelog records together), and
+    /// those that failed and were aborted.
     pub commits: AtomicU64,
     pub commit_errors: AtomicU64,
     /// Rebalances this instance took part in.
     pub rebalances: AtomicU64,
+    /// Alert events and changelog records produced in committed transactions.
+    pub events_produced: AtomicU64,
+    pub changelog_produced: AtomicU64,
+    /// Changelog restores, records read by them, alerts taken over, and the time they
+    /// took (ms, all of them and the last one).
+    pub restores: AtomicU64,
+    pub restored_records: AtomicU64,
+    pub restored_alerts: AtomicU64,
+    pub restore_ms_total: AtomicU64,
+    pub restore_ms_last: AtomicU64,
+    /// The partitions owned now, with the next offset to read and the end of each
+    /// (for `/metrics` and `centinela kafka status`: lag = end − next).
+    pub partitions: Mutex<Vec<PartitionLag>>,
+}
+
+/// One owned partition's position.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PartitionLag {
+    pub topic: String,
+    pub partition: i32,
+    /// Next offset this instance reads (`None` before the first message).
+    pub position: Option<i64>,
+    /// The partition's end (high watermark), as last fetched.
+    pub end: Option<i64>,
+}
+
+impl PartitionLag {
+    pub fn lag(&self) -> Option<i64> {
+        Some((self.end? - self.position?).max(0))
+    }
 }
 
 /// The next offset to read, per (topic, partition).
 type Offsets = HashMap<(String, i32), i64>;
 
-/// Offsets waiting for their readings to be stored, and what may be committed.
+/// What one transaction carries: the offsets up to a barrier and the alert batches the
+/// engine made of the readings before it.
 #[derive(Default)]
-struct Tracker {
-    /// (number of the batch's last reading in the merged stream, next offset per
-    /// partition), oldest first.
-    waiting: VecDeque<(u64, Offsets)>,
-    /// Stored-readings count seen at the last check.
-    stored_before: u64,
-    /// Next offsets ready to commit (their readings are stored).
-    ready: Offsets,
+struct Group {
+    /// Number of the last reading before the barrier in the merged stream.
+    mark: u64,
+    offsets: Offsets,
+    batches: Vec<Arc<AlertBatch>>,
+    /// Made before a rejoin: dropped, not committed.
+    discard: bool,
 }
 
-impl Tracker {
-    /// Moves to `ready` what was stored at the previous check too.
-    fn advance(&mut self, stored_now: u64) {
-        let stored = self.stored_before;
-        while self.waiting.front().is_some_and(|(m, _)| *m <= stored) {
-            let (_, offsets) = self.waiting.pop_front().unwrap_or_default();
-            for (tp, next) in offsets {
-                let e = self.ready.entry(tp).or_insert(next);
-                *e = (*e).max(next);
-            }
-        }
-        self.stored_before = stored_now;
-    }
-
-    fn forget(&mut self, revoked: &TopicPartitionList) {
-        for e in revoked.elements() {
-            let tp = (e.topic().to_string(), e.partition());
-            self.ready.remove(&tp);
-            for (_, offsets) in self.waiting.iter_mut() {
-                offsets.remove(&tp);
-            }
-        }
-    }
-
-    fn take_ready(&mut self) -> Option<TopicPartitionList> {
-        if self.ready.is_empty() {
-            return None;
-        }
-        let mut tpl = TopicPartitionList::new();
-        for ((t, p), next) in self.ready.drain() {
-            let _ = tpl.add_partition_offset(&t, p, Offset::Offset(next));
-        }
-        Some(tpl)
-    }
+/// The consumer's side of the pipeline, shared between the poll loop and the
+/// rebalance callbacks (both on the consumer thread).
+struct Proc {
+    out: Option<mpsc::Sender<Vec<Reading>>>,
+    marks: std_mpsc::Receiver<u64>,
+    tap: std_mpsc::Receiver<TapMsg>,
+    adopt: mpsc::Sender<Adopt>,
+    producer: Option<ThreadedProducer<DefaultProducerContext>>,
+    txn_id: String,
+    base: ClientConfig,
+    changelog: String,
+    alerts_topic: Option<String>,
+    /// The batch being filled.
+    batch: Vec<Reading>,
+    /// Number of the last reading sent (the merge's answer).
+    last_mark: u64,
+    /// Next offsets of what was consumed since the last barrier.
+    offsets: Offsets,
+    sent_since_barrier: bool,
+    /// Alert batches from the tap since the last barrier came through.
+    open: Vec<Arc<AlertBatch>>,
+    /// Barriers sent and not yet through, oldest first.
+    waiting: VecDeque<Group>,
+    /// Barriers through, waiting for SQLite to store their readings.
+    sealed: VecDeque<Group>,
+    /// The input partition of every series seen (the changelog partition of its state).
+    partition_of: HashMap<SeriesId, i32>,
+    owned: HashSet<(String, i32)>,
+    store: Arc<StoreStats>,
+    stats: Arc<KafkaSourceStats>,
+    /// A transaction failed: leave and rejoin the group.
+    broken: bool,
 }
 
 struct Ctx {
-    tracker: Arc<Mutex<Tracker>>,
-    store: Arc<StoreStats>,
-    stats: Arc<KafkaSourceStats>,
+    proc: Mutex<Proc>,
+}
+
+impl Ctx {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Proc> {
+        self.proc.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 impl ClientContext for Ctx {}
 
 impl ConsumerContext for Ctx {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        self.stats.rebalances.fetch_add(1, Ordering::Relaxed);
-        if let Rebalance::Revoke(tpl) = rebalance {
-            // Commit what is stored of the partitions that go, then forget them.
-            let mut t = self.tracker.lock().unwrap_or_else(|e| e.into_inner());
-            let stored = self.store.stored.load(Ordering::Relaxed);
-            t.advance(stored);
-            t.advance(stored);
-            if let Some(ready) = t.take_ready() {
-                commit(consumer, &ready, CommitMode::Sync, &self.stats);
-            }
-            t.forget(tpl);
-            tracing::info!(partitions = %list(tpl), "Kafka: partitions revoked");
+        let mut p = self.lock();
+        p.stats.rebalances.fetch_add(1, Ordering::Relaxed);
+        match rebalance {
+            Rebalance::Revoke(tpl) => p.revoke(consumer, tpl),
+            Rebalance::Assign(tpl) => p.assign(tpl),
+            Rebalance::Error(_) => {}
         }
     }
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let p = self.lock();
         let owned = consumer.assignment().map(|a| a.count()).unwrap_or(0);
-        self.stats.assigned.store(owned as u64, Ordering::Relaxed);
+        p.stats.assigned.store(owned as u64, Ordering::Relaxed);
+        if let Ok(mut l) = p.stats.partitions.lock() {
+            l.retain(|x| p.owned.contains(&(x.topic.clone(), x.partition)));
+            for (t, n) in &p.owned {
+                if !l.iter().any(|x| x.topic == *t && x.partition == *n) {
+                    l.push(PartitionLag {
+                        topic: t.clone(),
+                        partition: *n,
+                        position: None,
+                        end: None,
+                    });
+                }
+            }
+            l.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+        }
         match rebalance {
             Rebalance::Assign(tpl) => {
                 tracing::info!(partitions = %list(tpl), owned, "Kafka: partitions assigned")
             }
-            Rebalance::Revoke(_) => {}
+            Rebalance::Revoke(tpl) => {
+                tracing::info!(partitions = %list(tpl), owned, "Kafka: partitions revoked")
+            }
             Rebalance::Error(e) => tracing::warn!(error = %e, "Kafka: rebalance failed"),
         }
     }
@@ -157,21 +233,331 @@ fn list(tpl: &TopicPartitionList) -> String {
         .join(",")
 }
 
-fn commit(
-    consumer: &BaseConsumer<Ctx>,
-    tpl: &TopicPartitionList,
-    mode: CommitMode,
-    stats: &KafkaSourceStats,
-) {
-    match consumer.commit(tpl, mode) {
-        Ok(()) => {
-            stats.commits.fetch_add(1, Ordering::Relaxed);
+impl Proc {
+    /// Hands the batch being filled to the engine.
+    fn send_batch(&mut self) -> Result<(), ()> {
+        if self.batch.is_empty() {
+            return Ok(());
         }
-        Err(e) => {
-            stats.commit_errors.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(error = %e, "Kafka: offset commit refused; the readings will be read again");
+        let full = std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH));
+        self.send(full)?;
+        self.sent_since_barrier = true;
+        Ok(())
+    }
+
+    fn send(&mut self, b: Vec<Reading>) -> Result<(), ()> {
+        let out = self.out.as_ref().ok_or(())?;
+        out.blocking_send(b).map_err(|_| ())?;
+        self.last_mark = self.marks.recv().map_err(|_| ())?;
+        Ok(())
+    }
+
+    /// Sends a barrier when there is something to commit.
+    fn barrier(&mut self) -> Result<(), ()> {
+        if !self.sent_since_barrier && self.offsets.is_empty() && self.open.is_empty() {
+            return Ok(());
+        }
+        self.send(Vec::new())?;
+        self.waiting.push_back(Group {
+            mark: self.last_mark,
+            offsets: std::mem::take(&mut self.offsets),
+            batches: Vec::new(),
+            discard: false,
+        });
+        self.sent_since_barrier = false;
+        Ok(())
+    }
+
+    /// Takes what the tap has; waits up to `until` while a barrier is on its way.
+    fn drain_tap(&mut self, until: Option<Instant>) {
+        loop {
+            let m = match until {
+                Some(t) if !self.waiting.is_empty() => {
+                    let left = t.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return;
+                    }
+                    match self.tap.recv_timeout(left.min(Duration::from_millis(100))) {
+                        Ok(m) => m,
+                        Err(std_mpsc::RecvTimeoutError::Timeout) => continue,
+                        Err(_) => return,
+                    }
+                }
+                _ => match self.tap.try_recv() {
+                    Ok(m) => m,
+                    Err(_) => return,
+                },
+            };
+            match m {
+                TapMsg::Alerts(a) => self.open.push(a),
+                TapMsg::Barrier => {
+                    if let Some(mut g) = self.waiting.pop_front() {
+                        g.batches = std::mem::take(&mut self.open);
+                        if !g.discard {
+                            self.sealed.push_back(g);
+                        }
+                    }
+                }
+            }
         }
     }
+
+    /// Commits, in one transaction, every sealed group whose readings are stored.
+    fn try_commit(&mut self, consumer: &BaseConsumer<Ctx>) {
+        if self.broken {
+            return;
+        }
+        let stored = self.store.stored.load(Ordering::Relaxed);
+        let n = self.sealed.iter().take_while(|g| g.mark <= stored).count();
+        if n == 0 {
+            return;
+        }
+        let mut offsets = Offsets::new();
+        let mut batches = Vec::new();
+        for g in self.sealed.drain(..n) {
+            for (tp, next) in g.offsets {
+                let e = offsets.entry(tp).or_insert(next);
+                *e = (*e).max(next);
+            }
+            batches.extend(g.batches);
+        }
+        if let Err(e) = self.transact(consumer, &offsets, &batches) {
+            self.stats.commit_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(error = %e, "Kafka: transaction failed; rejoining the group to start again from the last commit");
+            if let Some(p) = &self.producer {
+                let _ = p.abort_transaction(TXN_TIMEOUT);
+            }
+            self.broken = true;
+        }
+    }
+
+    fn transact(
+        &mut self,
+        consumer: &BaseConsumer<Ctx>,
+        offsets: &Offsets,
+        batches: &[Arc<AlertBatch>],
+    ) -> Result<(), KafkaError> {
+        if self.producer.is_none() {
+            self.producer = Some(transactional(&self.base, &self.txn_id)?);
+        }
+        let Some(p) = self.producer.as_ref() else {
+            return Ok(());
+        };
+        let owned_numbers: HashSet<i32> = self.owned.iter().map(|(_, n)| *n).collect();
+        p.begin_transaction()?;
+        let (mut events, mut records) = (0u64, 0u64);
+        let mut buf = Vec::new();
+        for b in batches {
+            if let Some(topic) = &self.alerts_topic {
+                for e in &b.events {
+                    buf.clear();
+                    crate::store::kafka::encode::alert(e, &mut buf);
+                    let key = e.alert_id();
+                    send(p, BaseRecord::to(topic).key(&key).payload(&buf))?;
+                    events += 1;
+                }
+            }
+            for rec in &b.state {
+                let Some(&part) = self.partition_of.get(rec.series.as_str()) else {
+                    continue;
+                };
+                if !owned_numbers.contains(&part) {
+                    continue;
+                }
+                let key = changelog::key(rec);
+                let value = changelog::value(rec);
+                let r = BaseRecord::to(&self.changelog)
+                    .partition(part)
+                    .key(&key)
+                    .payload(&value);
+                send(p, r)?;
+                records += 1;
+            }
+        }
+        let mut tpl = TopicPartitionList::new();
+        for ((t, n), next) in offsets {
+            if self.owned.contains(&(t.clone(), *n)) {
+                tpl.add_partition_offset(t, *n, Offset::Offset(*next))?;
+            }
+        }
+        if tpl.count() > 0 {
+            let meta = consumer.group_metadata().ok_or(KafkaError::ConsumerCommit(
+                rdkafka::types::RDKafkaErrorCode::NotCoordinator,
+            ))?;
+            p.send_offsets_to_transaction(&tpl, &meta, TXN_TIMEOUT)?;
+        }
+        p.commit_transaction(TXN_TIMEOUT)?;
+        self.stats.commits.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .events_produced
+            .fetch_add(events, Ordering::Relaxed);
+        self.stats
+            .changelog_produced
+            .fetch_add(records, Ordering::Relaxed);
+        if let Ok(mut l) = self.stats.partitions.lock() {
+            for x in l.iter_mut() {
+                if let Some(next) = offsets.get(&(x.topic.clone(), x.partition)) {
+                    x.position = Some(*next);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Pushes everything consumed through the pipeline and commits it (bounded).
+    fn flush(&mut self, consumer: &BaseConsumer<Ctx>, wait: Duration) -> bool {
+        let deadline = Instant::now() + wait;
+        if self.send_batch().is_err() || self.barrier().is_err() {
+            return false;
+        }
+        while !self.broken && (!self.waiting.is_empty() || !self.sealed.is_empty()) {
+            if Instant::now() >= deadline {
+                tracing::warn!("Kafka: readings not stored in time; they will be read again");
+                return false;
+            }
+            self.drain_tap(Some(deadline));
+            self.try_commit(consumer);
+            if !self.sealed.is_empty() {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        !self.broken
+    }
+
+    fn revoke(&mut self, consumer: &BaseConsumer<Ctx>, tpl: &TopicPartitionList) {
+        if self.broken {
+            // Everything since the last commit is thrown away: the next owner (or this
+            // instance after it rejoins) starts from the committed offsets.
+            self.batch.clear();
+            self.offsets.clear();
+            self.sealed.clear();
+            self.open.clear();
+            for g in self.waiting.iter_mut() {
+                g.discard = true;
+            }
+        } else {
+            self.flush(consumer, FINAL_COMMIT_WAIT);
+        }
+        for e in tpl.elements() {
+            self.owned.remove(&(e.topic().to_string(), e.partition()));
+        }
+        let numbers: HashSet<i32> = self.owned.iter().map(|(_, n)| *n).collect();
+        let released: Vec<String> = self
+            .partition_of
+            .iter()
+            .filter(|(_, p)| !numbers.contains(p))
+            .map(|(s, _)| s.to_string())
+            .collect();
+        self.partition_of.retain(|_, p| numbers.contains(p));
+        self.tell_engine(Vec::new(), released);
+    }
+
+    fn assign(&mut self, tpl: &TopicPartitionList) {
+        let mut parts: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+        parts.sort_unstable();
+        parts.dedup();
+        for e in tpl.elements() {
+            self.owned.insert((e.topic().to_string(), e.partition()));
+        }
+        match changelog::restore(&self.base, &self.changelog, &parts, RESTORE_WAIT) {
+            Ok(r) => {
+                if !r.unfinished.is_empty() {
+                    tracing::warn!(
+                        topic = self.changelog,
+                        partitions = ?r.unfinished,
+                        "Kafka: changelog not read to its end in time; judging with what was read"
+                    );
+                }
+                let ms = r.took.as_millis() as u64;
+                let s = self.stats.clone();
+                s.restores.fetch_add(1, Ordering::Relaxed);
+                s.restored_records.fetch_add(r.read, Ordering::Relaxed);
+                s.restore_ms_total.fetch_add(ms, Ordering::Relaxed);
+                s.restore_ms_last.store(ms, Ordering::Relaxed);
+                let n = self.tell_engine(r.records, Vec::new());
+                s.restored_alerts.fetch_add(n as u64, Ordering::Relaxed);
+                tracing::info!(
+                    topic = self.changelog,
+                    partitions = ?parts,
+                    records = r.read,
+                    alerts = n,
+                    ms,
+                    "Kafka: alert state restored"
+                );
+            }
+            Err(e) => tracing::error!(
+                error = %e,
+                topic = self.changelog,
+                "Kafka: cannot restore the alert state; the partitions start from this instance's own"
+            ),
+        }
+    }
+
+    /// Hands the engine state to adopt and series to release; waits until it has them.
+    fn tell_engine(
+        &mut self,
+        records: Vec<crate::engine::AlertRecord>,
+        released: Vec<String>,
+    ) -> usize {
+        if records.is_empty() && released.is_empty() {
+            return 0;
+        }
+        let (done, rx) = tokio::sync::oneshot::channel();
+        if self
+            .adopt
+            .blocking_send(Adopt {
+                records,
+                released,
+                done,
+            })
+            .is_err()
+        {
+            return 0;
+        }
+        rx.blocking_recv().unwrap_or(0)
+    }
+}
+
+/// Sends one record inside the open transaction, waiting a little while the queue is
+/// full.
+fn send(
+    p: &ThreadedProducer<DefaultProducerContext>,
+    mut r: BaseRecord<'_, String, Vec<u8>>,
+) -> Result<(), KafkaError> {
+    for _ in 0..200 {
+        match p.send(r) {
+            Ok(()) => return Ok(()),
+            Err((
+                KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
+                back,
+            )) => {
+                r = back;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err((e, _)) => return Err(e),
+        }
+    }
+    Err(KafkaError::MessageProduction(
+        rdkafka::types::RDKafkaErrorCode::QueueFull,
+    ))
+}
+
+/// A transactional producer, initialised (fencing an earlier one with the same id).
+fn transactional(
+    base: &ClientConfig,
+    id: &str,
+) -> Result<ThreadedProducer<DefaultProducerContext>, KafkaError> {
+    let mut c = base.clone();
+    c.set("transactional.id", id)
+        .set("enable.idempotence", "true")
+        // As Kafka Streams under exactly-once: a transaction a dead instance left open
+        // is aborted after this, and read_committed readers move on.
+        .set("transaction.timeout.ms", "10000")
+        .set("linger.ms", "5")
+        .set("compression.codec", "lz4");
+    let p: ThreadedProducer<DefaultProducerContext> = c.create()?;
+    p.init_transactions(TXN_TIMEOUT)?;
+    Ok(p)
 }
 
 /// Everything the consumer thread needs.
@@ -207,16 +593,74 @@ fn series_of(m: &BorrowedMessage<'_>, how: &KeyFrom, path: &[String]) -> Option<
     .filter(|s| !s.is_empty())
 }
 
+/// This instance's name in the group: the host and the database it writes (stable
+/// across restarts, different for two instances on one host).
+pub fn instance_id(db_path: &Path) -> String {
+    use std::hash::{Hash, Hasher};
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "host".into());
+    let path = std::fs::canonicalize(db_path).unwrap_or_else(|_| db_path.to_path_buf());
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    path.hash(&mut h);
+    format!("{host}-{:08x}", h.finish() as u32)
+}
+
+/// The pipeline ends the consumer works with.
+pub struct Links {
+    pub out: mpsc::Sender<Vec<Reading>>,
+    pub marks: std_mpsc::Receiver<u64>,
+    pub tap: std_mpsc::Receiver<TapMsg>,
+    pub adopt: mpsc::Sender<Adopt>,
+}
+
 impl KafkaSource {
-    /// Subscribes; the consumer then runs on the calling thread ([`Running::run`]).
-    pub fn connect(self) -> Result<Running, StartError> {
-        let tracker = Arc::new(Mutex::new(Tracker::default()));
-        let ctx = Ctx {
-            tracker: tracker.clone(),
+    /// Creates the topics it writes if missing, the transactional producer, and
+    /// subscribes; the consumer then runs on the calling thread ([`Running::run`]).
+    pub async fn connect(self, links: Links, instance: &str) -> Result<Running, StartError> {
+        let base = crate::store::kafka::client_config(&self.cfg.brokers);
+        let probe: BaseConsumer = base
+            .create()
+            .map_err(|e| StartError(format!("cannot create a client: {e}")))?;
+        let first = &self.cfg.topics[0];
+        let n = changelog::partitions(&probe, first, Duration::from_secs(30))
+            .map_err(|e| StartError(format!("cannot read the metadata of {first}: {e}")))?
+            .ok_or_else(|| StartError(format!("topic {first} does not exist")))?;
+        drop(probe);
+        let changelog_topic = self.cfg.changelog_topic();
+        changelog::ensure_topics(&base, &changelog_topic, self.cfg.alerts_topic.as_deref(), n)
+            .await
+            .map_err(StartError)?;
+        let txn_id = format!("{}-{instance}", self.cfg.group_id);
+        let producer = transactional(&base, &txn_id)
+            .map_err(|e| StartError(format!("transactional producer {txn_id}: {e}")))?;
+        let proc = Proc {
+            out: Some(links.out),
+            marks: links.marks,
+            tap: links.tap,
+            adopt: links.adopt,
+            producer: Some(producer),
+            txn_id,
+            base: base.clone(),
+            changelog: changelog_topic,
+            alerts_topic: self.cfg.alerts_topic.clone(),
+            batch: Vec::with_capacity(BATCH),
+            last_mark: 0,
+            offsets: Offsets::new(),
+            sent_since_barrier: false,
+            open: Vec::new(),
+            waiting: VecDeque::new(),
+            sealed: VecDeque::new(),
+            partition_of: HashMap::new(),
+            owned: HashSet::new(),
             store: self.store.clone(),
             stats: self.kafka.clone(),
+            broken: false,
         };
-        let mut c = crate::store::kafka::client_config(&self.cfg.brokers);
+        let ctx = Ctx {
+            proc: Mutex::new(proc),
+        };
+        let mut c = base;
         c.set("group.id", &self.cfg.group_id)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
@@ -234,7 +678,6 @@ impl KafkaSource {
             .map_err(|e| StartError(format!("cannot subscribe to {topics:?}: {e}")))?;
         Ok(Running {
             consumer,
-            tracker,
             src: self,
         })
     }
@@ -243,25 +686,15 @@ impl KafkaSource {
 /// A subscribed consumer.
 pub struct Running {
     consumer: BaseConsumer<Ctx>,
-    tracker: Arc<Mutex<Tracker>>,
     src: KafkaSource,
 }
 
 impl Running {
-    /// Consumes until shutdown begins, sending batches to `out` ([`merge`] answers each
-    /// with its number on `marks`); then waits (bounded) for the last batches to be
-    /// stored and commits them.
-    pub fn run(
-        self,
-        out: mpsc::Sender<Vec<Reading>>,
-        marks: std::sync::mpsc::Receiver<u64>,
-        stop: Shutdown,
-    ) {
-        let Running {
-            consumer,
-            tracker,
-            src,
-        } = self;
+    /// Consumes until shutdown begins, committing as it goes; then pushes the last
+    /// batches through, commits them (bounded) and leaves the group.
+    pub fn run(self, stop: Shutdown) {
+        let Running { consumer, src } = self;
+        let ctx = consumer.context();
         let mut decoder: Decoder = src.setup.decoder();
         let how = src.cfg.key_from();
         let json_path: Vec<String> = match &how {
@@ -275,15 +708,16 @@ impl Running {
         let mut warn_kafka = crate::logging::Throttle::new(every);
         let commit_every = src.cfg.commit_interval.std();
         let mut last_commit = Instant::now();
+        let mut last_lag = Instant::now();
         let mut topic = String::new();
-        let mut last_mark = 0u64;
-        let mut batch: Vec<Reading> = Vec::with_capacity(BATCH);
-        let mut offsets = Offsets::new();
         let stats = &src.stats;
         let kstats = &src.kafka;
         'outer: while !stop.is_shutdown() {
             let started = Instant::now();
-            while batch.len() < BATCH {
+            loop {
+                if ctx.lock().batch.len() >= BATCH {
+                    break;
+                }
                 let left = BATCH_WAIT.saturating_sub(started.elapsed());
                 let Some(m) = consumer.poll(left) else { break };
                 let m = match m {
@@ -297,10 +731,15 @@ impl Running {
                 };
                 kstats.messages.fetch_add(1, Ordering::Relaxed);
                 stats.messages.fetch_add(1, Ordering::Relaxed);
-                let tp = (m.topic().to_string(), m.partition());
+                let mut p = ctx.lock();
                 let next = m.offset() + 1;
-                let e = offsets.entry(tp).or_insert(next);
-                *e = (*e).max(next);
+                match p.offsets.get_mut(&(m.topic().to_string(), m.partition())) {
+                    Some(e) => *e = (*e).max(next),
+                    None => {
+                        p.offsets
+                            .insert((m.topic().to_string(), m.partition()), next);
+                    }
+                }
                 let Some(series) = series_of(&m, &how, &json_path) else {
                     kstats.no_series.fetch_add(1, Ordering::Relaxed);
                     if let Some(held_back) = warn_series.ready() {
@@ -321,12 +760,22 @@ impl Running {
                     topic.push('/');
                 }
                 topic.push_str(&series);
-                let before = batch.len();
+                let before = p.batch.len();
                 let payload = m.payload().unwrap_or_default();
-                let r = decoder.decode(&topic, payload, now_ms(), &mut batch);
+                let r = decoder.decode(&topic, payload, now_ms(), &mut p.batch);
+                let after = p.batch.len();
                 stats
                     .readings
-                    .fetch_add((batch.len() - before) as u64, Ordering::Relaxed);
+                    .fetch_add((after - before) as u64, Ordering::Relaxed);
+                let part = m.partition();
+                for i in before..after {
+                    let s = &p.batch[i].series;
+                    if p.partition_of.get(&**s) != Some(&part) {
+                        let s = s.clone();
+                        p.partition_of.insert(s, part);
+                    }
+                }
+                drop(p);
                 let skipped = decoder.skipped();
                 if skipped > 0 {
                     stats
@@ -348,63 +797,94 @@ impl Running {
                     }
                 }
             }
-            if !offsets.is_empty() {
-                if !batch.is_empty() {
-                    let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
-                    if out.blocking_send(full).is_err() {
-                        break 'outer;
-                    }
-                    match marks.recv() {
-                        Ok(m) => last_mark = m,
-                        Err(_) => break 'outer,
-                    }
-                }
-                // A batch of bad messages only: its offsets wait for what came before.
-                let mut t = tracker.lock().unwrap_or_else(|e| e.into_inner());
-                t.waiting
-                    .push_back((last_mark, std::mem::take(&mut offsets)));
+            let mut p = ctx.lock();
+            if p.send_batch().is_err() {
+                break 'outer;
             }
+            p.drain_tap(None);
             if last_commit.elapsed() >= commit_every {
                 last_commit = Instant::now();
-                let ready = {
-                    let mut t = tracker.lock().unwrap_or_else(|e| e.into_inner());
-                    t.advance(src.store.stored.load(Ordering::Relaxed));
-                    t.take_ready()
-                };
-                if let Some(ready) = ready {
-                    commit(&consumer, &ready, CommitMode::Async, kstats);
+                if p.barrier().is_err() {
+                    break 'outer;
+                }
+            }
+            p.try_commit(&consumer);
+            let broken = p.broken;
+            drop(p);
+            if broken {
+                rejoin(&consumer, &src.cfg.topics);
+            }
+            if last_lag.elapsed() >= Duration::from_secs(5) {
+                last_lag = Instant::now();
+                update_ends(&consumer, kstats);
+            }
+        }
+        // The end: push the last readings through and commit them, then leave.
+        let mut p = ctx.lock();
+        if !p.flush(&consumer, FINAL_COMMIT_WAIT) {
+            tracing::warn!(
+                "Kafka: stopping before the last readings were committed; they will be read again"
+            );
+        }
+        p.out = None;
+        drop(p);
+        drop(consumer);
+        drop(stop);
+    }
+}
+
+/// Leaves the group and joins again: the partitions restart from the committed
+/// offsets and the changelog.
+fn rejoin(consumer: &BaseConsumer<Ctx>, topics: &[String]) {
+    consumer.unsubscribe();
+    // The revocation is served by poll; nothing is handed downstream meanwhile.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while consumer.assignment().map(|a| a.count()).unwrap_or(0) > 0 && Instant::now() < deadline {
+        if let Some(Ok(_)) = consumer.poll(Duration::from_millis(100)) {
+            // Unsubscribed: nothing more is read from those partitions.
+        }
+    }
+    {
+        let mut p = consumer.context().lock();
+        p.broken = false;
+        if p.producer.is_some() {
+            // A fenced or failed producer is replaced before the next transaction.
+            p.producer = None;
+        }
+    }
+    let t: Vec<&str> = topics.iter().map(String::as_str).collect();
+    if let Err(e) = consumer.subscribe(&t) {
+        tracing::error!(error = %e, "Kafka: cannot subscribe again");
+    }
+}
+
+/// Refreshes the end offsets of the owned partitions (for the lag).
+fn update_ends(consumer: &BaseConsumer<Ctx>, stats: &KafkaSourceStats) {
+    let owned: Vec<(String, i32)> = match stats.partitions.lock() {
+        Ok(l) => l.iter().map(|x| (x.topic.clone(), x.partition)).collect(),
+        Err(_) => return,
+    };
+    let positions = consumer.position().ok();
+    for (t, n) in owned {
+        let end = consumer
+            .fetch_watermarks(&t, n, Duration::from_millis(500))
+            .ok()
+            .map(|(_, hi)| hi);
+        let pos = positions.as_ref().and_then(|tpl| {
+            tpl.find_partition(&t, n)
+                .and_then(|e| e.offset().to_raw())
+                .filter(|&o| o >= 0)
+        });
+        if let Ok(mut l) = stats.partitions.lock() {
+            if let Some(x) = l.iter_mut().find(|x| x.topic == t && x.partition == n) {
+                if end.is_some() {
+                    x.end = end;
+                }
+                if pos.is_some() {
+                    x.position = pos;
                 }
             }
         }
-        // The end: no more readings; once the writer has stored the last batch (it
-        // flushes when the pipeline drains), commit it.
-        drop(out);
-        drop(marks);
-        let deadline = Instant::now() + FINAL_COMMIT_WAIT;
-        while src.store.stored.load(Ordering::Relaxed) < last_mark && Instant::now() < deadline {
-            // librdkafka's own threads keep the group membership meanwhile.
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let ready = {
-            let mut t = tracker.lock().unwrap_or_else(|e| e.into_inner());
-            let stored = src.store.stored.load(Ordering::Relaxed);
-            t.advance(stored);
-            t.advance(stored);
-            t.take_ready()
-        };
-        if let Some(ready) = ready {
-            commit(&consumer, &ready, CommitMode::Sync, kstats);
-        }
-        let left = tracker.lock().map(|t| t.waiting.len()).unwrap_or_default();
-        if left > 0 {
-            tracing::warn!(
-                batches = left,
-                "Kafka: stopping before some readings were stored; they will be read again"
-            );
-        }
-        consumer.unsubscribe();
-        drop(consumer);
-        drop(stop);
     }
 }
 
@@ -419,15 +899,29 @@ pub struct Started {
 
 /// Subscribes and starts the consumer and the [`merge`] in front of the engine's
 /// `readings` input.
-pub fn start(
+#[allow(clippy::too_many_arguments)]
+pub async fn start(
     cfg: &KafkaSourceConfig,
     setup: SourceSetup,
     stats: Arc<SourceStats>,
     store: Arc<StoreStats>,
     readings: mpsc::Sender<Vec<Reading>>,
+    tap: std_mpsc::Receiver<TapMsg>,
+    adopt: mpsc::Sender<Adopt>,
+    db_path: &Path,
     stop: Shutdown,
 ) -> Result<Started, StartError> {
     let kafka = Arc::new(KafkaSourceStats::default());
+    let (mqtt_tx, mqtt_rx) = mpsc::channel(64);
+    let (kafka_tx, kafka_rx) = mpsc::channel(8);
+    let (marks_tx, marks_rx) = std::sync::mpsc::channel();
+    let links = Links {
+        out: kafka_tx,
+        marks: marks_rx,
+        tap,
+        adopt,
+    };
+    let instance = instance_id(db_path);
     let running = KafkaSource {
         cfg: cfg.clone(),
         setup,
@@ -435,16 +929,15 @@ pub fn start(
         kafka: kafka.clone(),
         store,
     }
-    .connect()?;
-    let (mqtt_tx, mqtt_rx) = mpsc::channel(64);
-    let (kafka_tx, kafka_rx) = mpsc::channel(8);
-    let (marks_tx, marks_rx) = std::sync::mpsc::channel();
+    .connect(links, &instance)
+    .await?;
     let merge = tokio::spawn(merge(mqtt_rx, kafka_rx, marks_tx, readings));
-    let consumer = tokio::task::spawn_blocking(move || running.run(kafka_tx, marks_rx, stop));
+    let consumer = tokio::task::spawn_blocking(move || running.run(stop));
     tracing::info!(
         brokers = %cfg.brokers.join(","),
         topics = %cfg.topics.join(","),
         group = cfg.group_id,
+        instance,
         "Kafka source subscribed"
     );
     Ok(Started {
@@ -493,48 +986,6 @@ pub async fn merge(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn offsets(list: &[(&str, i32, i64)]) -> HashMap<(String, i32), i64> {
-        list.iter()
-            .map(|(t, p, o)| ((t.to_string(), *p), *o))
-            .collect()
-    }
-
-    #[test]
-    fn offsets_become_ready_a_check_after_their_readings_are_stored() {
-        let mut t = Tracker::default();
-        t.waiting
-            .push_back((10, offsets(&[("r", 0, 5), ("r", 1, 3)])));
-        t.waiting.push_back((20, offsets(&[("r", 0, 9)])));
-        t.advance(15);
-        assert!(t.take_ready().is_none(), "stored only now: wait a check");
-        t.advance(15);
-        let ready = t.take_ready().unwrap();
-        assert_eq!(ready.count(), 2);
-        t.advance(25);
-        assert!(t.take_ready().is_none());
-        t.advance(25);
-        let ready = t.take_ready().unwrap();
-        let e = ready.elements();
-        assert_eq!(e.len(), 1);
-        assert_eq!(e[0].offset(), Offset::Offset(9));
-    }
-
-    #[test]
-    fn revoked_partitions_are_never_committed() {
-        let mut t = Tracker::default();
-        t.waiting
-            .push_back((10, offsets(&[("r", 0, 5), ("r", 1, 3)])));
-        let mut revoked = TopicPartitionList::new();
-        revoked.add_partition("r", 1);
-        t.forget(&revoked);
-        t.advance(10);
-        t.advance(10);
-        let ready = t.take_ready().unwrap();
-        let e = ready.elements();
-        assert_eq!(e.len(), 1);
-        assert_eq!(e[0].partition(), 0);
-    }
 
     #[tokio::test]
     async fn merge_numbers_kafka_batches_in_the_order_the_engine_gets_them() {

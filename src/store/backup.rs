@@ -41,6 +41,17 @@ async fn pending(
     Ok((applied.iter().copied().max(), todo))
 }
 
+/// Whether `migrator` is about to change the schema of a database that has one already
+/// (a new database, whose tables are made from nothing, says no): the case where
+/// [`before_migrating`] copies it aside and the migration may take long.
+pub async fn migration_pending(
+    pool: &SqlitePool,
+    migrator: &sqlx::migrate::Migrator,
+) -> Result<bool, BackupError> {
+    let (current, todo) = pending(pool, migrator).await.map_err(BackupError::Read)?;
+    Ok(current.is_some() && !todo.is_empty())
+}
+
 /// Copies the database aside when `migrator` is about to change the schema of a
 /// database that has one already, and says so. Returns where the copy went. An
 /// existing copy of the same version is kept (it is the older one, from before an

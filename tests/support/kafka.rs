@@ -2,6 +2,8 @@
 //! loopback ports, started from the jars `.ci/install-kafka.sh` assembles into
 //! `.cache/kafka/lib`, and a few client helpers (librdkafka through rdkafka).
 
+#![allow(dead_code)]
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -9,6 +11,9 @@ use std::time::{Duration, Instant};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::Message;
+use std::collections::HashMap;
 
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -161,5 +166,220 @@ impl Kafka {
 impl Drop for Kafka {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// Every message of `topics` from the start, until `want` arrived (or 60 s passed):
+/// (topic, key, value as JSON).
+pub fn read_all(
+    k: &Kafka,
+    topics: &[&str],
+    want: usize,
+) -> Vec<(String, String, serde_json::Value)> {
+    read_settled(k, topics, want, Duration::ZERO)
+}
+
+/// As [`read_all`], then reads on for `settle` to catch what should not be there.
+pub fn read_settled(
+    k: &Kafka,
+    topics: &[&str],
+    want: usize,
+    settle: Duration,
+) -> Vec<(String, String, serde_json::Value)> {
+    let c: BaseConsumer = k
+        .client()
+        .set("group.id", format!("reader-{}", free_port()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .create()
+        .unwrap();
+    c.subscribe(topics).unwrap();
+    let mut out = Vec::new();
+    let mut deadline = Instant::now() + Duration::from_secs(60);
+    let mut settling = false;
+    while Instant::now() < deadline {
+        if out.len() >= want && !settling {
+            settling = true;
+            deadline = Instant::now() + settle;
+        }
+        if let Some(m) = c.poll(Duration::from_millis(200)) {
+            let m = m.unwrap();
+            let key = String::from_utf8(m.key().unwrap_or_default().to_vec()).unwrap();
+            let v = serde_json::from_slice(m.payload().unwrap_or_default()).unwrap();
+            out.push((m.topic().to_string(), key, v));
+        }
+    }
+    out
+}
+
+/// Produces `(partition, key, value)` with a real producer and waits for every ack.
+pub fn produce(k: &Kafka, topic: &str, msgs: &[(i32, Option<String>, String)]) {
+    use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+    let p: ThreadedProducer<DefaultProducerContext> =
+        k.client().set("linger.ms", "5").create().unwrap();
+    for (part, key, value) in msgs {
+        let mut r = BaseRecord::to(topic)
+            .partition(*part)
+            .payload(value.as_str());
+        if let Some(key) = key {
+            r = r.key(key.as_str());
+        }
+        let mut r = r;
+        loop {
+            match p.send(r) {
+                Ok(()) => break,
+                Err((_, back)) => {
+                    r = back;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        }
+    }
+    p.flush(Duration::from_secs(30)).unwrap();
+}
+
+/// Offsets the group has committed, summed over the topic's partitions.
+pub fn committed(k: &Kafka, group: &str, topic: &str, partitions: i32) -> i64 {
+    let c: BaseConsumer = k.client().set("group.id", group).create().unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let got = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
+    got.elements()
+        .iter()
+        .map(|e| match e.offset() {
+            rdkafka::Offset::Offset(o) => o,
+            _ => 0,
+        })
+        .sum()
+}
+
+/// A `centinela run` process whose stderr is collected.
+pub struct Run {
+    pub child: std::process::Child,
+    log: std::sync::Arc<std::sync::Mutex<String>>,
+    pub db: std::path::PathBuf,
+}
+
+impl Run {
+    pub fn start(dir: &std::path::Path, name: &str, config: &str) -> Run {
+        use std::io::BufRead;
+        let path = dir.join(format!("{name}.toml"));
+        let db = dir.join(format!("{name}.db"));
+        std::fs::write(
+            &path,
+            config.replace(
+                "[storage.sqlite]\n",
+                &format!("[storage.sqlite]\npath = \"{}\"\n", db.display()),
+            ),
+        )
+        .unwrap();
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_centinela"))
+            .args(["run", "--config", path.to_str().unwrap()])
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (err, l) = (child.stderr.take().unwrap(), log.clone());
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+                let mut l = l.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        Run { child, log, db }
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    pub fn wait_log(&self, what: &str, times: usize) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.log().matches(what).count() < times {
+            assert!(Instant::now() < deadline, "no {what:?} in:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Series → readings stored, read with `centinela readings --json`.
+    pub fn stored(&self) -> HashMap<String, usize> {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_centinela"))
+            .args([
+                "readings",
+                "--db",
+                self.db.to_str().unwrap(),
+                "--json",
+                "--since",
+                "1d",
+            ])
+            .output()
+            .unwrap();
+        let mut out = HashMap::new();
+        for line in String::from_utf8_lossy(&o.stdout).lines() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            *out.entry(v["series"].as_str().unwrap().to_string())
+                .or_insert(0) += 1;
+        }
+        out
+    }
+
+    /// Every stored reading: (series, ts as printed, value), with `readings --json`.
+    pub fn rows(&self) -> Vec<(String, String, f64)> {
+        let o = Command::new(env!("CARGO_BIN_EXE_centinela"))
+            .args([
+                "readings",
+                "--db",
+                self.db.to_str().unwrap(),
+                "--json",
+                "--since",
+                "1d",
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .map(|line| {
+                let v: serde_json::Value = serde_json::from_str(line).unwrap();
+                (
+                    v["series"].as_str().unwrap().to_string(),
+                    v["ts"].as_str().unwrap().to_string(),
+                    v["value"].as_f64().unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    /// SIGKILL: a crash, nothing flushed or committed on the way out.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn stop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                assert!(s.success(), "exit {s:?}:\n{}", self.log());
+                return;
+            }
+            assert!(Instant::now() < deadline, "did not stop:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

@@ -78,6 +78,7 @@ impl SinkInput for InfluxInput {
 impl SinkInput for crate::store::OutputMsg {
     fn into_input(self) -> Option<InfluxInput> {
         match self {
+            Self::Readings(r) if r.is_empty() => None,
             Self::Readings(r) => Some(InfluxInput::Readings(r)),
             Self::Alerts(a) if a.events.is_empty() => None,
             Self::Alerts(a) => Some(InfluxInput::Events(a.events.clone())),

@@ -23,20 +23,11 @@ use crate::store::Output;
 #[cfg(feature = "kafka")]
 pub use sink::{client_config, KafkaOutput, KafkaOutputStats};
 
-/// The Kafka output when `[output.kafka]` is configured, or `[source.kafka]` names an
-/// `alerts_topic` (alert events only, to the source's brokers). Validation refuses
-/// both sections in a binary built without Kafka.
+/// The Kafka output when `[output.kafka]` is configured. (`[source.kafka]
+/// alerts_topic` is written by the source itself, in its transactions.) Validation
+/// refuses the section in a binary built without Kafka.
 pub fn output(cfg: &Config) -> Option<Arc<dyn Output>> {
-    let k = match (&cfg.output.kafka, &cfg.source.kafka) {
-        (Some(k), _) => k.clone(),
-        (None, Some(s)) => crate::config::KafkaOutputConfig {
-            brokers: s.brokers.clone(),
-            readings_topic: String::new(),
-            alerts_topic: s.alerts_topic.clone()?,
-            ..Default::default()
-        },
-        (None, None) => return None,
-    };
+    let k = cfg.output.kafka.clone()?;
     #[cfg(feature = "kafka")]
     {
         Some(Arc::new(KafkaOutput::new(k)))

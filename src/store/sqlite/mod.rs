@@ -138,8 +138,19 @@ pub async fn open(path: &Path) -> Result<SqlitePool, StoreError> {
             source,
         })?;
     let migrator = sqlx::migrate!();
-    crate::store::backup::before_migrating(&pool, path, &migrator).await?;
-    migrator.run(&pool).await?;
+    if crate::store::backup::migration_pending(&pool, &migrator).await? {
+        // Copying a large database aside and migrating it can outlast systemd's
+        // TimeoutStartSec: ask for more time until both are done.
+        crate::systemd::status("copying the database aside and migrating its schema");
+        crate::systemd::extending_timeout(async {
+            crate::store::backup::before_migrating(&pool, path, &migrator).await?;
+            migrator.run(&pool).await?;
+            Ok::<_, StoreError>(())
+        })
+        .await?;
+    } else {
+        migrator.run(&pool).await?;
+    }
     Ok(pool)
 }
 
