@@ -90,6 +90,9 @@ pub struct Service {
     /// pipeline is stuck (the systemd watchdog reads it).
     pub heartbeat: Arc<AtomicI64>,
     trigger: Trigger,
+    /// Closed at the end of the stop, before the lock goes: the last connection's
+    /// checkpoint must be over when a new instance opens the file.
+    pool: sqlx::SqlitePool,
     /// Held while the service runs: a second instance on the same database refuses.
     _db_lock: sqlite::DbLock,
     tasks: Vec<JoinHandle<()>>,
@@ -365,6 +368,7 @@ impl Service {
             view,
             heartbeat,
             trigger,
+            pool: pool.clone(),
             _db_lock: db_lock,
             tasks,
             source_thread,
@@ -421,6 +425,15 @@ impl Service {
             t.await.context("a pipeline task panicked")?;
         }
         self.trigger.completed().await;
+        // Every stage is done with the database: close it (the last connection
+        // checkpoints the WAL) before the lock is released. A connection a stray task
+        // still holds must not keep the stop waiting for ever.
+        if tokio::time::timeout(Duration::from_secs(10), self.pool.close())
+            .await
+            .is_err()
+        {
+            tracing::warn!("the database was still in use 10 s after the pipeline stopped");
+        }
         let s = &self.store_stats;
         let (readings, alerts, dropped) = (
             s.pending.load(Ordering::Relaxed),

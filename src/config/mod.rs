@@ -321,7 +321,7 @@ impl Default for SqliteConfig {
     fn default() -> Self {
         Self {
             path: "/var/lib/centinela/centinela.db".into(),
-            flush_interval: Duration::from_secs(1),
+            flush_interval: Duration::from_secs(2),
             retention: Duration::from_secs(30 * 86_400),
             rollup_retention: Duration::from_secs(365 * 86_400),
             deadband: Vec::new(),
@@ -877,7 +877,7 @@ mod tests {
     fn embedded_default_is_valid() {
         let cfg = Config::parse(DEFAULT_TOML, "default").unwrap();
         assert_eq!(cfg.ingest.prefix, "sensors");
-        assert_eq!(cfg.storage.sqlite.flush_interval, Duration::from_secs(1));
+        assert_eq!(cfg.storage.sqlite.flush_interval, Duration::from_secs(2));
     }
 
     #[test]
