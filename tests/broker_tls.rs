@@ -498,3 +498,79 @@ fn client_certificates_are_accepted_and_refused() {
     let got = stored_values(&d.join("client-cert.db"));
     assert_eq!(got, vec![("lab/node1/temperature".to_string(), 41.5)]);
 }
+
+#[test]
+fn mqtt_5_over_mqtts() {
+    if !prerequisites() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    make_certs(d);
+    let port = free_port();
+    let _mosq = TlsMosquitto::start(d, port, false);
+    let config = write_config(
+        d,
+        "v5",
+        port,
+        &format!("protocol = \"v5\"\nca_file = \"{}/ca.pem\"", d.display()),
+    );
+    let (mut child, rx) = run(&config);
+    match wait_line(&rx, "connected to the MQTT broker", Duration::from_secs(20)) {
+        Ok(seen) => {
+            let line = seen.last().unwrap();
+            assert!(line.contains("protocol=\"5\""), "{line}");
+        }
+        Err(seen) => {
+            let _ = child.kill();
+            panic!("never connected with MQTT 5 over TLS:\n{}", seen.join("\n"));
+        }
+    }
+    // The subscription follows the CONNACK; then the readings arrive.
+    let db = d.join("v5.db");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        publish_tls(d, port, "1\n2\n3\n", false);
+        std::thread::sleep(Duration::from_millis(500));
+        let got = stored_values(&db);
+        if got
+            .iter()
+            .filter(|(s, _)| s == "lab/node1/temperature")
+            .count()
+            >= 3
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nothing stored over MQTT 5 and TLS: {got:?}"
+        );
+    }
+    stop(&mut child);
+    let mut got: Vec<f64> = stored_values(&db)
+        .into_iter()
+        .filter(|(s, _)| s == "lab/node1/temperature")
+        .map(|(_, v)| v)
+        .collect();
+    got.sort_by(f64::total_cmp);
+    got.dedup();
+    assert_eq!(got, [1.0, 2.0, 3.0]);
+
+    // A wrong CA is the same start-up error in MQTT 5.
+    let wrong = write_config(
+        d,
+        "v5-wrong-ca",
+        port,
+        &format!(
+            "protocol = \"v5\"\nca_file = \"{}/other-ca.pem\"",
+            d.display()
+        ),
+    );
+    let (child, rx) = run(&wrong);
+    let (code, said) = wait_exit(child, &rx, Duration::from_secs(20));
+    assert_eq!(code, Some(1), "{said}");
+    assert!(
+        said.contains("certificate problem") && said.contains("other-ca.pem"),
+        "{said}"
+    );
+}

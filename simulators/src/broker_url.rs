@@ -240,17 +240,25 @@ pub fn connect_options(
     tls: &Tls,
 ) -> Result<MqttOptions, TlsSetupError> {
     let mut opts = MqttOptions::new(client_id, url.host.clone(), url.port);
+    opts.set_transport(transport(url, tls)?);
+    Ok(opts)
+}
+
+/// The transport `url` needs: TLS with `tls`'s files for `mqtts://`, plain TCP for
+/// `mqtt://` (where TLS files are an error). Shared by MQTT 3.1.1 and 5 options.
+pub fn transport(url: &BrokerUrl, tls: &Tls) -> Result<Transport, TlsSetupError> {
     if url.tls {
         let config = tls.client_config()?;
-        opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+        Ok(Transport::tls_with_config(TlsConfiguration::Rustls(
             Arc::new(config),
-        )));
+        )))
     } else if tls.is_set() {
-        return Err(TlsSetupError::Tls(format!(
+        Err(TlsSetupError::Tls(format!(
             "{url} is not TLS but ca_file/client_cert/client_key are set: use mqtts://"
-        )));
+        )))
+    } else {
+        Ok(Transport::Tcp)
     }
-    Ok(opts)
 }
 
 /// When a connection error is a certificate or TLS handshake problem, what to tell a

@@ -6,6 +6,7 @@
 
 pub mod csv;
 pub mod decode;
+mod external;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod line;

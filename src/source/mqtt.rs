@@ -1,20 +1,23 @@
 //! MQTT in: reads messages from the embedded broker's in-process link (a thread that
-//! never crosses TCP) or from an external broker (rumqttc with a fixed client id,
-//! `clean_session = false` and QoS 1, so a reconnect loses nothing), decodes them and
+//! never crosses TCP) or from an external broker (rumqttc, MQTT 3.1.1 or 5, with a
+//! fixed client id, a persistent session and QoS 1 acknowledged only after the
+//! hand-off, so neither a reconnect nor a stop loses anything), decodes them and
 //! sends batches of readings downstream. Control requests on `centinela/control` are
 //! parsed here too and sent to the engine.
 //!
-//! Falling behind: the batch channel is bounded; when it is full this stage waits,
-//! and the embedded broker's commit log (`broker.buffer_mib`) absorbs the burst.
+//! Falling behind: the batch channel is bounded; when it is full this stage waits and
+//! stops reading the embedded broker's log, and past three quarters of the log unread
+//! the broker front stops reading from publishers (broker/flow.rs): TCP holds them.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rumqttc::{AsyncClient, ConnectReturnCode, ConnectionError, Event, MqttOptions, Packet, QoS};
+use rumqttc::MqttOptions;
 use tokio::sync::mpsc;
 
 use super::decode::{DecodeError, Decoder, Limits};
+use super::external::{AckToken, Client, Connection, Incoming, PollError};
 use crate::broker::Link;
 use crate::config::{BrokerConfig, BrokerUrl, Config, IngestConfig, Tls};
 use crate::control::ControlRequest;
@@ -26,6 +29,10 @@ pub const CONTROL_TOPIC: &str = "centinela/control";
 
 /// Readings per batch handed downstream at most.
 const BATCH: usize = 2048;
+/// How long the link must have nothing to read before the broker front's count of
+/// unread bytes is reset (see `broker::Flow::idle`). A router that is merely slow to
+/// hand over a batch must not look idle: 5 ms did, under a flood.
+const FLOW_RESYNC: Duration = Duration::from_secs(1);
 /// At shutdown the embedded link is read until this many polls in a row (5 ms each)
 /// found nothing, or for this long at most.
 const DRAIN_QUIET: u32 = 20;
@@ -269,7 +276,7 @@ impl Overrun {
             tracing::warn!(
                 lost = self.unreported,
                 "the embedded broker's buffer overran: messages lost before the pipeline \
-                 read them (raise broker.buffer_mib, or slow the publishers)"
+                 read them (raise broker.buffer_mib)"
             );
             self.unreported = 0;
         }
@@ -293,6 +300,7 @@ pub fn run_embedded(
     let track_gaps = setup.ingest.filters().len() == 1;
     let mut overrun = Overrun::new(ing.warn_every);
     let mut draining: Option<Instant> = None;
+    let mut idle_since: Option<Instant> = None;
     let mut quiet = 0;
     loop {
         // A batch goes downstream as soon as the link has nothing more ready (or it is
@@ -306,6 +314,8 @@ pub fn run_embedded(
         match link.rx.recv_deadline(deadline) {
             Ok(Some(rumqttd::Notification::Forward(f))) => {
                 let topic = std::str::from_utf8(&f.publish.topic).unwrap_or("");
+                link.flow
+                    .taken(crate::broker::entry_size(topic, f.publish.payload.len()));
                 // Each filter has its own log in the router; with one ingest filter its
                 // offsets run without gaps unless the log overran us.
                 if let (Some((_, off)), true) = (f.cursor, track_gaps && topic != CONTROL_TOPIC) {
@@ -334,6 +344,13 @@ pub fn run_embedded(
                 break;
             }
         }
+        if !idle {
+            idle_since = None;
+        } else if idle_since.get_or_insert_with(Instant::now).elapsed() >= FLOW_RESYNC {
+            // A second with nothing to read: the log is empty for us, so whatever the
+            // front counted and the router never appended stops counting.
+            link.flow.idle();
+        }
         if (ing.batch.len() >= BATCH || (idle && !ing.batch.is_empty()))
             && out.blocking_send(ing.take()).is_err()
         {
@@ -356,7 +373,7 @@ pub fn run_embedded(
     stats.connected.store(false, Ordering::Relaxed);
 }
 
-/// Options for an external broker connection, from `[broker]`.
+/// MQTT 3.1.1 options for an external broker connection, from `[broker]`.
 pub fn external_options(
     cfg: &BrokerConfig,
     client_id: &str,
@@ -369,12 +386,7 @@ pub fn external_options(
     opts.set_keep_alive(Duration::from_secs(30));
     opts.set_max_packet_size(cfg.max_payload + 4096, cfg.max_payload + 4096);
     opts.set_inflight(1000);
-    if let Some(user) = &cfg.username {
-        // An empty variable is a mistake, not "log in without a password".
-        let pass = std::env::var(&cfg.password_env)
-            .ok()
-            .filter(|p| !p.is_empty())
-            .ok_or_else(|| SourceError::MissingPassword(cfg.password_env.clone()))?;
+    if let (Some(user), Some(pass)) = (&cfg.username, super::external::password(cfg)?) {
         opts.set_credentials(user.clone(), pass);
     }
     Ok((opts, url, tls))
@@ -383,6 +395,12 @@ pub fn external_options(
 /// Subscribes to an external broker and runs until shutdown begins. Reconnects with
 /// backoff; a refusal before the first successful connection (bad credentials, not
 /// authorised) is returned as an error instead of retried for ever.
+///
+/// QoS 1 messages are acknowledged by hand, after the readings they carry were handed
+/// downstream (a batch goes as soon as the connection has nothing more ready). At
+/// shutdown the batch is handed on, its acknowledgements go out before the DISCONNECT,
+/// and what arrives after that is left unacknowledged: the broker keeps it in our
+/// persistent session and delivers it again on the next start.
 pub async fn run_external(
     cfg: &BrokerConfig,
     setup: &SourceSetup,
@@ -391,80 +409,175 @@ pub async fn run_external(
     control: mpsc::Sender<ControlRequest>,
     mut stop: Shutdown,
 ) -> Result<(), SourceError> {
-    let (opts, url, tls) = external_options(cfg, &cfg.client_id)?;
-    let (client, mut events) = AsyncClient::new(opts, 10_000);
+    let (mut conn, url, tls) = Connection::new(cfg)?;
+    let protocol = conn.protocol();
     let mut ing = Ingest::new(setup, stats.clone(), control);
     let filters = setup.ingest.filters();
     let mut ever_connected = false;
     let mut backoff = Duration::from_millis(200);
-    let mut flush = tokio::time::interval(Duration::from_millis(5));
+    let mut acks = Acks::default();
     loop {
+        let due = !ing.batch.is_empty() || acks.due();
         tokio::select! {
+            biased;
             _ = stop.recv() => break,
-            _ = flush.tick() => {
-                if !ing.batch.is_empty() && out.send(ing.take()).await.is_err() {
-                    break;
-                }
-            }
-            ev = events.poll() => match ev {
-                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+            ev = conn.poll() => match ev {
+                Ok(Incoming::Connected { session_present }) => {
                     ever_connected = true;
                     backoff = Duration::from_millis(200);
                     stats.connected.store(true, Ordering::Relaxed);
-                    tracing::info!(%url, session_present = ack.session_present, "connected to the MQTT broker");
+                    tracing::info!(%url, protocol, session_present, "connected to the MQTT broker");
                     // Subscribing again is harmless and covers a broker that lost our session.
                     for t in filters.iter().map(String::as_str).chain([CONTROL_TOPIC]) {
-                        if let Err(e) = client.subscribe(t, QoS::AtLeastOnce).await {
+                        if let Err(e) = conn.client.subscribe(t).await {
                             tracing::error!(topic = t, error = %e, "subscribe failed");
                         }
                     }
                 }
-                Ok(Event::Incoming(Packet::Publish(p))) => {
+                Ok(Incoming::Publish(mut m)) => {
                     // A broker sets `retain` only on what it delivers from its store
                     // at subscribe time; live messages arrive with it cleared.
-                    ing.message(&p.topic, &p.payload, p.retain, now_ms());
-                    if ing.batch.len() >= BATCH && out.send(ing.take()).await.is_err() {
+                    ing.message(m.topic(), &m.payload, m.retain, now_ms());
+                    acks.received(m.ack_token());
+                    if ing.batch.len() >= BATCH && !hand_off(&mut ing, &out, &mut acks, &conn.client).await {
                         break;
                     }
                 }
                 Ok(_) => {}
-                Err(ConnectionError::ConnectionRefused(code)) => {
+                Err(PollError::Refused(reason)) => {
                     stats.connected.store(false, Ordering::Relaxed);
-                    let reason = refusal(code);
                     if !ever_connected {
                         return Err(SourceError::Refused { url: url.to_string(), reason });
                     }
                     tracing::error!(%url, reason, retry_in = ?backoff, "the MQTT broker refused the connection");
+                    if !hand_off(&mut ing, &out, &mut acks, &conn.client).await {
+                        break;
+                    }
                     sleep_or_stop(&mut backoff, &mut stop).await;
                 }
-                Err(e) => {
+                Err(PollError::Lost { error, closed_early }) => {
                     stats.connected.store(false, Ordering::Relaxed);
-                    if let Some(problem) = centinela_sim::broker_url::certificate_problem(&e, &url, &tls) {
+                    if let Some(problem) = centinela_sim::broker_url::certificate_problem(error.as_ref(), &url, &tls) {
                         // A certificate does not fix itself: at start-up this is an error,
                         // later (a certificate replaced on the broker) a loud retry.
                         if !ever_connected {
                             return Err(SourceError::Certificate(problem));
                         }
                         tracing::error!(%url, retry_in = ?backoff, "{problem}");
-                        sleep_or_stop(&mut backoff, &mut stop).await;
-                        continue;
-                    }
-                    if !ever_connected && matches!(e, ConnectionError::MqttState(rumqttc::StateError::Io(_) | rumqttc::StateError::ConnectionAborted) | ConnectionError::NotConnAck(_)) {
+                    } else if !ever_connected && closed_early {
                         // A broker that closes the connection before CONNACK is refusing us.
-                        return Err(SourceError::Refused { url: url.to_string(), reason: format!("connection closed before CONNACK ({e}); check username and password") });
+                        return Err(SourceError::Refused { url: url.to_string(), reason: format!("connection closed before CONNACK ({error}); check username and password") });
+                    } else {
+                        tracing::warn!(%url, error = %error, retry_in = ?backoff, "MQTT connection lost; reconnecting");
                     }
-                    tracing::warn!(%url, error = %e, retry_in = ?backoff, "MQTT connection lost; reconnecting");
+                    // What was read before the loss is handed on; its acknowledgements
+                    // go out on the next connection (the broker delivers it again with
+                    // the same packet ids until then).
+                    if !hand_off(&mut ing, &out, &mut acks, &conn.client).await {
+                        break;
+                    }
                     sleep_or_stop(&mut backoff, &mut stop).await;
+                }
+            },
+            _ = std::future::ready(()), if due => {
+                if !hand_off(&mut ing, &out, &mut acks, &conn.client).await {
+                    break;
                 }
             }
         }
     }
-    if !ing.batch.is_empty() {
-        let _ = out.send(ing.take()).await;
+    let connected = stats.connected.load(Ordering::Relaxed);
+    if hand_off(&mut ing, &out, &mut acks, &conn.client).await && connected {
+        drain(&mut conn, &mut acks).await;
     }
-    let _ = client.disconnect().await;
     stats.connected.store(false, Ordering::Relaxed);
     Ok(())
+}
+
+/// Acknowledgements of messages read, in order.
+#[derive(Default)]
+struct Acks {
+    /// Read, their readings not yet handed downstream.
+    held: Vec<AckToken>,
+    /// Handed downstream; not yet queued for rumqttc (its queue was full).
+    ready: std::collections::VecDeque<AckToken>,
+}
+
+impl Acks {
+    fn received(&mut self, token: Option<AckToken>) {
+        self.held.extend(token);
+    }
+
+    fn due(&self) -> bool {
+        !self.held.is_empty() || !self.ready.is_empty()
+    }
+
+    /// Queues what may be acknowledged; stops at the first that does not fit.
+    fn queue(&mut self, client: &Client) {
+        while let Some(t) = self.ready.front() {
+            if !client.try_ack(t) {
+                break;
+            }
+            self.ready.pop_front();
+        }
+    }
+}
+
+/// Hands the batch downstream, then lets its messages be acknowledged. `false` when
+/// downstream is gone.
+async fn hand_off(
+    ing: &mut Ingest,
+    out: &mpsc::Sender<Vec<Reading>>,
+    acks: &mut Acks,
+    client: &Client,
+) -> bool {
+    if !ing.batch.is_empty() && out.send(ing.take()).await.is_err() {
+        return false;
+    }
+    acks.ready.extend(acks.held.drain(..));
+    acks.queue(client);
+    true
+}
+
+/// At a stop: sends the queued acknowledgements and a DISCONNECT behind them, then
+/// reads (and drops, unacknowledged) what still arrives until the broker closes the
+/// connection, for 5 s at most. Closing our side first while the broker's messages sit
+/// unread in our socket would reset the connection, and a reset can make the broker
+/// throw away the acknowledgements it had not read yet.
+async fn drain(conn: &mut Connection, acks: &mut Acks) {
+    let deadline = tokio::time::Instant::now() + DRAIN_MAX;
+    let mut disconnecting = false;
+    let mut sent = false;
+    let mut left_unacked = 0u64;
+    loop {
+        acks.queue(&conn.client);
+        if acks.ready.is_empty() && !disconnecting {
+            conn.client.try_disconnect();
+            disconnecting = true;
+        }
+        match tokio::time::timeout_at(deadline, conn.poll()).await {
+            Ok(Ok(Incoming::DisconnectSent)) => sent = true,
+            Ok(Ok(Incoming::Publish(_))) => left_unacked += 1,
+            Ok(Ok(_)) => {}
+            // The broker closed the connection after our DISCONNECT: all was read.
+            Ok(Err(_)) if sent => break,
+            Ok(Err(_)) | Err(_) => {
+                tracing::warn!(
+                    unsent = acks.ready.len(),
+                    disconnect_sent = sent,
+                    "the MQTT connection did not close cleanly at the stop; the broker \
+                     may deliver the last messages again"
+                );
+                break;
+            }
+        }
+    }
+    if left_unacked > 0 {
+        tracing::info!(
+            messages = left_unacked,
+            "messages that arrived during the stop were left to the broker's session"
+        );
+    }
 }
 
 async fn sleep_or_stop(backoff: &mut Duration, stop: &mut Shutdown) {
@@ -473,18 +586,6 @@ async fn sleep_or_stop(backoff: &mut Duration, stop: &mut Shutdown) {
         _ = stop.recv() => {}
     }
     *backoff = (*backoff * 2).min(Duration::from_secs(30));
-}
-
-fn refusal(code: ConnectReturnCode) -> String {
-    match code {
-        ConnectReturnCode::BadUserNamePassword => "bad username or password".into(),
-        ConnectReturnCode::NotAuthorized => {
-            "not authorised (check broker.username and the password)".into()
-        }
-        ConnectReturnCode::BadClientId => "client id rejected (set broker.client_id)".into(),
-        ConnectReturnCode::ServiceUnavailable => "service unavailable".into(),
-        other => format!("{other:?}"),
-    }
 }
 
 #[cfg(test)]

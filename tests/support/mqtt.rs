@@ -105,6 +105,16 @@ pub struct Mosquitto {
 impl Mosquitto {
     /// `None` when mosquitto is not installed (the test then says so and skips).
     pub fn start(dir: &Path, port: u16, password: Option<(&str, &str)>) -> Option<Mosquitto> {
+        Self::start_with(dir, port, password, "")
+    }
+
+    /// [`Self::start`] with more lines of configuration (`extra`) at the end.
+    pub fn start_with(
+        dir: &Path,
+        port: u16,
+        password: Option<(&str, &str)>,
+        extra: &str,
+    ) -> Option<Mosquitto> {
         let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
             .into_iter()
             .find(|p| Path::new(p).exists())?;
@@ -133,6 +143,7 @@ impl Mosquitto {
             }
             None => text.push_str("allow_anonymous true\n"),
         }
+        text.push_str(extra);
         std::fs::write(&conf, text).unwrap();
         let child = Command::new(bin)
             .arg("-c")
