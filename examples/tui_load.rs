@@ -297,6 +297,7 @@ fn attach(url: String) {
         password: std::env::var("MQTT_PASSWORD").ok(),
         prefix: "sensors".into(),
         topics: vec!["sensors/#".into()],
+        map: Vec::new(),
         max_payload: 64 * 1024,
     };
     if let Err(e) = rt.block_on(tui::remote::attach(remote, None, RunOptions::default())) {

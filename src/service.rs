@@ -15,6 +15,9 @@
 //! and every output that waits (back-pressure down to the broker's buffer); the live
 //! bus drops for slow viewers, which count what they missed.
 //!
+//! Signals and reload: [`reload`] runs the service under SIGTERM, SIGHUP and systemd's
+//! watchdog; [`channels`] is the set of notification workers a reload replaces.
+//!
 //! Shutdown: one [`Trigger`]; every stage holds a [`Shutdown`](crate::shutdown::Shutdown)
 //! token. It runs front to back: the source stops taking messages, each stage drains
 //! its input and closes its output, the writer flushes last; the service returns
@@ -41,9 +44,16 @@ use crate::store::influx::{InfluxOutput, InfluxStats};
 use crate::store::sqlite::{self, StoreStats, Writer, WriterConfig};
 use crate::store::{Channel, Fanout, Output, SqliteOutput};
 
+pub mod channels;
+pub mod reload;
+
 /// Capacity of the live bus in messages (a readings batch is one): viewers further
 /// behind than this miss events (counted). Kept small: every slot may hold a batch.
 const LIVE_CAPACITY: usize = 256;
+/// Batches from the source waiting for the engine. Past it the source waits, the broker
+/// front stops reading from clients, and publishers wait on TCP: a longer queue only
+/// holds more memory.
+const READINGS_QUEUE: usize = 8;
 
 /// What the caller may change about a run.
 #[derive(Debug, Default, Clone)]
@@ -72,6 +82,8 @@ pub struct Service {
     pub control: mpsc::Sender<ControlRequest>,
     /// New rules and engine settings (SIGHUP); validated before they are sent.
     pub reload: mpsc::Sender<Config>,
+    /// New `[notify]` sections (SIGHUP): the workers are replaced when they changed.
+    channels: mpsc::Sender<crate::config::NotifyConfig>,
     /// Refreshed by the engine stage about once a second.
     pub view: watch::Receiver<Arc<EngineView>>,
     /// Wall time (ms) of the engine stage's last tick: it stops moving when the
@@ -99,7 +111,7 @@ impl Service {
             .with_context(|| format!("while opening {}", db_path.display()))?;
 
         let trigger = Trigger::new();
-        let (readings_tx, readings_rx) = mpsc::channel::<Vec<Reading>>(64);
+        let (readings_tx, readings_rx) = mpsc::channel::<Vec<Reading>>(READINGS_QUEUE);
         // For the queue-depth metrics, without keeping the channel open at shutdown.
         let readings_weak = readings_tx.downgrade();
         let (control_tx, control_rx) = mpsc::channel::<ControlRequest>(64);
@@ -275,19 +287,22 @@ impl Service {
 
         // Notifications: a worker per configured channel, reading the outbox the store
         // writes; the Telegram bot when asked for.
-        let senders =
-            crate::notify::senders(&cfg.notify, Some(crate::live::publish_fn(publish_tx)))
-                .context("while setting up the notification channels")?;
+        let build: channels::Build = Box::new(move |n| {
+            crate::notify::senders(n, Some(crate::live::publish_fn(publish_tx.clone())))
+        });
+        let senders = build(&cfg.notify).context("while setting up the notification channels")?;
         if !senders.is_empty() {
             let channels: Vec<&str> = senders.iter().map(|s| s.channel()).collect();
             tracing::info!(?channels, "notification channels ready");
         }
-        tasks.extend(crate::notify::spawn_workers(
-            &outbox,
-            &cfg.notify,
+        let (channels_tx, channels_task) = channels::spawn(
+            outbox.clone(),
+            cfg.notify.clone(),
             senders,
-            trigger.token().watch(),
-        ));
+            build,
+            trigger.token(),
+        );
+        tasks.push(channels_task);
         if let Some(t) = cfg.notify.telegram.as_ref().filter(|t| t.bot) {
             let backend = Arc::new(crate::control::BotBridge {
                 control: control_tx.clone(),
@@ -346,6 +361,7 @@ impl Service {
             live,
             control: control_tx,
             reload: reload_tx,
+            channels: channels_tx,
             view,
             heartbeat,
             trigger,
@@ -355,6 +371,20 @@ impl Service {
             broker_door,
             external,
         })
+    }
+
+    /// Hands a new configuration to the running stages: the rules and engine settings
+    /// to the engine, the `[notify]` sections to the notification workers. What else
+    /// changed needs a restart ([`reload::needs_restart`]).
+    pub async fn reload(&self, cfg: Config) -> anyhow::Result<()> {
+        self.channels
+            .send(cfg.notify.clone())
+            .await
+            .map_err(|_| anyhow::anyhow!("the notification workers have stopped"))?;
+        self.reload
+            .send(cfg)
+            .await
+            .map_err(|_| anyhow::anyhow!("the engine has stopped"))
     }
 
     /// Resolves when the external source stops by itself (a refused connection); never

@@ -135,6 +135,7 @@ fn viewer_opts(port: u16, id: &str, credentials: bool) -> RemoteOptions {
         password: credentials.then(|| PASS.to_string()),
         prefix: "sensors".into(),
         topics: vec!["sensors/#".into()],
+        map: Vec::new(),
         max_payload: 64 * 1024,
     }
 }

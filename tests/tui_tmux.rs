@@ -367,3 +367,65 @@ fn unsafe_kill(pid: u32, sig: i32) {
         .arg(pid.to_string())
         .status();
 }
+
+/// `tui --broker` reads the `[[ingest.map]]` mappings of the configuration it loads:
+/// a Zigbee2MQTT device's JSON shows as its mapped series, live, at 80×24.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_tui_shows_series_of_topic_mappings_live() {
+    if tmux_missing() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let Some(_mosquitto) = Mosquitto::start(dir.path(), port, None) else {
+        eprintln!("!!! SKIPPED: mosquitto is not installed (.ci/run installs it)");
+        return;
+    };
+    let config = dir.path().join("c.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[broker]\nmode = \"external\"\nurl = \"mqtt://127.0.0.1:{port}\"\n\
+             [storage.sqlite]\npath = \"{}/none.db\"\n\
+             [[ingest.map]]\nfilter = \"zigbee2mqtt/+\"\nseries = \"zigbee/{{1}}\"\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let tmux = Tmux::sized(&format!("centinela-map-{port}"), 80, 24).expect("tmux starts");
+    tmux.keys(&[
+        &format!("{BIN} tui --config {} ; echo EXIT=$?", config.display()),
+        "Enter",
+    ]);
+    tmux.wait_for("the viewer", footer_ok).await;
+    // The device reports every 300 ms (the viewer subscribes after its CONNACK).
+    let p = Publisher::connect(port, "z2m", None).await;
+    let device = tokio::spawn(async move {
+        for i in 0..200 {
+            p.publish(
+                "zigbee2mqtt/kitchen",
+                format!(r#"{{"temperature":21.5,"humidity":40,"battery":{},"linkquality":120,"state":"ON"}}"#, 90 + i % 2),
+            )
+            .await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    });
+    let s = tmux
+        .wait_for("the mapped series", |s| {
+            s.contains("zigbee/kitchen/temperature") && s.contains("zigbee/kitchen/humidity")
+        })
+        .await;
+    println!("{s}");
+    let row = s
+        .lines()
+        .find(|l| l.contains("zigbee/kitchen/temperature"))
+        .unwrap();
+    assert!(row.contains("21.5"), "{row}");
+    assert!(
+        !s.contains("zigbee/kitchen/state"),
+        "a string is not a series:\n{s}"
+    );
+    device.abort();
+    tmux.keys(&["q"]);
+    tmux.wait_for("the exit", |s| s.contains("EXIT=0")).await;
+}

@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use super::run::wait_for_stop;
 use super::{init_logging, init_logging_to};
 use crate::config::{self, Config};
 use crate::model::{format_ts, now_ms, AlertState, LiveEvent};
+use crate::service::reload::wait_for_stop;
 use crate::service::{Options, Service};
 use crate::store::sqlite;
 

@@ -59,6 +59,7 @@ pub(super) async fn tui(args: TuiArgs) -> anyhow::Result<ExitCode> {
         password,
         prefix: cfg.ingest.prefix.clone(),
         topics: cfg.ingest.topics.clone(),
+        map: cfg.ingest.map.clone(),
         max_payload: cfg.broker.max_payload,
     };
     let db = args.db.clone().unwrap_or(cfg.storage.sqlite.path.clone());

@@ -21,12 +21,12 @@ use std::time::Duration;
 use centinela_sim::broker_url::connect_options;
 use rumqttc::{AsyncClient, ConnectReturnCode, Event, EventLoop, Packet, QoS};
 
-use crate::config::{BrokerUrl, Tls};
+use crate::config::{BrokerUrl, IngestConfig, MapConfig, Tls};
 use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
 
 use crate::model::{now_ms, AlertEvent, Control, LiveEvent, LogLevel, PipelineStatus, Reading};
-use crate::source::decode::Decoder;
+use crate::source::decode::{Decoder, Limits};
 
 /// Retained alert events, one topic per alert.
 pub const ALERTS_TOPIC: &str = "centinela/alerts/#";
@@ -59,6 +59,9 @@ pub struct RemoteOptions {
     pub prefix: String,
     /// Reading topics to subscribe to (`sensors/#`).
     pub topics: Vec<String>,
+    /// `[[ingest.map]]`: the service's topic mappings, subscribed to and decoded as the
+    /// service does, so mapped series (`zigbee2mqtt/+` …) are live here too.
+    pub map: Vec<MapConfig>,
     pub max_payload: usize,
 }
 
@@ -72,6 +75,7 @@ impl fmt::Debug for RemoteOptions {
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("prefix", &self.prefix)
             .field("topics", &self.topics)
+            .field("map", &self.map.len())
             .field("max_payload", &self.max_payload)
             .finish()
     }
@@ -126,7 +130,14 @@ pub async fn feed_with_catalogue(
         mqtt.set_credentials(user.clone(), opts.password.clone().unwrap_or_default());
     }
     let (client, eventloop) = AsyncClient::new(mqtt, 64);
-    let mut subs: Vec<String> = opts.topics.clone();
+    // The same filters as the service: the topics and each mapping's, without those
+    // another one covers (a broker would deliver such a message twice).
+    let mut subs: Vec<String> = IngestConfig {
+        topics: opts.topics.clone(),
+        map: opts.map.clone(),
+        ..IngestConfig::default()
+    }
+    .filters();
     subs.extend([ALERTS_TOPIC.to_string(), STATUS_TOPIC.to_string()]);
     if catalogue.is_some() {
         subs.push(CATALOGUE_TOPIC.to_string());
@@ -134,7 +145,8 @@ pub async fn feed_with_catalogue(
     let (tx, mut rx) = mpsc::channel::<Incoming>(1024);
     let poller = tokio::spawn(poll(eventloop, client.clone(), subs, tx));
 
-    let mut decoder = Decoder::new(&opts.prefix, opts.max_payload);
+    let mut decoder =
+        Decoder::with_mappings(&opts.prefix, opts.max_payload, &opts.map, Limits::default());
     let mut batch: Vec<Reading> = Vec::new();
     let mut last_status: Option<PipelineStatus> = None;
     let mut up: Option<bool> = None;
@@ -413,6 +425,7 @@ mod tests {
             password: Some("hunter2".into()),
             prefix: "sensors".into(),
             topics: vec![],
+            map: vec![],
             max_payload: 1024,
         };
         assert!(!format!("{o:?}").contains("hunter2"));
