@@ -121,6 +121,7 @@ impl Service {
         let (view_tx, view) = watch::channel(Arc::new(EngineView::default()));
         let (reload_tx, reload_rx) = mpsc::channel::<Config>(4);
         let (adopt_tx, adopt_rx) = mpsc::channel::<stage::Adopt>(4);
+        let (system_tx, system_rx) = mpsc::channel::<crate::engine::SystemAlert>(64);
         let heartbeat = Arc::new(AtomicI64::new(now_ms()));
         let outbox_counts = crate::status::SharedOutboxCounts::default();
         let (live, _) = broadcast::channel::<LiveEvent>(LIVE_CAPACITY);
@@ -149,8 +150,9 @@ impl Service {
         #[cfg(feature = "kafka")]
         let mut kafka_tap = cfg.source.kafka.as_ref().map(|_| {
             let (tap, rx) = crate::kafka::tap::Tap::new();
+            let stats = tap.stats();
             outputs.push(Arc::new(tap));
-            rx
+            (rx, stats)
         });
         let mut tasks = Vec::new();
         let mut fanout = Fanout::new();
@@ -171,6 +173,7 @@ impl Service {
             control: control_rx,
             reload: reload_rx,
             adopt: adopt_rx,
+            system: system_rx,
         };
         tasks.push(tokio::spawn(stage.run(
             inputs,
@@ -191,7 +194,7 @@ impl Service {
         #[cfg(feature = "kafka")]
         let readings_tx = match &cfg.source.kafka {
             Some(k) => {
-                let tap = kafka_tap
+                let (tap, kstats) = kafka_tap
                     .take()
                     .context("the Kafka tap is set up with the source")?;
                 let started = crate::source::kafka::start(
@@ -201,6 +204,7 @@ impl Service {
                     store_stats.clone(),
                     readings_tx,
                     tap,
+                    kstats,
                     adopt_tx,
                     &db_path,
                     trigger.token(),
@@ -304,6 +308,7 @@ impl Service {
             senders,
             build,
             trigger.token(),
+            Some(system_tx),
         );
         tasks.push(channels_task);
         if let Some(t) = cfg.notify.telegram.as_ref().filter(|t| t.bot) {
