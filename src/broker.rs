@@ -11,10 +11,12 @@
 //! error that names the address (and says how to use the broker already there).
 
 mod acl;
+mod flow;
 mod front;
 mod viewer;
 
 pub use acl::{covers, Rights, Users, UsersError, ANONYMOUS, RESERVED_PREFIX};
+pub use flow::{entry_size, Flow};
 pub use front::{Door, FrontStats};
 pub use viewer::{read_viewer_login, viewer_file, write_viewer_login, VIEWER_USER};
 
@@ -65,6 +67,9 @@ impl BrokerError {
 pub struct Link {
     pub tx: LinkTx,
     pub rx: LinkRx,
+    /// What the link reads is counted here ([`Flow::taken`]), so the front can hold
+    /// publishers back while the pipeline lags.
+    pub flow: Arc<Flow>,
 }
 
 /// Starts rumqttd on `cfg.listen`, opens one in-process link per (name, filters) in
@@ -128,22 +133,28 @@ pub fn start_broker(
     // The commit log is the buffer between publishers and the pipeline: the configured
     // size, in 8 segments. rumqttd keeps every message until its segment rotates out
     // (read or not) and counts only 4 + topic + payload bytes of each, while an entry
-    // costs about 8× that in memory for small sensor messages (its PublishData and the
-    // read buffer its Bytes keep alive): 32 MiB measured ~290 MB resident at 400k
-    // msgs/s. It also acknowledges QoS 1 on append, so a smaller log loses acknowledged
-    // messages when the pipeline lags (docs/PERFORMANCE.md has the figures).
+    // costs 8–15× that in memory for small sensor messages (its PublishData with the
+    // v5 properties, the Vec's spare room, and the read buffer its Bytes keep alive):
+    // 32 MiB measured ~350 MB resident flat out, 2 MiB ~85 MB. It acknowledges QoS 1 on
+    // append, so the front holds publishers back before the log could overwrite what
+    // the pipeline has not read (broker/flow.rs): the log is a buffer, not a store.
     let segment = (cfg.buffer_mib * 1024 * 1024 / 8).max(1024);
+    // Unread entries stay clear of the oldest two segments, the ones a rotation drops:
+    // the front stops reading from clients above six segments unread.
+    let flow = Arc::new(Flow::new(
+        links.iter().flat_map(|(_, f)| f.iter().cloned()).collect(),
+        6 * segment as u64,
+    ));
     let config = Config {
         id: 0,
         router: RouterConfig {
             max_connections: cfg.max_connections,
-            // Messages the router hands a subscriber per read at QoS 0. With rumqttd's
-            // usual 1,000 the router's per-read work bounded the pipeline under a flood
-            // (70–80k msgs/s read flat out, the rest overwritten in the log); 50,000
-            // lets it read ~550k/s and keep up. At a sensor's pace reads stay small, and
-            // a lagging subscriber holds at most one read (~6 MB of small messages)
-            // before the router pauses it.
-            max_outgoing_packet_count: 50_000,
+            // Messages the router hands a subscriber per read at QoS 0. rumqttd's usual
+            // 1,000 bounded the pipeline at 70–80k msgs/s flat out; 10,000 reads
+            // ~300k/s. Each read is copied into the link's buffer before the pipeline
+            // takes it, so this is also memory: ~2 MB of small messages (50,000 cost
+            // ~60 MB more at the peak and read no faster).
+            max_outgoing_packet_count: 10_000,
             max_segment_size: segment,
             max_segment_count: 8,
             custom_segment: None,
@@ -169,7 +180,11 @@ pub fn start_broker(
             tx.subscribe(f.clone())
                 .map_err(|e| BrokerError::Link(format!("subscribe {f}: {e}")))?;
         }
-        out.push(Link { tx, rx });
+        out.push(Link {
+            tx,
+            rx,
+            flow: flow.clone(),
+        });
     }
     std::thread::Builder::new()
         .name("broker".into())
@@ -203,6 +218,7 @@ pub fn start_broker(
         cfg.max_connections,
         Duration::from_secs(10),
         closing_rx,
+        flow,
     ));
     let door = front.door(closing);
     let stats = front.stats.clone();

@@ -50,6 +50,10 @@ pub mod reload;
 /// Capacity of the live bus in messages (a readings batch is one): viewers further
 /// behind than this miss events (counted). Kept small: every slot may hold a batch.
 const LIVE_CAPACITY: usize = 256;
+/// Batches from the source waiting for the engine. Past it the source waits, the broker
+/// front stops reading from clients, and publishers wait on TCP: a longer queue only
+/// holds more memory.
+const READINGS_QUEUE: usize = 8;
 
 /// What the caller may change about a run.
 #[derive(Debug, Default, Clone)]
@@ -107,7 +111,7 @@ impl Service {
             .with_context(|| format!("while opening {}", db_path.display()))?;
 
         let trigger = Trigger::new();
-        let (readings_tx, readings_rx) = mpsc::channel::<Vec<Reading>>(64);
+        let (readings_tx, readings_rx) = mpsc::channel::<Vec<Reading>>(READINGS_QUEUE);
         // For the queue-depth metrics, without keeping the channel open at shutdown.
         let readings_weak = readings_tx.downgrade();
         let (control_tx, control_rx) = mpsc::channel::<ControlRequest>(64);

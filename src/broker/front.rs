@@ -33,6 +33,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
 use super::acl::{Rights, Users};
+use super::flow::Flow;
 use crate::logging::Throttle;
 
 /// How long a new connection may take to send its CONNECT (and finish TLS).
@@ -60,6 +61,8 @@ pub struct FrontStats {
     /// Sessions still reading their client's packets (all but the paused ones, once
     /// the front is closing).
     pub reading: AtomicU64,
+    /// What the pipeline has not read yet; the front waits on it.
+    pub flow: Arc<Flow>,
 }
 
 impl FrontStats {
@@ -102,6 +105,16 @@ impl FrontStats {
                 "centinela_broker_over_limit_total",
                 "Connections turned away by broker.max_connections_per_ip or max_connections.",
                 n(&self.over_limit),
+            ),
+            Sample::counter(
+                "centinela_broker_held_back_total",
+                "Times a client's reads waited because the pipeline had not read the broker's buffer down (back-pressure).",
+                n(&self.flow.holds),
+            ),
+            Sample::gauge(
+                "centinela_broker_unread_bytes",
+                "Bytes in the embedded broker's buffer the pipeline has not read yet (as the broker counts them).",
+                self.flow.in_flight(),
             ),
         ]
     }
@@ -197,6 +210,7 @@ impl Front {
         max_connections: usize,
         warn_every: Duration,
         closing: watch::Receiver<bool>,
+        flow: Arc<Flow>,
     ) -> Front {
         let t = || Mutex::new(Throttle::new(warn_every));
         let users = Arc::new(users);
@@ -212,6 +226,7 @@ impl Front {
                 idle_closed: AtomicU64::new(0),
                 over_limit: AtomicU64::new(0),
                 reading: AtomicU64::new(0),
+                flow,
             }),
             upstream,
             upstream_login,
@@ -560,6 +575,8 @@ async fn client_to_broker<R, W>(
     let mut closing = front.closing.clone();
     loop {
         let mut close = false;
+        // Bytes forwarded into the pipeline's log by this round.
+        let mut forwarded = 0;
         loop {
             let h = match check(buf.iter(), front.max_packet) {
                 Ok(h) => h,
@@ -598,6 +615,9 @@ async fn client_to_broker<R, W>(
                     // bad_topic checked UTF-8.
                     let topic = std::str::from_utf8(topic).unwrap_or_default();
                     if rights.may_publish(topic) {
+                        // Topic length (2) and, from QoS 1, the packet id (2).
+                        let head = hl + 2 + topic.len() + if qos > 0 { 2 } else { 0 };
+                        forwarded += front.stats.flow.cost(topic, len.saturating_sub(head));
                         out.extend_from_slice(frame);
                     } else {
                         front
@@ -716,6 +736,7 @@ async fn client_to_broker<R, W>(
             buf.advance(len);
         }
         if !out.is_empty() {
+            front.stats.flow.sent(forwarded);
             if w.write_all(&out).await.is_err() {
                 return;
             }
@@ -724,6 +745,18 @@ async fn client_to_broker<R, W>(
         if close {
             let _ = w.shutdown().await;
             return;
+        }
+        if front.stats.flow.full() {
+            // The pipeline lags: read nothing more from this client until it has caught
+            // up, so the client waits on TCP instead of the broker overwriting its log.
+            tokio::select! {
+                _ = front.stats.flow.room() => {}
+                _ = closed(&mut closing) => {
+                    drop(reading);
+                    std::future::pending::<()>().await;
+                    return;
+                }
+            }
         }
         let read = tokio::select! {
             read = tokio::time::timeout(idle, r.read_buf(&mut buf)) => read,

@@ -5,8 +5,9 @@
 //! sends batches of readings downstream. Control requests on `centinela/control` are
 //! parsed here too and sent to the engine.
 //!
-//! Falling behind: the batch channel is bounded; when it is full this stage waits,
-//! and the embedded broker's commit log (`broker.buffer_mib`) absorbs the burst.
+//! Falling behind: the batch channel is bounded; when it is full this stage waits and
+//! stops reading the embedded broker's log, and past three quarters of the log unread
+//! the broker front stops reading from publishers (broker/flow.rs): TCP holds them.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -28,6 +29,10 @@ pub const CONTROL_TOPIC: &str = "centinela/control";
 
 /// Readings per batch handed downstream at most.
 const BATCH: usize = 2048;
+/// How long the link must have nothing to read before the broker front's count of
+/// unread bytes is reset (see `broker::Flow::idle`). A router that is merely slow to
+/// hand over a batch must not look idle: 5 ms did, under a flood.
+const FLOW_RESYNC: Duration = Duration::from_secs(1);
 /// At shutdown the embedded link is read until this many polls in a row (5 ms each)
 /// found nothing, or for this long at most.
 const DRAIN_QUIET: u32 = 20;
@@ -271,7 +276,7 @@ impl Overrun {
             tracing::warn!(
                 lost = self.unreported,
                 "the embedded broker's buffer overran: messages lost before the pipeline \
-                 read them (raise broker.buffer_mib, or slow the publishers)"
+                 read them (raise broker.buffer_mib)"
             );
             self.unreported = 0;
         }
@@ -295,6 +300,7 @@ pub fn run_embedded(
     let track_gaps = setup.ingest.filters().len() == 1;
     let mut overrun = Overrun::new(ing.warn_every);
     let mut draining: Option<Instant> = None;
+    let mut idle_since: Option<Instant> = None;
     let mut quiet = 0;
     loop {
         // A batch goes downstream as soon as the link has nothing more ready (or it is
@@ -308,6 +314,8 @@ pub fn run_embedded(
         match link.rx.recv_deadline(deadline) {
             Ok(Some(rumqttd::Notification::Forward(f))) => {
                 let topic = std::str::from_utf8(&f.publish.topic).unwrap_or("");
+                link.flow
+                    .taken(crate::broker::entry_size(topic, f.publish.payload.len()));
                 // Each filter has its own log in the router; with one ingest filter its
                 // offsets run without gaps unless the log overran us.
                 if let (Some((_, off)), true) = (f.cursor, track_gaps && topic != CONTROL_TOPIC) {
@@ -335,6 +343,13 @@ pub fn run_embedded(
                 tracing::error!(error = %e, "in-process link to the broker closed");
                 break;
             }
+        }
+        if !idle {
+            idle_since = None;
+        } else if idle_since.get_or_insert_with(Instant::now).elapsed() >= FLOW_RESYNC {
+            // A second with nothing to read: the log is empty for us, so whatever the
+            // front counted and the router never appended stops counting.
+            link.flow.idle();
         }
         if (ing.batch.len() >= BATCH || (idle && !ing.batch.is_empty()))
             && out.blocking_send(ing.take()).is_err()

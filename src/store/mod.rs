@@ -159,9 +159,11 @@ pub trait Output: Any + Send + Sync {
     /// name on a `doctor` line.
     fn name(&self) -> &'static str;
 
-    /// Room in the input channel, in messages (a batch of readings is one).
+    /// Room in the input channel, in messages (a batch of readings is one). A full
+    /// channel holds the engine up (or drops, see [`Output::when_full`]); batches grow
+    /// with the load, so a few are enough.
     fn capacity(&self) -> usize {
-        64
+        8
     }
 
     /// What happens when the input channel is full.
