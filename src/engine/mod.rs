@@ -249,7 +249,7 @@ struct Alert {
 #[derive(Debug)]
 pub struct Engine {
     rules: Vec<Rule>,
-    index: HashMap<SeriesId, u32>,
+    index: crate::model::FastMap<SeriesId, u32>,
     slots: Vec<Slot>,
     alerts: Vec<Alert>,
     silences: Vec<SilenceRecord>,
@@ -285,7 +285,7 @@ impl Engine {
             .collect();
         let mut e = Engine {
             rules: compiled,
-            index: HashMap::new(),
+            index: Default::default(),
             slots: Vec::new(),
             alerts: Vec::new(),
             silences: Vec::new(),

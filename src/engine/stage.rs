@@ -35,7 +35,7 @@ pub struct LastValue {
 #[derive(Debug, Clone, Default)]
 pub struct EngineView {
     pub alerts: Vec<AlertView>,
-    pub last: HashMap<SeriesId, LastValue>,
+    pub last: crate::model::FastMap<SeriesId, LastValue>,
     /// Readings the engine ignored (older than the newest of their series, not finite).
     pub ignored: u64,
 }
@@ -136,7 +136,7 @@ pub struct EngineStage {
     /// Every output's input: SQLite, the live bus, InfluxDB, …
     outputs: Fanout,
     view: watch::Sender<Arc<EngineView>>,
-    last: HashMap<SeriesId, LastValue>,
+    last: crate::model::FastMap<SeriesId, LastValue>,
     /// Reused between batches.
     events: Vec<crate::model::AlertEvent>,
     /// When state without events was last handed to the outputs.
@@ -178,7 +178,7 @@ impl EngineStage {
             heartbeat,
             outputs,
             view,
-            last: HashMap::new(),
+            last: Default::default(),
             events: Vec::new(),
             state_saved: 0,
         }

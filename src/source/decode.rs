@@ -23,7 +23,6 @@
 //! known: those are listed in [`Decoder::refused`] after each call.
 
 use std::cell::Cell;
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use serde_json::Value;
@@ -166,8 +165,8 @@ pub struct Decoder {
     max_payload: usize,
     maps: Vec<Mapping>,
     limits: Limits,
-    names: HashMap<Box<str>, Known>,
-    units: HashMap<Box<str>, Arc<str>>,
+    names: crate::model::FastMap<Box<str>, Known>,
+    units: crate::model::FastMap<Box<str>, Arc<str>>,
     refused: Vec<DecodeError>,
     skipped: usize,
     caps: Captures,
@@ -206,8 +205,8 @@ impl Decoder {
             max_payload,
             maps: maps.iter().map(Mapping::from_config).collect(),
             limits,
-            names: HashMap::new(),
-            units: HashMap::new(),
+            names: Default::default(),
+            units: Default::default(),
             refused: Vec::new(),
             skipped: 0,
             caps: Captures::default(),

@@ -14,6 +14,8 @@
 //!   retrying failed writes.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use crate::model::FastMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -119,14 +121,14 @@ struct Band {
 /// Buffers readings per series and writes them in one transaction per flush.
 pub struct Writer {
     pub(super) pool: SqlitePool,
-    ids: HashMap<SeriesId, i64>,
-    pending: HashMap<SeriesId, Pending>,
+    ids: FastMap<SeriesId, i64>,
+    pending: FastMap<SeriesId, Pending>,
     /// Notifications of alert events are written with them and the workers woken.
     pub(super) outbox: Option<crate::notify::Outbox>,
     deadband: Vec<crate::config::DeadbandConfig>,
     /// Per series: its deadband (`None`: every reading is stored).
-    bands: HashMap<SeriesId, Option<Band>>,
-    seen: HashMap<SeriesId, Seen>,
+    bands: FastMap<SeriesId, Option<Band>>,
+    seen: FastMap<SeriesId, Seen>,
     catalogue_written: Option<Timestamp>,
     /// Rollups not written yet: minute → series id → aggregates.
     rollups: BTreeMap<i64, HashMap<i64, Rollup>>,
@@ -165,12 +167,12 @@ impl Writer {
     pub fn new(pool: SqlitePool) -> Self {
         Self {
             pool,
-            ids: HashMap::new(),
-            pending: HashMap::new(),
+            ids: FastMap::default(),
+            pending: FastMap::default(),
             outbox: None,
             deadband: Vec::new(),
-            bands: HashMap::new(),
-            seen: HashMap::new(),
+            bands: FastMap::default(),
+            seen: FastMap::default(),
             catalogue_written: None,
             rollups: BTreeMap::new(),
             rollups_written: None,
