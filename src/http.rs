@@ -53,6 +53,8 @@ pub struct Metrics {
     pub outputs: Vec<Sample>,
     /// The embedded broker's front: connections, refusals (empty with an external broker).
     pub broker: Vec<Sample>,
+    /// The outputs' labelled families ([`crate::store::Output::families`]).
+    pub families: Vec<Family>,
     /// Alerts currently firing, by severity (`info`, `warning`, `critical`).
     pub alerts_firing: Vec<(String, u64)>,
     /// Bytes this process caused to be written to storage (`write_bytes` of
@@ -95,6 +97,16 @@ pub struct Sample {
     pub kind: Kind,
     pub help: &'static str,
     pub value: u64,
+}
+
+/// A metric family with labels (one sample per label set), as an output reports it:
+/// the Kafka source's lag per partition.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Family {
+    pub name: &'static str,
+    pub kind: Kind,
+    pub help: &'static str,
+    pub samples: Vec<(Vec<(&'static str, String)>, u64)>,
 }
 
 /// The Prometheus type of a [`Sample`].
@@ -340,6 +352,17 @@ pub fn render_metrics(m: &Metrics) -> String {
         };
         family(o, x.name, kind, x.help);
         sample(o, x.name, &[], x.value);
+    }
+    for f in m.families.iter().filter(|f| !f.samples.is_empty()) {
+        let kind = match f.kind {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+        };
+        family(o, f.name, kind, f.help);
+        for (labels, v) in &f.samples {
+            let l: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            sample(o, f.name, &l, v);
+        }
     }
 
     family(
@@ -617,6 +640,7 @@ mod tests {
 
     fn sample_metrics() -> Metrics {
         Metrics {
+            families: Vec::new(),
             readings_received: 1200,
             readings_stored: 1100,
             decode_errors: vec![("not_a_number".into(), 3), ("too_large".into(), 1)],

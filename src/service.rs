@@ -146,8 +146,9 @@ impl Service {
         #[cfg(feature = "kafka")]
         let mut kafka_tap = cfg.source.kafka.as_ref().map(|_| {
             let (tap, rx) = crate::kafka::tap::Tap::new();
+            let stats = tap.stats();
             outputs.push(Arc::new(tap));
-            rx
+            (rx, stats)
         });
         let mut tasks = Vec::new();
         let mut fanout = Fanout::new();
@@ -188,7 +189,7 @@ impl Service {
         #[cfg(feature = "kafka")]
         let readings_tx = match &cfg.source.kafka {
             Some(k) => {
-                let tap = kafka_tap
+                let (tap, kstats) = kafka_tap
                     .take()
                     .context("the Kafka tap is set up with the source")?;
                 let started = crate::source::kafka::start(
@@ -198,6 +199,7 @@ impl Service {
                     store_stats.clone(),
                     readings_tx,
                     tap,
+                    kstats,
                     adopt_tx,
                     &db_path,
                     trigger.token(),

@@ -97,6 +97,7 @@ impl MetricsSource {
                 .collect(),
             outbox,
             outputs: self.outputs.iter().flat_map(|o| o.metrics()).collect(),
+            families: self.outputs.iter().flat_map(|o| o.families()).collect(),
             broker: self
                 .broker
                 .as_ref()

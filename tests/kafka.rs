@@ -321,11 +321,21 @@ async fn readings_from_kafka_are_stored_alert_and_their_offsets_committed_after(
 
 #[test]
 fn two_instances_in_one_group_split_six_partitions_and_store_every_reading_once() {
+    split_between_two("");
+}
+
+/// The same with KIP-848's consumer group protocol (the brokers assign).
+#[test]
+fn the_consumer_group_protocol_of_kafka_4_splits_the_partitions_too() {
+    split_between_two("group_protocol = \"consumer\"\n");
+}
+
+fn split_between_two(extra: &str) {
     let Some(k) = Kafka::start() else { return };
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(k.create_topic("split-in", 6, false));
     let dir = tempfile::tempdir().unwrap();
-    let config = |port| source_config(port, &k.bootstrap(), "split-in", "pair", "");
+    let config = |port| source_config(port, &k.bootstrap(), "split-in", "pair", extra);
     let mut a = Run::start(dir.path(), "a", &config(free_port()));
     a.wait_log("partitions assigned", 1);
     let mut b = Run::start(dir.path(), "b", &config(free_port()));

@@ -12,9 +12,10 @@ use std::time::{Duration, Instant};
 
 use kafka::{free_port, produce, read_settled, Kafka, Run};
 
-fn config(mqtt_port: u16, brokers: &str) -> String {
+fn config(mqtt_port: u16, http_port: u16, brokers: &str) -> String {
     format!(
-        "[broker]\nlisten = \"127.0.0.1:{mqtt_port}\"\n\n[engine]\ntick = \"100ms\"\n\n\
+        "[broker]\nlisten = \"127.0.0.1:{mqtt_port}\"\n\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n\n\
+         [engine]\ntick = \"100ms\"\n\n\
          [storage.sqlite]\nflush_interval = \"200ms\"\n\n\
          [source.kafka]\nbrokers = [\"{brokers}\"]\ntopics = [\"eo-in\"]\ngroup_id = \"eo\"\n\
          alerts_topic = \"eo-alerts\"\ncommit_interval = \"200ms\"\n\n\
@@ -67,6 +68,26 @@ fn events(k: &Kafka, want: usize) -> BTreeMap<(String, String), usize> {
     out
 }
 
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    let _ = write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    );
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 #[test]
 fn a_killed_instance_s_firing_alerts_stay_firing_unannounced_and_every_crossing_fires_once() {
     let started = Instant::now();
@@ -74,9 +95,18 @@ fn a_killed_instance_s_firing_alerts_stay_firing_unannounced_and_every_crossing_
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(k.create_topic("eo-in", 6, false));
     let dir = tempfile::tempdir().unwrap();
-    let mut a = Run::start(dir.path(), "a", &config(free_port(), &k.bootstrap()));
+    let mut a = Run::start(
+        dir.path(),
+        "a",
+        &config(free_port(), free_port(), &k.bootstrap()),
+    );
     a.wait_log("partitions assigned", 1);
-    let mut b = Run::start(dir.path(), "b", &config(free_port(), &k.bootstrap()));
+    let b_http = free_port();
+    let mut b = Run::start(
+        dir.path(),
+        "b",
+        &config(free_port(), b_http, &k.bootstrap()),
+    );
     b.wait_log("owned=3", 1);
     a.wait_log("partitions revoked", 1);
 
@@ -94,7 +124,6 @@ fn a_killed_instance_s_firing_alerts_stay_firing_unannounced_and_every_crossing_
 
     // Mid-stream: more readings on their way, then a crash.
     produce(&k, "eo-in", &readings(t0, 40..50));
-    std::thread::sleep(Duration::from_millis(300));
     a.kill9();
     produce(&k, "eo-in", &readings(t0, 50..100));
 
@@ -137,10 +166,229 @@ fn a_killed_instance_s_firing_alerts_stay_firing_unannounced_and_every_crossing_
     }
     assert_eq!(rows.len(), 12 * 100, "distinct (series, time)");
     assert!(total >= 12 * 100, "{total}");
+
+    // What b says about itself, and what the brokers say about the group.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let m = loop {
+        let m = http_get(b_http, "/metrics");
+        let lag_lines = m
+            .lines()
+            .filter(|l| l.starts_with("centinela_kafka_source_lag{") && l.ends_with("} 0"))
+            .count();
+        if lag_lines == 6 {
+            break m;
+        }
+        assert!(Instant::now() < deadline, "lag 0 on 6 partitions: {m}");
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert!(
+        m.contains("centinela_kafka_source_assigned_partitions 6\n"),
+        "{m}"
+    );
+    let restored = metric(&m, "centinela_kafka_restored_alerts_total");
+    assert!(restored >= 6, "a's six firing alerts at least: {m}");
+    assert!(metric(&m, "centinela_kafka_transactions_total") > 0, "{m}");
+    assert!(
+        m.contains("centinela_kafka_source_lag{topic=\"eo-in\",partition=\"0\"} 0\n"),
+        "{m}"
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_centinela"))
+        .args(["kafka", "status", "--config"])
+        .arg(dir.path().join("b.toml"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("eo-in") && text.contains("6 partitions (input)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("eo-state") && text.contains("(alert state changelog)"),
+        "{text}"
+    );
+    assert!(text.contains("group: Stable (1 members)"), "{text}");
+    for p in 0..6 {
+        assert!(text.contains(&format!("eo-in[{p}]")), "{text}");
+    }
+    assert!(text.contains("total lag: 0"), "{text}");
     b.stop();
     eprintln!(
         "stored {total} rows for 1200 readings ({} again after the crash); {:.1} s",
         total - 1200,
         started.elapsed().as_secs_f64()
     );
+}
+
+/// `centinela kafka status` with `config`, the password in `CENTINELA_KAFKA_PASSWORD`.
+fn status_with(dir: &std::path::Path, name: &str, config: &str, password: &str) -> (bool, String) {
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, config).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_centinela"))
+        .args(["kafka", "status", "--config"])
+        .arg(&path)
+        .env("CENTINELA_KAFKA_PASSWORD", password)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn sasl_plain_and_scram_reach_the_brokers_with_the_password_from_the_environment() {
+    let Some(k) = Kafka::start_sasl("centinela", "s3cret") else {
+        return;
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(k.create_topic("sasl-in", 3, false));
+    let dir = tempfile::tempdir().unwrap();
+    let config = |mechanism: &str| {
+        format!(
+            "[source.kafka]\nbrokers = [\"127.0.0.1:{}\"]\ntopics = [\"sasl-in\"]\n\
+             group_id = \"sasl\"\nsecurity_protocol = \"sasl_plaintext\"\n\
+             sasl_mechanism = \"{mechanism}\"\nsasl_username = \"centinela\"\n",
+            k.sasl_port
+        )
+    };
+    for mechanism in ["PLAIN", "SCRAM-SHA-256"] {
+        let (ok, text) = status_with(dir.path(), "good", &config(mechanism), "s3cret");
+        assert!(ok, "{mechanism}: {text}");
+        assert!(
+            text.contains("sasl-in") && text.contains("3 partitions (input)"),
+            "{mechanism}: {text}"
+        );
+        let (ok, text) = status_with(dir.path(), "bad", &config(mechanism), "wrong");
+        assert!(!ok, "{mechanism} with a wrong password: {text}");
+        assert!(
+            !text.contains("wrong"),
+            "the password is not printed: {text}"
+        );
+    }
+    // Without the variable: a clear error naming it.
+    let path = dir.path().join("nopw.toml");
+    std::fs::write(&path, config("PLAIN")).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_centinela"))
+        .args(["kafka", "status", "--config"])
+        .arg(&path)
+        .env_remove("CENTINELA_KAFKA_PASSWORD")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("CENTINELA_KAFKA_PASSWORD"), "{err}");
+}
+
+/// A benchmark, not a test (`cargo test --features kafka --test kafka_cluster -- --ignored
+/// --nocapture bench`): one `centinela run` (the release binary when built:
+/// `cargo build --release --features kafka`, else `CENTINELA_BENCH_BIN`) consuming a
+/// topic of `CENTINELA_BENCH_N` (default 1,000,000) keyed readings flat out into SQLite,
+/// beside `kcat` reading the same topic to its end. Prints readings/s and CPU seconds.
+#[test]
+#[ignore]
+fn bench_one_instance_flat_out_beside_kcat() {
+    let Some(k) = Kafka::start() else { return };
+    let n: usize = std::env::var("CENTINELA_BENCH_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let bin = std::env::var("CENTINELA_BENCH_BIN").unwrap_or_else(|_| {
+        concat!(env!("CARGO_MANIFEST_DIR"), "/target/release/centinela").to_string()
+    });
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(k.create_topic("bench-in", 6, false));
+    let msgs: Vec<(i32, Option<String>, String)> = (0..n)
+        .map(|i| {
+            let s = i % 1000;
+            (
+                (s % 6) as i32,
+                Some(format!("site/d{s}/temp")),
+                format!("{}", 20 + i % 7),
+            )
+        })
+        .collect();
+    let t = Instant::now();
+    produce(&k, "bench-in", &msgs);
+    eprintln!("produced {n} in {:.1} s", t.elapsed().as_secs_f64());
+
+    if let Ok(out) = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "/usr/bin/time -f '%e %U %S' kcat -C -b {} -t bench-in -o beginning -e -q -f '%k %s\\n' | wc -l",
+            k.bootstrap()
+        ))
+        .output()
+    {
+        eprintln!(
+            "kcat: lines {} time(wall user sys) {}",
+            String::from_utf8_lossy(&out.stdout).trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let http = free_port();
+    let cfg = format!(
+        "[broker]\nlisten = \"127.0.0.1:{}\"\n\n[http]\nlisten = \"127.0.0.1:{http}\"\n\n\
+         [storage.sqlite]\npath = \"{}\"\n\n\
+         [source.kafka]\nbrokers = [\"{}\"]\ntopics = [\"bench-in\"]\ngroup_id = \"bench\"\n\n\
+         [[rules]]\nname = \"hot\"\nseries = \"site/+/temp\"\nkind = \"threshold\"\nabove = 30.0\n",
+        free_port(),
+        dir.path().join("b.db").display(),
+        k.bootstrap()
+    );
+    let path = dir.path().join("b.toml");
+    std::fs::write(&path, cfg).unwrap();
+    let mut child = std::process::Command::new(&bin)
+        .args(["run", "--config", path.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let cpu = |pid: u32| -> f64 {
+        let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let f: Vec<&str> = s
+            .rsplit_once(") ")
+            .map(|x| x.1)
+            .unwrap_or("")
+            .split(' ')
+            .collect();
+        let tick = 100.0;
+        let u: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+        let sy: f64 = f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+        (u + sy) / tick
+    };
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let mut first: Option<(Instant, f64, u64)> = None;
+    let done = loop {
+        let m = http_get(http, "/metrics");
+        let stored = metric(&m, "centinela_readings_stored_total");
+        if stored > 0 && first.is_none() {
+            first = Some((Instant::now(), cpu(child.id()), stored));
+        }
+        if stored >= n as u64 {
+            break (Instant::now(), cpu(child.id()));
+        }
+        assert!(Instant::now() < deadline, "stored {stored}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let (t0, c0, s0) = first.unwrap();
+    let secs = (done.0 - t0).as_secs_f64();
+    let rate = (n as u64 - s0) as f64 / secs;
+    let cpu_per_m = (done.1 - c0) / ((n as u64 - s0) as f64 / 1e6);
+    eprintln!(
+        "centinela ({bin}): {} readings in {secs:.2} s = {rate:.0} readings/s; \
+         {:.2} CPU-s, {cpu_per_m:.2} CPU-s per million",
+        n as u64 - s0,
+        done.1 - c0
+    );
+    let _ = child.kill();
+    let _ = child.wait();
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use super::export;
+use super::{export, kafka};
 use crate::config;
 use crate::model::AlertState;
 
@@ -91,6 +91,9 @@ pub enum Command {
     /// Write the stored readings and alert events as Parquet files (the layout of
     /// [output.parquet]), for DuckDB, pandas or Spark.
     Export(export::ExportArgs),
+    /// Kafka: `kafka status` shows the brokers, topics, consumer group and lag of
+    /// [source.kafka].
+    Kafka(kafka::KafkaArgs),
 }
 
 #[derive(Debug, Subcommand)]

@@ -11,6 +11,7 @@
 //! - `tui`: the terminal UI attached to a running service.
 //! - `admin`: `validate`, `doctor` and `db check`.
 //! - `export`: the Parquet export.
+//! - `kafka`: `kafka status`.
 //!
 //! This module parses nothing itself: it dispatches, loads the configuration and maps
 //! failures to exit codes.
@@ -25,6 +26,7 @@ mod args;
 mod bench;
 mod demo;
 mod export;
+mod kafka;
 mod query;
 mod replay;
 mod run;
@@ -126,6 +128,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Readings(args) => query::readings(args).await,
         Command::Export(args) => export::export(args).await,
+        Command::Kafka(args) => kafka::kafka(args).await,
         Command::Tui(args) => tui::tui(args).await,
         Command::Doctor { config, send_test } => {
             admin::doctor(config.config.as_deref(), send_test).await

@@ -3,9 +3,103 @@
 //! everywhere; running it needs a binary built with `--features kafka` (validation
 //! says so otherwise). The runtime is `source::kafka` and `store::kafka`.
 
+use std::path::PathBuf;
+
 use serde::Deserialize;
 
 use super::{key, Duration, Invalid, PathPart};
+
+/// How a Kafka client reaches the brokers: TLS and SASL, the same keys in
+/// `[source.kafka]` and `[output.kafka]`. The password is never in the file: it is read
+/// from the environment variable `sasl_password_env` names.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct KafkaSecurity {
+    /// `plaintext`, `ssl`, `sasl_plaintext` or `sasl_ssl`.
+    pub protocol: String,
+    /// `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512`.
+    pub mechanism: Option<String>,
+    pub username: Option<String>,
+    pub password_env: String,
+    /// CA certificates (PEM) the brokers' certificates are checked against; default:
+    /// the system's.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// The environment variable the SASL password is read from unless said otherwise.
+pub const DEFAULT_PASSWORD_ENV: &str = "CENTINELA_KAFKA_PASSWORD";
+
+impl KafkaSecurity {
+    fn uses_sasl(&self) -> bool {
+        self.protocol.starts_with("sasl_")
+    }
+
+    fn validate(&self, path: &dyn Fn(&str) -> Vec<PathPart>) -> Vec<Invalid> {
+        let mut out = Vec::new();
+        if !matches!(
+            self.protocol.as_str(),
+            "plaintext" | "ssl" | "sasl_plaintext" | "sasl_ssl"
+        ) {
+            out.push(Invalid::new(
+                &path("security_protocol"),
+                format!(
+                    "{:?}: expected \"plaintext\", \"ssl\", \"sasl_plaintext\" or \"sasl_ssl\"",
+                    self.protocol
+                ),
+            ));
+            return out;
+        }
+        if self.uses_sasl() {
+            match self.mechanism.as_deref() {
+                Some("PLAIN" | "SCRAM-SHA-256" | "SCRAM-SHA-512") => {}
+                Some(m) => out.push(Invalid::new(
+                    &path("sasl_mechanism"),
+                    format!("{m:?}: expected \"PLAIN\", \"SCRAM-SHA-256\" or \"SCRAM-SHA-512\""),
+                )),
+                None => out.push(Invalid::new(
+                    &path("sasl_mechanism"),
+                    format!("needed with security_protocol = {:?}", self.protocol),
+                )),
+            }
+            if self.username.as_deref().is_none_or(|u| u.is_empty()) {
+                out.push(Invalid::new(
+                    &path("sasl_username"),
+                    format!("needed with security_protocol = {:?}", self.protocol),
+                ));
+            }
+            if self.password_env.trim().is_empty() {
+                out.push(Invalid::new(
+                    &path("sasl_password_env"),
+                    "must name the environment variable that holds the password",
+                ));
+            }
+        } else {
+            for (f, set) in [
+                ("sasl_mechanism", self.mechanism.is_some()),
+                ("sasl_username", self.username.is_some()),
+            ] {
+                if set {
+                    out.push(Invalid::new(
+                        &path(f),
+                        format!(
+                            "has no effect with security_protocol = {:?} (use sasl_plaintext or sasl_ssl)",
+                            self.protocol
+                        ),
+                    ));
+                }
+            }
+        }
+        if self.ca_file.is_some() && !self.protocol.ends_with("ssl") {
+            out.push(Invalid::new(
+                &path("ca_file"),
+                format!(
+                    "has no effect with security_protocol = {:?} (use ssl or sasl_ssl)",
+                    self.protocol
+                ),
+            ));
+        }
+        out
+    }
+}
 
 /// Whether this binary can talk to Kafka.
 pub const BUILT_WITH_KAFKA: bool = cfg!(feature = "kafka");
@@ -83,6 +177,15 @@ pub struct KafkaSourceConfig {
     pub start: String,
     /// How often offsets of stored readings are committed, at most.
     pub commit_interval: Duration,
+    /// TLS and SASL ([`KafkaSecurity`]).
+    pub security_protocol: String,
+    pub sasl_mechanism: Option<String>,
+    pub sasl_username: Option<String>,
+    pub sasl_password_env: String,
+    pub ca_file: Option<PathBuf>,
+    /// The consumer group protocol: `classic` (cooperative-sticky, assigned by a
+    /// member) or `consumer` (KIP-848: the brokers assign; Kafka 4 and later).
+    pub group_protocol: String,
 }
 
 impl Default for KafkaSourceConfig {
@@ -96,11 +199,28 @@ impl Default for KafkaSourceConfig {
             alerts_topic: None,
             start: "earliest".into(),
             commit_interval: Duration::from_secs(1),
+            security_protocol: "plaintext".into(),
+            sasl_mechanism: None,
+            sasl_username: None,
+            sasl_password_env: DEFAULT_PASSWORD_ENV.into(),
+            ca_file: None,
+            group_protocol: "classic".into(),
         }
     }
 }
 
 impl KafkaSourceConfig {
+    /// TLS and SASL to the brokers.
+    pub fn security(&self) -> KafkaSecurity {
+        KafkaSecurity {
+            protocol: self.security_protocol.clone(),
+            mechanism: self.sasl_mechanism.clone(),
+            username: self.sasl_username.clone(),
+            password_env: self.sasl_password_env.clone(),
+            ca_file: self.ca_file.clone(),
+        }
+    }
+
     /// The parsed `key` (validated).
     pub fn key_from(&self) -> KeyFrom {
         KeyFrom::parse(&self.key).unwrap_or(KeyFrom::Key)
@@ -125,6 +245,7 @@ impl KafkaSourceConfig {
             return out;
         }
         out.extend(check_brokers(&self.brokers, &path("brokers")));
+        out.extend(self.security().validate(&path));
         if self.topics.is_empty() {
             out.push(Invalid::new(
                 &path("topics"),
@@ -151,6 +272,15 @@ impl KafkaSourceConfig {
             if let Some(Err(e)) = t.as_deref().map(check_topic) {
                 out.push(Invalid::new(&path(f), e));
             }
+        }
+        if !matches!(self.group_protocol.as_str(), "classic" | "consumer") {
+            out.push(Invalid::new(
+                &path("group_protocol"),
+                format!(
+                    "{:?}: expected \"classic\" or \"consumer\"",
+                    self.group_protocol
+                ),
+            ));
         }
         if !matches!(self.start.as_str(), "earliest" | "latest") {
             out.push(Invalid::new(
@@ -183,6 +313,12 @@ pub struct KafkaOutputConfig {
     pub message_timeout: Duration,
     /// How long stopping waits for messages still in flight (then they count as failed).
     pub flush_timeout: Duration,
+    /// TLS and SASL ([`KafkaSecurity`]).
+    pub security_protocol: String,
+    pub sasl_mechanism: Option<String>,
+    pub sasl_username: Option<String>,
+    pub sasl_password_env: String,
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for KafkaOutputConfig {
@@ -193,11 +329,27 @@ impl Default for KafkaOutputConfig {
             alerts_topic: "centinela-alerts".into(),
             message_timeout: Duration::from_secs(30),
             flush_timeout: Duration::from_secs(5),
+            security_protocol: "plaintext".into(),
+            sasl_mechanism: None,
+            sasl_username: None,
+            sasl_password_env: DEFAULT_PASSWORD_ENV.into(),
+            ca_file: None,
         }
     }
 }
 
 impl KafkaOutputConfig {
+    /// TLS and SASL to the brokers.
+    pub fn security(&self) -> KafkaSecurity {
+        KafkaSecurity {
+            protocol: self.security_protocol.clone(),
+            mechanism: self.sasl_mechanism.clone(),
+            username: self.sasl_username.clone(),
+            password_env: self.sasl_password_env.clone(),
+            ca_file: self.ca_file.clone(),
+        }
+    }
+
     pub fn validate(&self, at: &[PathPart]) -> Vec<Invalid> {
         let path = |f: &str| {
             let mut p = at.to_vec();
@@ -210,6 +362,7 @@ impl KafkaOutputConfig {
             return out;
         }
         out.extend(check_brokers(&self.brokers, &path("brokers")));
+        out.extend(self.security().validate(&path));
         for (f, t) in [
             ("readings_topic", &self.readings_topic),
             ("alerts_topic", &self.alerts_topic),
@@ -281,6 +434,41 @@ fn check_topic(t: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sasl_needs_a_mechanism_and_a_user_and_tls_keys_need_tls() {
+        let path = |f: &str| vec![key("source"), key("kafka"), key(f)];
+        let sec = |p: &str, m: Option<&str>, u: Option<&str>, ca: bool| KafkaSecurity {
+            protocol: p.into(),
+            mechanism: m.map(str::to_string),
+            username: u.map(str::to_string),
+            password_env: DEFAULT_PASSWORD_ENV.into(),
+            ca_file: ca.then(|| PathBuf::from("/etc/ca.pem")),
+        };
+        let fields = |s: KafkaSecurity| -> Vec<String> {
+            s.validate(&path)
+                .iter()
+                .map(|e| format!("{:?}: {}", e.path.last(), e.message))
+                .collect()
+        };
+        assert!(fields(sec("plaintext", None, None, false)).is_empty());
+        assert!(fields(sec("sasl_ssl", Some("SCRAM-SHA-512"), Some("u"), true)).is_empty());
+        assert!(fields(sec("ssl", None, None, true)).is_empty());
+        let e = fields(sec("sasl_plaintext", None, None, false));
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert!(
+            e[0].contains("sasl_mechanism") && e[1].contains("sasl_username"),
+            "{e:?}"
+        );
+        let e = fields(sec("sasl_plaintext", Some("GSSAPI"), Some("u"), false));
+        assert!(e[0].contains("GSSAPI"), "{e:?}");
+        let e = fields(sec("plaintext", Some("PLAIN"), None, true));
+        assert!(
+            e[0].contains("has no effect") && e[1].contains("ca_file"),
+            "{e:?}"
+        );
+        assert!(fields(sec("tls", None, None, false))[0].contains("security_protocol"));
+    }
 
     #[test]
     fn key_from_parses_the_three_forms() {

@@ -19,7 +19,9 @@ pub use centinela_sim::broker_url::{BrokerUrl, Tls};
 pub use duration::Duration;
 pub use influx::{InfluxApi, InfluxConfig};
 pub use ingest::{covers as filter_covers, MapConfig, MapFormat};
-pub use kafka::{KafkaOutputConfig, KafkaSourceConfig, KeyFrom, SourcesConfig, BUILT_WITH_KAFKA};
+pub use kafka::{
+    KafkaOutputConfig, KafkaSecurity, KafkaSourceConfig, KeyFrom, SourcesConfig, BUILT_WITH_KAFKA,
+};
 pub use notify::{
     EmailConfig, MqttNotifyConfig, NotifyConfig, OutboxConfig, SmtpTls, TelegramConfig,
     WebhookConfig,

@@ -6,9 +6,11 @@
 //!   "everything for the readings sent so far is in".
 //! - [`changelog`]: alert state as records of a compacted topic (key = alert id, one
 //!   partition per input partition), and the restore that reads a partition to its end.
+//! - [`status`]: `centinela kafka status`, from the brokers' point of view.
 //!
 //! The consumer itself ([`crate::source::kafka`]) commits, per batch of readings, the
 //! alert events, the changelog records and the consumed offsets in one transaction.
 
 pub mod changelog;
+pub mod status;
 pub mod tap;

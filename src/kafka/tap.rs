@@ -4,12 +4,15 @@
 //! empty batch): when it arrives, every alert batch the engine made of the readings
 //! sent before it has arrived too.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc, Mutex};
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use crate::http::{Family, Kind, Sample};
 use crate::shutdown::Shutdown;
+use crate::source::kafka::KafkaSourceStats;
 use crate::store::sqlite::AlertBatch;
 use crate::store::{BoxFuture, Context, Output, OutputMsg, StartError};
 
@@ -21,9 +24,12 @@ pub enum TapMsg {
     Barrier,
 }
 
-/// The tap output; [`Tap::new`] also gives the consumer's end.
+/// The tap output; [`Tap::new`] also gives the consumer's end. It also reports the
+/// Kafka source's figures in `/metrics` (it is the source's one place among the
+/// outputs).
 pub struct Tap {
     tx: Mutex<Option<std_mpsc::Sender<TapMsg>>>,
+    stats: Arc<KafkaSourceStats>,
 }
 
 impl Tap {
@@ -32,15 +38,117 @@ impl Tap {
         (
             Tap {
                 tx: Mutex::new(Some(tx)),
+                stats: Arc::default(),
             },
             rx,
         )
+    }
+
+    /// The source's counters (the consumer fills them).
+    pub fn stats(&self) -> Arc<KafkaSourceStats> {
+        self.stats.clone()
     }
 }
 
 impl Output for Tap {
     fn name(&self) -> &'static str {
         "kafka-tap"
+    }
+
+    fn metrics(&self) -> Vec<Sample> {
+        let s = &self.stats;
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        vec![
+            Sample::counter(
+                "centinela_kafka_source_messages_total",
+                "Messages consumed from Kafka.",
+                get(&s.messages),
+            ),
+            Sample::counter(
+                "centinela_kafka_source_no_series_total",
+                "Kafka messages skipped because no series could be found in them.",
+                get(&s.no_series),
+            ),
+            Sample::gauge(
+                "centinela_kafka_source_assigned_partitions",
+                "Input partitions this instance owns now.",
+                get(&s.assigned),
+            ),
+            Sample::counter(
+                "centinela_kafka_source_rebalances_total",
+                "Consumer group rebalances this instance took part in.",
+                get(&s.rebalances),
+            ),
+            Sample::counter(
+                "centinela_kafka_transactions_total",
+                "Transactions committed (alert events, changelog records and offsets).",
+                get(&s.commits),
+            ),
+            Sample::counter(
+                "centinela_kafka_transactions_failed_total",
+                "Transactions that failed and were aborted (the group is rejoined).",
+                get(&s.commit_errors),
+            ),
+            Sample::counter(
+                "centinela_kafka_alert_events_produced_total",
+                "Alert events written to the alerts topic in committed transactions.",
+                get(&s.events_produced),
+            ),
+            Sample::counter(
+                "centinela_kafka_changelog_records_produced_total",
+                "Alert state records written to the changelog in committed transactions.",
+                get(&s.changelog_produced),
+            ),
+            Sample::counter(
+                "centinela_kafka_restores_total",
+                "Changelog restores (one per assignment).",
+                get(&s.restores),
+            ),
+            Sample::counter(
+                "centinela_kafka_restore_records_total",
+                "Changelog records read by restores.",
+                get(&s.restored_records),
+            ),
+            Sample::counter(
+                "centinela_kafka_restored_alerts_total",
+                "Alerts taken over from the changelog.",
+                get(&s.restored_alerts),
+            ),
+            Sample::counter(
+                "centinela_kafka_restore_milliseconds_total",
+                "Time spent restoring alert state from the changelog.",
+                get(&s.restore_ms_total),
+            ),
+            Sample::gauge(
+                "centinela_kafka_restore_last_milliseconds",
+                "How long the last changelog restore took.",
+                get(&s.restore_ms_last),
+            ),
+        ]
+    }
+
+    fn families(&self) -> Vec<Family> {
+        let parts = self
+            .stats
+            .partitions
+            .lock()
+            .map(|l| l.clone())
+            .unwrap_or_default();
+        vec![Family {
+            name: "centinela_kafka_source_lag",
+            kind: Kind::Gauge,
+            help: "Messages of an owned partition not yet read (end minus position).",
+            samples: parts
+                .iter()
+                .filter_map(|p| {
+                    let labels = vec![
+                        ("topic", p.topic.clone()),
+                        ("partition", p.partition.to_string()),
+                    ];
+                    Some((labels, p.lag()? as u64))
+                })
+                .collect(),
+        }]
     }
 
     fn start<'a>(

@@ -40,7 +40,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -618,7 +618,8 @@ impl KafkaSource {
     /// Creates the topics it writes if missing, the transactional producer, and
     /// subscribes; the consumer then runs on the calling thread ([`Running::run`]).
     pub async fn connect(self, links: Links, instance: &str) -> Result<Running, StartError> {
-        let base = crate::store::kafka::client_config(&self.cfg.brokers);
+        let base = crate::store::kafka::client_config(&self.cfg.brokers, &self.cfg.security())
+            .map_err(StartError)?;
         let probe: BaseConsumer = base
             .create()
             .map_err(|e| StartError(format!("cannot create a client: {e}")))?;
@@ -665,10 +666,16 @@ impl KafkaSource {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", &self.cfg.start)
-            .set("partition.assignment.strategy", "cooperative-sticky")
-            .set("isolation.level", "read_committed")
-            .set("session.timeout.ms", "10000")
-            .set("heartbeat.interval.ms", "1000");
+            .set("isolation.level", "read_committed");
+        if self.cfg.group_protocol == "consumer" {
+            // KIP-848: the brokers assign, incrementally; session and heartbeat are the
+            // group's settings on the brokers.
+            c.set("group.protocol", "consumer");
+        } else {
+            c.set("partition.assignment.strategy", "cooperative-sticky")
+                .set("session.timeout.ms", "10000")
+                .set("heartbeat.interval.ms", "1000");
+        }
         let consumer: BaseConsumer<Ctx> = c
             .create_with_context(ctx)
             .map_err(|e| StartError(format!("cannot create the consumer: {e}")))?;
@@ -695,6 +702,15 @@ impl Running {
     pub fn run(self, stop: Shutdown) {
         let Running { consumer, src } = self;
         let ctx = consumer.context();
+        let lag_done = Arc::new(AtomicBool::new(false));
+        let lag = {
+            let (base, group) = (ctx.lock().base.clone(), src.cfg.group_id.clone());
+            let (stats, done) = (src.kafka.clone(), lag_done.clone());
+            std::thread::Builder::new()
+                .name("kafka-lag".into())
+                .spawn(move || watch_lag(base, group, stats, done))
+                .ok()
+        };
         let mut decoder: Decoder = src.setup.decoder();
         let how = src.cfg.key_from();
         let json_path: Vec<String> = match &how {
@@ -708,7 +724,6 @@ impl Running {
         let mut warn_kafka = crate::logging::Throttle::new(every);
         let commit_every = src.cfg.commit_interval.std();
         let mut last_commit = Instant::now();
-        let mut last_lag = Instant::now();
         let mut topic = String::new();
         let stats = &src.stats;
         let kstats = &src.kafka;
@@ -814,10 +829,6 @@ impl Running {
             if broken {
                 rejoin(&consumer, &src.cfg.topics);
             }
-            if last_lag.elapsed() >= Duration::from_secs(5) {
-                last_lag = Instant::now();
-                update_ends(&consumer, kstats);
-            }
         }
         // The end: push the last readings through and commit them, then leave.
         let mut p = ctx.lock();
@@ -828,6 +839,10 @@ impl Running {
         }
         p.out = None;
         drop(p);
+        lag_done.store(true, Ordering::Relaxed);
+        if let Some(t) = lag {
+            let _ = t.join();
+        }
         drop(consumer);
         drop(stop);
     }
@@ -858,33 +873,60 @@ fn rejoin(consumer: &BaseConsumer<Ctx>, topics: &[String]) {
     }
 }
 
-/// Refreshes the end offsets of the owned partitions (for the lag).
-fn update_ends(consumer: &BaseConsumer<Ctx>, stats: &KafkaSourceStats) {
-    let owned: Vec<(String, i32)> = match stats.partitions.lock() {
-        Ok(l) => l.iter().map(|x| (x.topic.clone(), x.partition)).collect(),
-        Err(_) => return,
+/// Refreshes, every few seconds on its own thread and with its own client (so the
+/// consumer never waits for it), the end offsets and the group's committed offsets of
+/// the owned partitions: lag = end − committed. Ends when `done` is set.
+fn watch_lag(
+    base: ClientConfig,
+    group: String,
+    stats: Arc<KafkaSourceStats>,
+    done: Arc<AtomicBool>,
+) {
+    let mut c = base;
+    c.set("group.id", &group).set("enable.auto.commit", "false");
+    let Ok(client) = c.create::<BaseConsumer>() else {
+        return;
     };
-    let positions = consumer.position().ok();
-    for (t, n) in owned {
-        let end = consumer
-            .fetch_watermarks(&t, n, Duration::from_millis(500))
-            .ok()
-            .map(|(_, hi)| hi);
-        let pos = positions.as_ref().and_then(|tpl| {
-            tpl.find_partition(&t, n)
-                .and_then(|e| e.offset().to_raw())
-                .filter(|&o| o >= 0)
-        });
-        if let Ok(mut l) = stats.partitions.lock() {
-            if let Some(x) = l.iter_mut().find(|x| x.topic == t && x.partition == n) {
-                if end.is_some() {
-                    x.end = end;
-                }
-                if pos.is_some() {
-                    x.position = pos;
+    let mut every = Duration::from_millis(500);
+    while !done.load(Ordering::Relaxed) {
+        let owned: Vec<(String, i32)> = match stats.partitions.lock() {
+            Ok(l) => l.iter().map(|x| (x.topic.clone(), x.partition)).collect(),
+            Err(_) => return,
+        };
+        let mut tpl = TopicPartitionList::new();
+        for (t, n) in &owned {
+            tpl.add_partition(t, *n);
+        }
+        let committed = if owned.is_empty() {
+            None
+        } else {
+            client.committed_offsets(tpl, Duration::from_secs(5)).ok()
+        };
+        for (t, n) in owned {
+            let end = client
+                .fetch_watermarks(&t, n, Duration::from_secs(2))
+                .ok()
+                .map(|(_, hi)| hi);
+            let pos = committed.as_ref().and_then(|tpl| {
+                tpl.find_partition(&t, n)
+                    .and_then(|e| e.offset().to_raw())
+                    .filter(|&o| o >= 0)
+            });
+            if let Ok(mut l) = stats.partitions.lock() {
+                if let Some(x) = l.iter_mut().find(|x| x.topic == t && x.partition == n) {
+                    if end.is_some() {
+                        x.end = end;
+                    }
+                    // Nothing committed yet: the whole partition is behind.
+                    x.position = pos.or(x.position).or(Some(0));
                 }
             }
         }
+        let until = Instant::now() + every;
+        while Instant::now() < until && !done.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        every = Duration::from_secs(5);
     }
 }
 
@@ -907,11 +949,11 @@ pub async fn start(
     store: Arc<StoreStats>,
     readings: mpsc::Sender<Vec<Reading>>,
     tap: std_mpsc::Receiver<TapMsg>,
+    kafka: Arc<KafkaSourceStats>,
     adopt: mpsc::Sender<Adopt>,
     db_path: &Path,
     stop: Shutdown,
 ) -> Result<Started, StartError> {
-    let kafka = Arc::new(KafkaSourceStats::default());
     let (mqtt_tx, mqtt_rx) = mpsc::channel(64);
     let (kafka_tx, kafka_rx) = mpsc::channel(8);
     let (marks_tx, marks_rx) = std::sync::mpsc::channel();

@@ -191,6 +191,11 @@ pub trait Output: Any + Send + Sync {
         Vec::new()
     }
 
+    /// Its labelled families for `/metrics` (one sample per label set).
+    fn families(&self) -> Vec<crate::http::Family> {
+        Vec::new()
+    }
+
     /// Its figure for the status line and the TUI header, if it shows one.
     fn status(&self) -> Option<OutputStatus> {
         None

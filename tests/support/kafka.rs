@@ -33,6 +33,8 @@ fn lib_dir() -> PathBuf {
 
 pub struct Kafka {
     pub port: u16,
+    /// The SASL_PLAINTEXT listener of [`Kafka::start_sasl`].
+    pub sasl_port: u16,
     child: Child,
     pub dir: tempfile::TempDir,
 }
@@ -40,6 +42,16 @@ pub struct Kafka {
 impl Kafka {
     /// `None` (after saying SKIPPED) when Java or the jars are missing.
     pub fn start() -> Option<Kafka> {
+        Kafka::start_with(None)
+    }
+
+    /// With a second listener, SASL_PLAINTEXT on [`Kafka::sasl_port`], that takes PLAIN
+    /// and SCRAM-SHA-256 for `user` with `password`.
+    pub fn start_sasl(user: &str, password: &str) -> Option<Kafka> {
+        Kafka::start_with(Some((user, password)))
+    }
+
+    fn start_with(sasl: Option<(&str, &str)>) -> Option<Kafka> {
         let lib = lib_dir();
         if !lib.join(".complete").exists() || Command::new("java").arg("-version").output().is_err()
         {
@@ -50,17 +62,32 @@ impl Kafka {
             return None;
         }
         let dir = tempfile::tempdir().unwrap();
-        let (port, cport) = (free_port(), free_port());
+        let (port, cport, sport) = (free_port(), free_port(), free_port());
         let props = dir.path().join("server.properties");
+        let (listeners, map, extra) = match sasl {
+            None => (String::new(), String::new(), String::new()),
+            Some((user, password)) => (
+                format!(",SASL_PLAINTEXT://127.0.0.1:{sport}"),
+                ",SASL_PLAINTEXT:SASL_PLAINTEXT".to_string(),
+                format!(
+                    "sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256\n\
+                     listener.name.sasl_plaintext.plain.sasl.jaas.config=\
+                     org.apache.kafka.common.security.plain.PlainLoginModule required \
+                     user_{user}=\"{password}\";\n\
+                     listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config=\
+                     org.apache.kafka.common.security.scram.ScramLoginModule required;\n"
+                ),
+            ),
+        };
         std::fs::write(
             &props,
             format!(
                 "process.roles=broker,controller\nnode.id=1\n\
                  controller.quorum.voters=1@127.0.0.1:{cport}\n\
-                 listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{cport}\n\
-                 advertised.listeners=PLAINTEXT://127.0.0.1:{port}\n\
+                 listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{cport}{listeners}\n\
+                 advertised.listeners=PLAINTEXT://127.0.0.1:{port}{listeners}\n\
                  controller.listener.names=CONTROLLER\ninter.broker.listener.name=PLAINTEXT\n\
-                 listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT\n\
+                 listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT{map}\n{extra}\
                  log.dirs={}\nnum.partitions=6\noffsets.topic.replication.factor=1\n\
                  offsets.topic.num.partitions=6\n\
                  transaction.state.log.replication.factor=1\ntransaction.state.log.min.isr=1\n\
@@ -84,13 +111,18 @@ impl Kafka {
         )
         .unwrap();
         let cp = format!("{}/*", lib.display());
-        let out = Command::new("java")
+        let mut format = Command::new("java");
+        format
             .args(["-cp", &cp, "kafka.tools.StorageTool", "format", "-t"])
             .arg("q1Sh-9_ISia_zwGINzRvyQ")
             .arg("-c")
-            .arg(&props)
-            .output()
-            .unwrap();
+            .arg(&props);
+        if let Some((user, password)) = sasl {
+            format
+                .arg("--add-scram")
+                .arg(format!("SCRAM-SHA-256=[name={user},password={password}]"));
+        }
+        let out = format.output().unwrap();
         assert!(
             out.status.success(),
             "kafka storage format failed: {}",
@@ -105,7 +137,12 @@ impl Kafka {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let k = Kafka { port, child, dir };
+        let k = Kafka {
+            port,
+            sasl_port: sport,
+            child,
+            dir,
+        };
         k.wait_ready();
         Some(k)
     }

@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::encode;
-use crate::config::KafkaOutputConfig;
+use crate::config::{KafkaOutputConfig, KafkaSecurity};
 use crate::http::{Sample, StageHealth};
 use crate::model::OutputStatus;
 use crate::shutdown::Shutdown;
@@ -24,14 +24,34 @@ const QUEUE_MESSAGES: usize = 500_000;
 /// How long a full queue is waited for before messages are dropped.
 const FULL_WAIT: Duration = Duration::from_secs(1);
 
-/// The settings every Kafka client of centinela starts from.
-pub fn client_config(brokers: &[String]) -> ClientConfig {
+/// The settings every Kafka client of centinela starts from: the brokers, and TLS and
+/// SASL as configured (the password read from its environment variable now). Fails
+/// when that variable is not set.
+pub fn client_config(brokers: &[String], sec: &KafkaSecurity) -> Result<ClientConfig, String> {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", brokers.join(","))
         .set("client.id", "centinela")
         // Logs go through `tracing` at their level; nothing is printed to stderr.
-        .set("log.connection.close", "false");
-    c
+        .set("log.connection.close", "false")
+        .set("security.protocol", &sec.protocol);
+    if sec.protocol.starts_with("sasl_") {
+        let password = std::env::var(&sec.password_env).map_err(|_| {
+            format!(
+                "the SASL password is read from the environment variable {}, which is not set",
+                sec.password_env
+            )
+        })?;
+        c.set(
+            "sasl.mechanisms",
+            sec.mechanism.as_deref().unwrap_or("PLAIN"),
+        )
+        .set("sasl.username", sec.username.as_deref().unwrap_or_default())
+        .set("sasl.password", password);
+    }
+    if let Some(ca) = &sec.ca_file {
+        c.set("ssl.ca.location", ca.display().to_string());
+    }
+    Ok(c)
 }
 
 /// What the output counts, for `/metrics`, `/healthz` and the tests.
@@ -87,7 +107,8 @@ impl KafkaOutput {
     }
 
     fn producer(&self) -> Result<ThreadedProducer<Counting>, KafkaError> {
-        let mut c = client_config(&self.cfg.brokers);
+        let mut c = client_config(&self.cfg.brokers, &self.cfg.security())
+            .map_err(KafkaError::ClientCreation)?;
         c.set(
             "message.timeout.ms",
             self.cfg.message_timeout.as_millis().to_string(),
@@ -301,7 +322,7 @@ impl Output for KafkaOutput {
 /// Whether the brokers answer and the topics exist (with their partition counts).
 fn check_topics(cfg: &KafkaOutputConfig) -> Result<String, String> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
-    let c: BaseConsumer = client_config(&cfg.brokers)
+    let c: BaseConsumer = client_config(&cfg.brokers, &cfg.security())?
         .create()
         .map_err(|e| e.to_string())?;
     let md = c
