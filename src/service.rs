@@ -118,6 +118,7 @@ impl Service {
         let (view_tx, view) = watch::channel(Arc::new(EngineView::default()));
         let (reload_tx, reload_rx) = mpsc::channel::<Config>(4);
         let (adopt_tx, adopt_rx) = mpsc::channel::<stage::Adopt>(4);
+        let (system_tx, system_rx) = mpsc::channel::<crate::engine::SystemAlert>(64);
         let heartbeat = Arc::new(AtomicI64::new(now_ms()));
         let outbox_counts = crate::status::SharedOutboxCounts::default();
         let (live, _) = broadcast::channel::<LiveEvent>(LIVE_CAPACITY);
@@ -169,6 +170,7 @@ impl Service {
             control: control_rx,
             reload: reload_rx,
             adopt: adopt_rx,
+            system: system_rx,
         };
         tasks.push(tokio::spawn(stage.run(
             inputs,
@@ -303,6 +305,7 @@ impl Service {
             senders,
             build,
             trigger.token(),
+            Some(system_tx),
         );
         tasks.push(channels_task);
         if let Some(t) = cfg.notify.telegram.as_ref().filter(|t| t.bot) {

@@ -461,12 +461,62 @@ async fn under_run_a_silent_mail_server_is_retried_reported_and_sigterm_is_promp
         assert!(t.elapsed() < Duration::from_secs(10), "{rules:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // That alert is the engine's: `centinela alerts` lists it, and it is acknowledged
+    // like any other (here through the control topic, as the TUI does).
+    let alert_events = |state: &str| -> Vec<Value> {
+        let o = centinela(&["alerts", "--db", db.to_str().unwrap(), "--json"]);
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|r| {
+                r["rule"] == "centinela-delivery-failing"
+                    && r["series"] == "notify/email"
+                    && r["state"] == state
+            })
+            .collect()
+    };
+    let t = Instant::now();
+    while alert_events("firing").is_empty() {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "no delivery alert in `centinela alerts`"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let firing = alert_events("firing").remove(0);
+    assert!(
+        firing["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("email notifications have failed since"),
+        "{firing}"
+    );
+    let (user, pass) = centinela::broker::read_viewer_login(&db).expect("the viewer login");
+    let mut ops = Publisher::connect(port, "ops", Some((&user, &pass))).await;
+    ops.publish(
+        "centinela/control",
+        r#"{"action":"ack","alert":"centinela-delivery-failing/notify/email","by":"ops"}"#,
+    )
+    .await;
+    ops.wait_acked(1).await;
+    let t = Instant::now();
+    while alert_events("acknowledged").is_empty() {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the delivery alert was not acknowledged"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let (code, took, log) = term_and_wait(&mut svc, Duration::from_secs(10));
     assert_eq!(code, Some(0), "{log}");
     assert!(took < Duration::from_secs(3), "stopped after {took:?}");
     assert!(log.contains("delivery failed; will retry"), "{log}");
     assert!(log.contains("sent no greeting within 500ms"), "{log}");
     assert!(log.contains("channel keeps failing"), "{log}");
+    assert!(
+        log.contains("acknowledged centinela-delivery-failing/notify/email"),
+        "{log}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -86,6 +86,8 @@ mod render;
 pub mod replay;
 mod rule;
 pub mod stage;
+mod system;
+pub use system::{system_rules, SystemAlert, SystemRule};
 #[cfg(test)]
 mod tests;
 

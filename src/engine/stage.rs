@@ -83,6 +83,9 @@ impl EngineView {
 /// and refills rate and window rules from the stored readings.
 pub async fn start_engine(cfg: &Config, pool: &sqlx::SqlitePool) -> anyhow::Result<Engine> {
     let mut engine = Engine::new(&cfg.rules, &cfg.engine);
+    for d in super::system_rules(cfg) {
+        engine.declare_system(&d);
+    }
     let now = now_ms();
     let (alerts, silences) = sqlite::load_engine_state(pool)
         .await
@@ -150,6 +153,8 @@ pub struct Inputs {
     pub reload: mpsc::Receiver<Config>,
     /// Alert state taken over from another instance (Kafka changelog restore).
     pub adopt: mpsc::Receiver<Adopt>,
+    /// Alerts the service raises about itself (a notification channel failing).
+    pub system: mpsc::Receiver<super::SystemAlert>,
 }
 
 /// Alert state of series this instance takes over ([`Engine::adopt`]); `done` gets
@@ -201,6 +206,7 @@ impl EngineStage {
             mut control,
             mut reload,
             mut adopt,
+            mut system,
         } = inputs;
         let mut ticker = tokio::time::interval(tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -254,6 +260,9 @@ impl EngineStage {
                     let records = self.engine.records();
                     let silences = self.engine.silences();
                     let mut engine = Engine::new(&cfg.rules, &cfg.engine);
+                    for d in super::system_rules(&cfg) {
+                        engine.declare_system(&d);
+                    }
                     engine.restore(records, silences, now);
                     if let Some(window) = engine.max_window_ms() {
                         match prime(&mut engine, &pool, now.saturating_sub(window)).await {
@@ -264,6 +273,14 @@ impl EngineStage {
                     self.engine = engine;
                     ticker.reset_after(cfg.engine.tick.std());
                     tracing::info!(rules = cfg.rules.len(), "rules reloaded; alert state kept");
+                    self.publish_view(now);
+                }
+                Some(s) = system.recv() => {
+                    let now = now_ms();
+                    self.engine.system(&s, now, &mut self.events);
+                    if !self.emit().await {
+                        break;
+                    }
                     self.publish_view(now);
                 }
                 Some(req) = adopt.recv() => {

@@ -21,7 +21,9 @@
 //!   `let outbox = Outbox::new(pool)`.
 //! - The engine's events go through [`Outbox::enqueue`] (it wakes the workers; the
 //!   free [`enqueue`] does the same write without waking them, they then poll).
-//! - `spawn_workers(&outbox, &cfg.notify, senders(&cfg.notify, mqtt_publish)?, shutdown)`.
+//! - `spawn_workers(&outbox, &cfg.notify, senders(&cfg.notify, mqtt_publish)?, shutdown, engine)`:
+//!   with `engine`, a channel that keeps failing is an alert of the engine
+//!   ([`crate::engine::SystemAlert`]), listed and acknowledged like any other.
 //! - With `[notify.telegram] bot = true`: `bot::TelegramBot::from_config(t, backend,
 //!   Some(pool))?.spawn(shutdown)`, where `backend` implements [`bot::BotBackend`].
 //! - `centinela alerts --outbox`: [`dead`]; metrics and the TUI: [`counts`];
@@ -146,13 +148,18 @@ pub fn spawn_workers(
     cfg: &NotifyConfig,
     senders: Vec<Arc<dyn Sender>>,
     shutdown: watch::Receiver<bool>,
+    engine: Option<tokio::sync::mpsc::Sender<crate::engine::SystemAlert>>,
 ) -> Vec<JoinHandle<()>> {
     let names: Vec<String> = senders.iter().map(|s| s.channel().to_string()).collect();
     senders
         .into_iter()
         .map(|s| {
-            Worker::new(outbox.clone(), s, cfg.outbox.clone(), names.clone())
-                .spawn(shutdown.clone())
+            let w = Worker::new(outbox.clone(), s, cfg.outbox.clone(), names.clone());
+            match &engine {
+                Some(tx) => w.with_engine(tx.clone()),
+                None => w,
+            }
+            .spawn(shutdown.clone())
         })
         .collect()
 }

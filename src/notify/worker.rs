@@ -36,6 +36,11 @@ pub const RULE_FAILING: &str = "centinela-delivery-failing";
 /// Rule name of the alert raised when notifications end dead.
 pub const RULE_DEAD: &str = "centinela-delivery-dead";
 
+/// The series of a channel's health alert: `notify/<channel>`.
+pub fn health_series(channel: &str) -> String {
+    format!("notify/{channel}")
+}
+
 /// How long a round in progress may still take once shutdown is asked for; then it is
 /// dropped and what it was sending stays pending for the next start.
 pub const DRAIN: Duration = Duration::from_secs(5);
@@ -129,6 +134,13 @@ pub struct Worker {
     last_prune: Timestamp,
     /// Rows already reported as unreadable, so each is logged once, not every poll.
     unreadable: std::collections::HashSet<String>,
+    /// The engine's input for system alerts: the failing-channel alert goes there (and
+    /// from there to `centinela alerts`, the TUI and the outbox) instead of straight
+    /// into the outbox.
+    engine: Option<tokio::sync::mpsc::Sender<crate::engine::SystemAlert>>,
+    /// The engine was told this channel delivers (its alert, restored firing after a
+    /// restart, is resolved by the first delivery).
+    engine_clear: bool,
 }
 
 impl Worker {
@@ -149,6 +161,39 @@ impl Worker {
             raised: false,
             last_prune: 0,
             unreadable: std::collections::HashSet::new(),
+            engine: None,
+            engine_clear: false,
+        }
+    }
+
+    /// Raises the failing-channel alert through the engine (a system alert) instead
+    /// of enqueueing it in the outbox directly.
+    pub fn with_engine(
+        mut self,
+        engine: tokio::sync::mpsc::Sender<crate::engine::SystemAlert>,
+    ) -> Self {
+        self.engine = Some(engine);
+        self
+    }
+
+    /// Hands a change of the health alert to the engine; `false` when there is no
+    /// engine (or it has stopped): the caller enqueues the event itself.
+    fn to_engine(&self, firing: bool, ts: Timestamp, message: &str) -> bool {
+        let Some(tx) = &self.engine else { return false };
+        let s = crate::engine::SystemAlert {
+            rule: RULE_FAILING.into(),
+            series: health_series(self.sender.channel()),
+            firing,
+            ts,
+            message: message.to_string(),
+            notify: self.others.clone(),
+        };
+        match tx.try_send(s) {
+            Ok(()) => true,
+            Err(e) => {
+                warn!(channel = %self.sender.channel(), error = %e, "the engine did not take the delivery alert; it goes to the outbox directly");
+                false
+            }
         }
     }
 
@@ -411,13 +456,20 @@ impl Worker {
         if served {
             if self.raised {
                 info!(channel = %channel, "channel delivers again");
-                let ev = self.health_event(
-                    AlertState::Resolved,
+                let msg = format!("{channel} notifications are delivered again");
+                if !self.to_engine(false, now, &msg) {
+                    let ev = self.health_event(AlertState::Resolved, now, msg);
+                    self.outbox.enqueue(&[ev], now).await?;
+                }
+            } else if self.engine.is_some() && !self.engine_clear {
+                // A no-op unless the alert came back firing from before a restart.
+                self.to_engine(
+                    false,
                     now,
-                    format!("{channel} notifications are delivered again"),
+                    &format!("{channel} notifications are delivered again"),
                 );
-                self.outbox.enqueue(&[ev], now).await?;
             }
+            self.engine_clear = self.engine.is_some();
             self.failing_since = None;
             self.raised = false;
             return Ok(());
@@ -427,13 +479,14 @@ impl Worker {
         if !self.raised && now - since >= self.policy.failing_after.as_millis() {
             self.raised = true;
             error!(channel = %channel, since = %crate::model::format_ts(since), error = %error, "channel keeps failing");
-            if self.others.is_empty() {
-                return Ok(());
-            }
             let msg = format!(
                 "{channel} notifications have failed since {}: {error}",
                 crate::model::format_ts(since)
             );
+            self.engine_clear = false;
+            if self.to_engine(true, since, &msg) || self.others.is_empty() {
+                return Ok(());
+            }
             let ev = self.health_event(AlertState::Firing, since, msg);
             self.outbox.enqueue(&[ev], now).await?;
         }
@@ -443,7 +496,7 @@ impl Worker {
     fn health_event(&self, state: AlertState, ts: Timestamp, message: String) -> AlertEvent {
         AlertEvent {
             rule: RULE_FAILING.into(),
-            series: format!("notify/{}", self.sender.channel()),
+            series: health_series(self.sender.channel()),
             state,
             severity: Severity::Critical,
             value: None,

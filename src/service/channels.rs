@@ -19,6 +19,9 @@ use crate::config::NotifyConfig;
 use crate::notify::{Outbox, Sender};
 use crate::shutdown::Shutdown;
 
+/// Where the workers raise a failing channel's alert: the engine's system input.
+type EngineInput = Option<mpsc::Sender<crate::engine::SystemAlert>>;
+
 /// Workers of one configuration, stopped together.
 struct Running {
     stop: watch::Sender<bool>,
@@ -27,9 +30,14 @@ struct Running {
 }
 
 impl Running {
-    fn start(outbox: &Outbox, cfg: NotifyConfig, senders: Vec<Arc<dyn Sender>>) -> Self {
+    fn start(
+        outbox: &Outbox,
+        cfg: NotifyConfig,
+        senders: Vec<Arc<dyn Sender>>,
+        engine: &EngineInput,
+    ) -> Self {
         let (stop, stopped) = watch::channel(false);
-        let workers = crate::notify::spawn_workers(outbox, &cfg, senders, stopped);
+        let workers = crate::notify::spawn_workers(outbox, &cfg, senders, stopped, engine.clone());
         Running { stop, workers, cfg }
     }
 
@@ -113,9 +121,10 @@ pub fn spawn(
     senders: Vec<Arc<dyn Sender>>,
     build: Build,
     mut shutdown: Shutdown,
+    engine: EngineInput,
 ) -> (mpsc::Sender<NotifyConfig>, JoinHandle<()>) {
     let (tx, mut rx) = mpsc::channel::<NotifyConfig>(4);
-    let mut running = Running::start(&outbox, cfg, senders);
+    let mut running = Running::start(&outbox, cfg, senders, &engine);
     let task = tokio::spawn(async move {
         loop {
             let new = tokio::select! {
@@ -141,7 +150,7 @@ pub fn spawn(
                 ),
                 Ok(senders) => {
                     running.stop().await;
-                    running = Running::start(&outbox, new, senders);
+                    running = Running::start(&outbox, new, senders, &engine);
                     tracing::info!(
                         added = ?changes.added,
                         changed = ?changes.changed,
