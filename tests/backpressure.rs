@@ -12,29 +12,12 @@ use bytes::BytesMut;
 use rumqttc::mqttbytes::v4::{Connect, Publish};
 use rumqttc::mqttbytes::QoS;
 
+use support::http::{http_get, metric};
 use support::mqtt::free_port;
 
 const BIN: &str = env!("CARGO_BIN_EXE_centinela");
 const PUBLISHERS: u64 = 4;
 const EACH: u64 = 40_000;
-
-fn http_get(port: u16, path: &str) -> String {
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return String::new();
-    };
-    let _ = write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    );
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out
-}
-
-fn metric(text: &str, name: &str) -> Option<u64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-}
 
 /// A sensor gateway replaying its backlog: `EACH` QoS 1 publishes over 50 series
 /// written as fast as TCP takes them, without waiting for acknowledgements. Returns

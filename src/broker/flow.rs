@@ -58,11 +58,6 @@ impl Flow {
         }
     }
 
-    /// The bytes above which the front stops reading from clients.
-    pub fn limit(&self) -> u64 {
-        self.limit
-    }
-
     /// Bytes forwarded for the pipeline and not yet read by it.
     pub fn in_flight(&self) -> u64 {
         self.sent
