@@ -347,6 +347,12 @@ impl Service {
                 readings: readings_weak.clone(),
                 queues,
                 tick_ms: cfg.engine.tick.as_millis(),
+                channels: cfg
+                    .notify
+                    .channels()
+                    .into_iter()
+                    .map(str::to_string)
+                    .collect(),
             };
             let listener = crate::http::bind(h.listen).await?;
             tasks.push(tokio::spawn(crate::http::serve_on(

@@ -41,6 +41,8 @@ pub struct MetricsSource {
     /// shutdown).
     pub queues: Vec<(&'static str, mpsc::WeakSender<OutputMsg>)>,
     pub tick_ms: i64,
+    /// The notification channels configured (`email`, `telegram`, …), for `/healthz`.
+    pub channels: Vec<String>,
 }
 
 fn depth<T>(name: &str, w: &mpsc::WeakSender<T>) -> Option<QueueDepth> {
@@ -106,12 +108,14 @@ impl MetricsSource {
             alerts_firing: firing.into_iter().collect(),
             disk_bytes_written: crate::http::disk_bytes_written(),
             resident_memory_bytes: crate::http::resident_memory_bytes(),
+            process: crate::http::Process::read(),
+            histograms: crate::http::histogram::all(),
             uptime: self.started.elapsed(),
         };
         let beat_age = now_ms() - self.heartbeat.load(Ordering::Relaxed);
         let connected = self.source.connected.load(Ordering::Relaxed);
         let mut stages = vec![
-            StageHealth::new(
+            StageHealth::essential(
                 "broker",
                 connected,
                 if connected {
@@ -120,13 +124,26 @@ impl MetricsSource {
                     "not connected"
                 },
             ),
-            StageHealth::new(
+            StageHealth::essential(
                 "engine",
                 beat_age < 10 * self.tick_ms.max(1000),
                 format!("last tick {beat_age} ms ago"),
             ),
         ];
         stages.extend(self.outputs.iter().filter_map(|o| o.health()));
+        // A notification channel is down while its delivery-failure alert fires.
+        stages.extend(self.channels.iter().map(|c| {
+            let series = crate::notify::worker::health_series(c);
+            let failing = view.alerts.iter().find(|a| {
+                a.rule == crate::notify::worker::RULE_FAILING
+                    && a.series == series
+                    && a.state != AlertState::Pending
+            });
+            match failing {
+                Some(a) => StageHealth::new(series, false, a.message.clone()),
+                None => StageHealth::new(series, true, "delivering"),
+            }
+        }));
         (metrics, Health { stages })
     }
 }

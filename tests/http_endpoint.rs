@@ -23,6 +23,7 @@ struct Server {
     addr: SocketAddr,
     received: Arc<AtomicU64>,
     influx_ok: Arc<AtomicBool>,
+    sqlite_ok: Arc<AtomicBool>,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<Result<(), http::HttpError>>,
 }
@@ -31,7 +32,8 @@ async fn start() -> Server {
     let addr = free_addr();
     let received = Arc::new(AtomicU64::new(0));
     let influx_ok = Arc::new(AtomicBool::new(true));
-    let (r, ok) = (received.clone(), influx_ok.clone());
+    let sqlite_ok = Arc::new(AtomicBool::new(true));
+    let (r, ok, db_ok) = (received.clone(), influx_ok.clone(), sqlite_ok.clone());
     let (stop, rx) = watch::channel(false);
     let snapshot = move || {
         let m = Metrics {
@@ -49,8 +51,9 @@ async fn start() -> Server {
         };
         let h = Health {
             stages: vec![
-                StageHealth::new("source", true, "embedded broker"),
+                StageHealth::essential("source", true, "embedded broker"),
                 StageHealth::new("influx", ok.load(Ordering::SeqCst), "connection refused"),
+                StageHealth::essential("sqlite", db_ok.load(Ordering::SeqCst), "disk full"),
             ],
         };
         (m, h)
@@ -66,6 +69,7 @@ async fn start() -> Server {
         addr,
         received,
         influx_ok,
+        sqlite_ok,
         stop,
         task,
     }
@@ -136,23 +140,35 @@ async fn metrics_are_served_in_prometheus_text_format() {
 }
 
 #[tokio::test]
-async fn healthz_says_503_while_a_stage_is_down() {
+async fn healthz_is_degraded_while_influx_is_down_and_503_while_sqlite_is() {
     let server = start().await;
     let url = format!("http://{}/healthz", server.addr);
     let resp = reqwest::get(&url).await.unwrap();
     assert_eq!(resp.status(), 200);
     let v: serde_json::Value = serde_json::from_str(&resp.text().await.unwrap()).unwrap();
     assert_eq!(v["healthy"], true);
+    assert_eq!(v["status"], "ok");
     assert_eq!(v["stages"][0]["name"], "source");
 
+    // InfluxDB down: the stream goes on without it, so a probe gets 200 and the reason.
     server.influx_ok.store(false, Ordering::SeqCst);
     let resp = reqwest::get(&url).await.unwrap();
-    assert_eq!(resp.status(), 503);
+    assert_eq!(resp.status(), 200);
     let v: serde_json::Value = serde_json::from_str(&resp.text().await.unwrap()).unwrap();
     assert_eq!(v["healthy"], false);
+    assert_eq!(v["status"], "degraded");
+    assert_eq!(v["problems"][0], "influx: connection refused");
     assert_eq!(v["stages"][1]["name"], "influx");
     assert_eq!(v["stages"][1]["ok"], false);
     assert_eq!(v["stages"][1]["detail"], "connection refused");
+
+    // SQLite down: the service is down.
+    server.sqlite_ok.store(false, Ordering::SeqCst);
+    let resp = reqwest::get(&url).await.unwrap();
+    assert_eq!(resp.status(), 503);
+    let v: serde_json::Value = serde_json::from_str(&resp.text().await.unwrap()).unwrap();
+    assert_eq!(v["status"], "down");
+    assert_eq!(v["problems"].as_array().unwrap().len(), 2, "{v}");
     server.stop.send(true).unwrap();
 }
 
@@ -172,9 +188,9 @@ async fn other_paths_methods_and_oversized_requests_are_refused() {
     big.extend(std::iter::repeat_n(b'a', 20_000));
     let r = raw(a, &big).await;
     assert!(r.starts_with("HTTP/1.1 431 "), "{r}");
-    // A query string does not change the path.
+    // A query string does not change the path; an HTTP/1.0 client gets a 1.0 answer.
     let r = raw(a, b"GET /metrics?x=1 HTTP/1.0\r\n\r\n").await;
-    assert!(r.starts_with("HTTP/1.1 200 "), "{r}");
+    assert!(r.starts_with("HTTP/1.0 200 "), "{r}");
     server.stop.send(true).unwrap();
 }
 

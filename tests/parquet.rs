@@ -532,7 +532,8 @@ async fn a_lake_that_cannot_be_written_is_unhealthy_and_loses_nothing_once_it_ca
     })
     .await;
     let (status, stage) = parquet_health(http);
-    assert_eq!(status, 503, "{stage}");
+    // The stream goes on without the lake: degraded (200), with the reason.
+    assert_eq!(status, 200, "{stage}");
     assert_eq!(stage["ok"], false, "{stage}");
     let detail = stage["detail"].as_str().unwrap().to_string();
     assert!(detail.starts_with("cannot write: "), "{detail}");

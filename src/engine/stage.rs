@@ -226,6 +226,12 @@ impl EngineStage {
                             }
                         }
                     }
+                    // Alert latency: only events readings caused (deadman and
+                    // system alerts are judged on the tick, not on a reading).
+                    let done = now_ms();
+                    for e in &self.events {
+                        crate::http::histogram::ALERT_LATENCY.observe_ms(e.ts, done);
+                    }
                     let shared: Arc<[Reading]> = batch.into();
                     if !self.outputs.send(OutputMsg::Readings(shared)).await {
                         break;

@@ -385,6 +385,9 @@ impl Worker {
         if !delivered.is_empty() {
             persist(|| outbox::mark_delivered(&pool, &delivered, now)).await?;
             info!(channel = %channel, count = delivered.len(), "delivered");
+            for r in batch.iter().filter(|r| finished(r) && !refused_here(r)) {
+                crate::http::histogram::DELIVERY.observe_ms(&channel, r.created_at, now);
+            }
         }
         let mut died = 0;
         let mut died_error = String::new();

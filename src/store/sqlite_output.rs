@@ -94,6 +94,6 @@ impl Output for SqliteOutput {
 
     fn health(&self) -> Option<StageHealth> {
         let (ok, detail) = self.stats.health(crate::model::now_ms());
-        Some(StageHealth::new("sqlite", ok, detail))
+        Some(StageHealth::essential("sqlite", ok, detail))
     }
 }

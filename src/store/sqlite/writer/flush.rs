@@ -39,7 +39,10 @@ impl Writer {
             p.points.sort_by_key(|pt| pt.0);
             p.skipped.sort_by_key(|pt| pt.0);
         }
-        match self.write_batch(&batch, now).await {
+        let started = std::time::Instant::now();
+        let written = self.write_batch(&batch, now).await;
+        crate::http::histogram::SQLITE_FLUSH.observe(started.elapsed());
+        match written {
             Ok(rows) => {
                 let n = self.pending_count;
                 self.pending_count = 0;

@@ -1,0 +1,209 @@
+//! What Prometheus and a health probe read from a running `centinela run`: the build,
+//! the `process_*` figures, the flush, alert and delivery histograms, and `/healthz`
+//! turning `degraded` (still 200) while a notification channel keeps failing, then ok
+//! again. The real binary, a real MQTT publisher and a real webhook receiver.
+
+mod support;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::post;
+use axum::Router;
+use serde_json::Value;
+use support::http::{http_get, metric};
+use support::mqtt::{free_port, Publisher};
+
+const BIN: &str = env!("CARGO_BIN_EXE_centinela");
+
+/// A webhook receiver that counts deliveries and answers 503 while `failing`.
+#[derive(Clone, Default)]
+struct Receiver {
+    got: Arc<AtomicUsize>,
+    failing: Arc<AtomicBool>,
+}
+
+async fn receive(State(r): State<Receiver>) -> StatusCode {
+    if r.failing.load(Ordering::SeqCst) {
+        return StatusCode::SERVICE_UNAVAILABLE;
+    }
+    r.got.fetch_add(1, Ordering::SeqCst);
+    StatusCode::NO_CONTENT
+}
+
+async fn start_receiver() -> (Receiver, String) {
+    let r = Receiver::default();
+    let app = Router::new()
+        .route("/alerts", post(receive))
+        .with_state(r.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/alerts", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (r, url)
+}
+
+/// Kills the service when the test ends, however it ends.
+struct Service(Child);
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_service(dir: &Path, port: u16, http: u16, url: &str) -> Service {
+    let config = dir.join("centinela.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[broker]\nlisten = \"127.0.0.1:{port}\"\n\n\
+             [storage.sqlite]\npath = \"{}\"\nflush_interval = \"200ms\"\n\n\
+             [engine]\ntick = \"100ms\"\n\n\
+             [http]\nlisten = \"127.0.0.1:{http}\"\n\n\
+             [[rules]]\nname = \"hot\"\nseries = \"gh/+/temperature\"\nkind = \"threshold\"\nabove = 30.0\nnotify = [\"webhook\"]\n\n\
+             [notify.outbox]\npoll_interval = \"100ms\"\nbackoff_min = \"100ms\"\nbackoff_max = \"200ms\"\nfailing_after = \"1s\"\n\n\
+             [notify.webhook]\nurl = \"{url}\"\n",
+            dir.join("c.db").display()
+        ),
+    )
+    .unwrap();
+    Service(
+        Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(&config)
+            .env_remove("NOTIFY_SOCKET")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The body of `/healthz` as JSON, and its status code.
+fn health(http: u16) -> (u16, Value) {
+    let r = http_get(http, "/healthz");
+    let status = r
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = r.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+/// The value of the sample line that starts with `prefix ` (labels included).
+fn labelled(text: &str, prefix: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_show_the_build_the_process_and_latencies_and_healthz_degrades_with_a_channel() {
+    let dir = tempfile::tempdir().unwrap();
+    let (port, http) = (free_port(), free_port());
+    let (receiver, url) = start_receiver().await;
+    let _svc = start_service(dir.path(), port, http, &url);
+    wait_for("the endpoint", || !http_get(http, "/healthz").is_empty()).await;
+
+    let mut p = Publisher::connect(port, "self-metrics", None).await;
+    let now = centinela::model::now_ms();
+    p.publish(
+        "sensors/gh/n1/temperature",
+        format!(r#"{{"value":35,"ts":{now}}}"#),
+    )
+    .await;
+    p.wait_acked(1).await;
+    wait_for("the firing alert delivered", || {
+        receiver.got.load(Ordering::SeqCst) == 1
+    })
+    .await;
+
+    let page = http_get(http, "/metrics");
+    let build = format!(
+        "centinela_build_info{{version=\"{}\",",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert!(page.contains(&build), "{page}");
+    assert!(metric(&page, "process_open_fds").unwrap() >= 5, "{page}");
+    let start = labelled(&page, "process_start_time_seconds").unwrap();
+    assert!(
+        (start - now as f64 / 1000.0).abs() < 120.0,
+        "{start} vs {now}"
+    );
+    assert!(labelled(&page, "process_cpu_seconds_total").unwrap() > 0.0);
+    assert!(metric(&page, "centinela_sqlite_flush_seconds_count").unwrap() >= 1);
+    // The reading was stamped now: its alert left the engine well within 10 s.
+    assert_eq!(
+        metric(&page, "centinela_alert_latency_seconds_count"),
+        Some(1),
+        "{page}"
+    );
+    assert_eq!(
+        labelled(&page, "centinela_alert_latency_seconds_bucket{le=\"10\"}"),
+        Some(1.0),
+        "{page}"
+    );
+    assert_eq!(
+        labelled(
+            &page,
+            "centinela_notification_delivery_seconds_count{channel=\"webhook\"}"
+        ),
+        Some(1.0),
+        "{page}"
+    );
+
+    let (status, h) = health(http);
+    assert_eq!((status, h["status"].as_str()), (200, Some("ok")), "{h}");
+    let webhook = h["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "notify/webhook")
+        .cloned()
+        .unwrap_or(Value::Null);
+    assert_eq!(webhook["ok"], true, "{h}");
+    assert_eq!(webhook["essential"], false, "{h}");
+
+    // The receiver fails: once the channel has failed for `failing_after`, the service
+    // is degraded, says why, and still answers 200.
+    receiver.failing.store(true, Ordering::SeqCst);
+    p.publish(
+        "sensors/gh/n1/temperature",
+        format!(r#"{{"value":20,"ts":{}}}"#, now + 1000),
+    )
+    .await;
+    p.wait_acked(2).await;
+    wait_for("healthz degraded", || {
+        health(http).1["status"] == "degraded"
+    })
+    .await;
+    let (status, h) = health(http);
+    assert_eq!(status, 200, "{h}");
+    assert_eq!(h["healthy"], false, "{h}");
+    let problems = h["problems"].as_array().unwrap();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.as_str().unwrap().starts_with("notify/webhook: ")),
+        "{h}"
+    );
+
+    // It answers again: the resolved notification goes out and the channel is ok.
+    receiver.failing.store(false, Ordering::SeqCst);
+    wait_for("healthz ok again", || health(http).1["status"] == "ok").await;
+    assert!(receiver.got.load(Ordering::SeqCst) >= 2);
+}
