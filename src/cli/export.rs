@@ -56,5 +56,11 @@ pub async fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
         s.bytes,
         args.parquet.display()
     );
+    if s.readings_present + s.events_present > 0 {
+        println!(
+            "skipped {} readings and {} alert events the lake already held ({} partitions complete already)",
+            s.readings_present, s.events_present, s.partitions_complete
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
