@@ -448,6 +448,10 @@ async fn export_into_a_live_lake_adds_no_row_twice() {
         text.contains(&format!("skipped {n} readings and ")),
         "{text}"
     );
+    // Both hours of readings, named.
+    let first = now - 2 * HOUR;
+    let first = hour_dir("readings", first - first.rem_euclid(HOUR));
+    assert!(text.contains(&first), "{text}");
     let got = read_lake(&lake);
     assert_eq!(rows(&got, "readings").len() as u64, n);
     assert_eq!(got["readings_dupes"], 0);

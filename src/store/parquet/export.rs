@@ -27,7 +27,7 @@ use crate::store::sqlite::StoreError;
 use crate::store::{block, chunk};
 
 /// What an export wrote.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ExportSummary {
     pub readings: u64,
     pub events: u64,
@@ -36,8 +36,9 @@ pub struct ExportSummary {
     /// Rows left out because the lake holds them already.
     pub readings_present: u64,
     pub events_present: u64,
-    /// Partitions (of either table) the lake held completely: nothing written there.
-    pub partitions_complete: u64,
+    /// Partitions (of either table) the lake held completely, nothing written there:
+    /// their folders relative to the lake.
+    pub partitions_complete: Vec<String>,
 }
 
 impl ExportSummary {
@@ -234,7 +235,7 @@ async fn write<T: Table>(
                 .or_default()
                 .push(r);
         }
-        let (mut left, mut present, mut complete) = (Vec::new(), 0u64, 0u64);
+        let (mut left, mut present, mut complete) = (Vec::new(), 0u64, Vec::new());
         for (start, rows) in by_part {
             let dir = partition_dir(&root, T::NAME, layout.partition, start);
             let held = keys::<T>(&dir)?;
@@ -242,12 +243,15 @@ async fn write<T: Table>(
             left.extend(rows.into_iter().filter(|r| !held.contains(&r.key())));
             let added = left.len() - before;
             present += (n - added) as u64;
-            complete += u64::from(added == 0);
+            if added == 0 {
+                let rel = dir.strip_prefix(&root).unwrap_or(&dir);
+                complete.push(rel.display().to_string());
+            }
         }
         Ok::<_, PartError>((write_all(&root, &layout, left), present, complete))
     })
     .await??;
-    summary.partitions_complete += complete;
+    summary.partitions_complete.extend(complete);
     let n = summary.add(&out.written);
     match out.failed {
         Some((e, _)) => Err(e.into()),
