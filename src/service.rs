@@ -128,9 +128,16 @@ impl Service {
 
         // Outputs: SQLite (always), the live bus, then those the configuration asks for.
         let outbox = crate::notify::Outbox::new(pool.clone());
-        let writer = Writer::new(pool.clone())
-            .with_outbox(outbox.clone())
-            .with_deadband(cfg.storage.sqlite.deadband.clone());
+        let mut writer =
+            Writer::new(pool.clone()).with_deadband(cfg.storage.sqlite.deadband.clone());
+        // With `from_kafka` this instance's alerts are notified from the alerts topic.
+        #[cfg(feature = "kafka")]
+        if cfg.notify.from_kafka {
+            crate::notify::from_kafka::settings(&cfg).map_err(anyhow::Error::msg)?;
+        }
+        if !cfg.notify.from_kafka {
+            writer = writer.with_outbox(outbox.clone());
+        }
         let sq = &cfg.storage.sqlite;
         let wcfg = WriterConfig {
             flush_interval: sq.flush_interval.std(),
@@ -301,6 +308,14 @@ impl Service {
         if !senders.is_empty() {
             let channels: Vec<&str> = senders.iter().map(|s| s.channel()).collect();
             tracing::info!(?channels, "notification channels ready");
+        }
+        #[cfg(feature = "kafka")]
+        if cfg.notify.delivers_from_kafka() {
+            let names = senders.iter().map(|s| s.channel().to_string()).collect();
+            let n = crate::notify::from_kafka::start(&cfg, outbox.clone(), names, trigger.token())
+                .await
+                .map_err(anyhow::Error::msg)?;
+            tasks.push(n.task);
         }
         let (channels_tx, channels_task) = channels::spawn(
             outbox.clone(),

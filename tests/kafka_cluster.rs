@@ -1,11 +1,14 @@
 //! Several `centinela run` processes as one Kafka consumer group against a real Apache
 //! Kafka 4 broker: alert state on the changelog topic, restored by the new owner when an
 //! instance is killed (`kill -9`), and exactly-once alert events (read with
-//! `read_committed`).
+//! `read_committed`); notifications delivered from the alerts topic by notifier
+//! instances (`[notify] from_kafka`) to a real SMTP server (aiosmtpd).
 #![cfg(feature = "kafka")]
 
 #[path = "support/kafka.rs"]
 mod kafka;
+#[path = "support/smtp_server.rs"]
+mod smtp;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -220,6 +223,197 @@ fn a_killed_instance_s_firing_alerts_stay_firing_unannounced_and_every_crossing_
     eprintln!(
         "stored {total} rows for 1200 readings ({} again after the crash); {:.1} s",
         total - 1200,
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// An instance for the notification test: `processor` judges readings of `nt-in` and
+/// writes alert events to `nt-alerts` without notifying; otherwise a notifier of
+/// group `nt-notify` delivering by e-mail.
+fn notify_config(processor: bool, brokers: &str, smtp_port: u16) -> String {
+    let role = if processor {
+        format!(
+            "[source.kafka]\nbrokers = [\"{brokers}\"]\ntopics = [\"nt-in\"]\ngroup_id = \"nt\"\n\
+             alerts_topic = \"nt-alerts\"\ncommit_interval = \"200ms\"\n\n\
+             [notify]\nfrom_kafka = true\nkafka_deliver = false\n\n\
+             [[rules]]\nname = \"hot\"\nseries = \"site/+/temp\"\nkind = \"threshold\"\nabove = 30.0\n\
+             severity = \"critical\"\nnotify = [\"email\"]\n\n"
+        )
+    } else {
+        format!(
+            "[output.kafka]\nbrokers = [\"{brokers}\"]\nreadings_topic = \"\"\nalerts_topic = \"nt-alerts\"\n\n\
+             [notify]\nfrom_kafka = true\nkafka_group = \"nt-notify\"\n\n"
+        )
+    };
+    format!(
+        "[broker]\nlisten = \"127.0.0.1:{}\"\n\n[http]\nlisten = \"127.0.0.1:{}\"\n\n\
+         [engine]\ntick = \"100ms\"\n\n[storage.sqlite]\nflush_interval = \"200ms\"\n\n{role}\
+         [notify.email]\nsmtp = \"127.0.0.1:{smtp_port}\"\ntls = \"none\"\n\
+         from = \"centinela <alerts@example.org>\"\nto = [\"ops@example.org\"]\n\n\
+         [notify.outbox]\nbackoff_min = \"200ms\"\nbackoff_max = \"1s\"\nstorm_threshold = 100\n",
+        free_port(),
+        free_port()
+    )
+}
+
+/// Rows a notifier has put into its outbox so far, from its log.
+fn queued(r: &Run) -> usize {
+    r.log()
+        .lines()
+        .filter(|l| l.contains("Kafka notifier: notifications queued"))
+        .filter_map(|l| {
+            l.split("queued=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse::<usize>()
+                .ok()
+        })
+        .sum()
+}
+
+/// Waits (up to 60 s) until `f` holds, then returns its last value.
+fn wait_until<T: std::fmt::Debug>(
+    what: &str,
+    mut get: impl FnMut() -> T,
+    ok: impl Fn(&T) -> bool,
+) -> T {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let v = get();
+        if ok(&v) {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what}: {v:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// (Message-ID, series) of every mail, checking that each is about one `state` alert.
+fn mailed(s: &smtp::SmtpServer) -> Vec<(String, String)> {
+    s.mails()
+        .iter()
+        .map(|m| {
+            let text = m.text.clone().unwrap_or_default();
+            let series = (0..6)
+                .map(|i| format!("site/s{i}/temp"))
+                .find(|x| text.contains(x.as_str()) || m.subject.contains(x.as_str()))
+                .unwrap_or_else(|| panic!("no series in {m:?}"));
+            (m.message_id.clone(), series)
+        })
+        .collect()
+}
+
+#[test]
+fn notifiers_deliver_from_the_alerts_topic_once_and_a_killed_one_loses_nothing() {
+    let started = Instant::now();
+    let Some(k) = Kafka::start() else { return };
+    let mut mail = smtp::SmtpServer::start();
+    mail.down();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(k.create_topic("nt-in", 3, false));
+    rt.block_on(k.create_topic("nt-alerts", 3, false));
+    let dir = tempfile::tempdir().unwrap();
+    let a = Run::start(
+        dir.path(),
+        "a",
+        &notify_config(true, &k.bootstrap(), mail.port),
+    );
+    a.wait_log("partitions assigned", 1);
+    let mut b = Run::start(
+        dir.path(),
+        "b",
+        &notify_config(false, &k.bootstrap(), mail.port),
+    );
+    b.wait_log("Kafka notifier: partitions assigned", 1);
+
+    // Six series over three partitions, each crossing once: six firing events, each
+    // to be mailed. The mail server is down, so b queues them and cannot deliver.
+    let t0 = centinela::model::now_ms() - 600_000;
+    let msgs = |i0: usize, v: f64| -> Vec<(i32, Option<String>, String)> {
+        let mut out = Vec::new();
+        for i in i0..i0 + 3 {
+            for s in 0..6 {
+                out.push((
+                    s % 3,
+                    Some(format!("site/s{s}/temp")),
+                    format!(r#"{{"value":{v},"ts":{}}}"#, t0 + i as i64 * 1000),
+                ));
+            }
+        }
+        out
+    };
+    produce(&k, "nt-in", &msgs(0, 20.0));
+    produce(&k, "nt-in", &msgs(3, 35.0));
+    wait_until("b queues six notifications", || queued(&b), |n| *n >= 6);
+    // Not delivered, so not committed: the offsets stay where they were.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(kafka::committed(&k, "nt-notify", "nt-alerts", 3), 0);
+    b.kill9();
+
+    // c, another notifier of the group, takes b's partitions over and delivers all six
+    // once the mail server is back.
+    mail.up();
+    let mut c = Run::start(
+        dir.path(),
+        "c",
+        &notify_config(false, &k.bootstrap(), mail.port),
+    );
+    let got = wait_until("six mails", || mailed(&mail), |m| m.len() >= 6);
+    wait_until(
+        "c commits the six events",
+        || kafka::committed(&k, "nt-notify", "nt-alerts", 3),
+        // Offsets count the transactions' commit markers too: at least one per event.
+        |n| *n >= 6,
+    );
+    // b comes back with its six undelivered rows: it hands them back (they were
+    // delivered by c, the offsets say so) and sends nothing again.
+    b = Run::start(
+        dir.path(),
+        "b",
+        &notify_config(false, &k.bootstrap(), mail.port),
+    );
+    b.wait_log("handed_back=6", 1);
+    b.wait_log("Kafka notifier: partitions assigned", 1);
+    std::thread::sleep(Duration::from_secs(3));
+    let got2 = mailed(&mail);
+    assert_eq!(got2, got, "no mail twice");
+    let series: HashSet<&String> = got.iter().map(|(_, s)| s).collect();
+    assert_eq!(series.len(), 6, "{got:?}");
+
+    // c leaves; b alone delivers the six resolutions and is killed right after the
+    // mails went out, perhaps before its offsets were committed. Restarted, it reads
+    // what was not committed again and sends nothing twice.
+    c.stop();
+    b.wait_log("owned=3", 1);
+    produce(&k, "nt-in", &msgs(6, 20.0));
+    wait_until("twelve mails", || mailed(&mail).len(), |n| *n >= 12);
+    b.kill9();
+    let committed_at_kill = kafka::committed(&k, "nt-notify", "nt-alerts", 3);
+    b = Run::start(
+        dir.path(),
+        "b",
+        &notify_config(false, &k.bootstrap(), mail.port),
+    );
+    wait_until(
+        "b commits all twelve",
+        || kafka::committed(&k, "nt-notify", "nt-alerts", 3),
+        |n| *n >= 12 && *n >= committed_at_kill,
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let all = mailed(&mail);
+    assert_eq!(all.len(), 12, "{all:?}");
+    let ids: HashSet<&String> = all.iter().map(|(id, _)| id).collect();
+    assert_eq!(ids.len(), 12, "one Message-ID per notification: {all:?}");
+    // a, which raised every alert, mailed none itself (else there would be 24).
+    assert!(
+        !a.log().contains("Kafka notifier subscribed"),
+        "{}",
+        a.log()
+    );
+    b.stop();
+    eprintln!(
+        "12 notifications, 12 mails; {committed_at_kill} of 12 offsets committed when b was killed; {:.1} s",
         started.elapsed().as_secs_f64()
     );
 }

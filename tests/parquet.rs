@@ -298,8 +298,10 @@ async fn readings_published_over_tcp_are_read_back_by_duckdb_and_pyarrow() {
     let dir = tempfile::tempdir().unwrap();
     let lake = dir.path().join("lake");
     let (port, http) = (free_port(), free_port());
+    // Read while the service runs: no merge of the closed hours may swap files under
+    // pyarrow meanwhile (tests/parquet_compact.rs tests compaction).
     let extra = format!(
-        "[output.parquet]\ndir = \"{}\"\nflush_interval = \"1s\"\n",
+        "[output.parquet]\ndir = \"{}\"\nflush_interval = \"1s\"\ncompact = false\n",
         lake.display()
     );
     let config = write_config(dir.path(), port, http, &extra);

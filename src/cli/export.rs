@@ -56,5 +56,23 @@ pub async fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
         s.bytes,
         args.parquet.display()
     );
+    if s.readings_present + s.events_present > 0 {
+        let complete = &s.partitions_complete;
+        let mut names = complete
+            .iter()
+            .take(5)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ");
+        if complete.len() > 5 {
+            names.push_str(&format!(", … {} more", complete.len() - 5));
+        }
+        println!(
+            "skipped {} readings and {} alert events the lake already held; {} partitions complete already: {names}",
+            s.readings_present,
+            s.events_present,
+            complete.len()
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -16,12 +16,34 @@ pub struct NotifyConfig {
     /// Retry, expiry and storm grouping, shared by every channel.
     #[serde(default)]
     pub outbox: OutboxConfig,
+    /// Notifications come from the Kafka alerts topic, not from this instance's own
+    /// engine (`crate::notify::from_kafka`).
+    #[serde(default)]
+    pub from_kafka: bool,
+    /// The notifiers' consumer group; default [`DEFAULT_KAFKA_GROUP`].
+    pub kafka_group: Option<String>,
+    /// With `from_kafka`: whether this instance delivers (joins the notifiers' group);
+    /// `false` leaves delivery to the others. Default `true`.
+    pub kafka_deliver: Option<bool>,
 }
+
+/// The consumer group of the instances that deliver from the alerts topic.
+pub const DEFAULT_KAFKA_GROUP: &str = "centinela-notify";
 
 /// Every kind of channel there is: the `[notify.*]` sections a rule's `notify` names.
 pub const CHANNEL_TYPES: &[&str] = &["email", "telegram", "webhook", "mqtt"];
 
 impl NotifyConfig {
+    /// The notifiers' consumer group.
+    pub fn kafka_group(&self) -> &str {
+        self.kafka_group.as_deref().unwrap_or(DEFAULT_KAFKA_GROUP)
+    }
+
+    /// Whether this instance consumes the alerts topic and delivers.
+    pub fn delivers_from_kafka(&self) -> bool {
+        self.from_kafka && self.kafka_deliver.unwrap_or(true)
+    }
+
     /// Names of the configured channels, as rules refer to them in `notify`.
     pub fn channels(&self) -> Vec<&'static str> {
         let mut v = Vec::new();
@@ -117,7 +139,38 @@ impl NotifyConfig {
             }
         }
         self.outbox.validate(&mut out);
+        self.validate_kafka(&mut out);
         out
+    }
+
+    fn validate_kafka(&self, out: &mut Vec<Invalid>) {
+        let path = |f: &str| vec![key("notify"), key(f)];
+        if self.from_kafka && !super::kafka::BUILT_WITH_KAFKA {
+            out.push(Invalid::new(
+                &path("from_kafka"),
+                "this centinela was built without Kafka support: build it with \
+                 `cargo build --release --features kafka`, or remove from_kafka",
+            ));
+        }
+        for (f, set) in [
+            ("kafka_group", self.kafka_group.is_some()),
+            ("kafka_deliver", self.kafka_deliver.is_some()),
+        ] {
+            if set && !self.from_kafka {
+                out.push(Invalid::new(
+                    &path(f),
+                    "has an effect only with from_kafka = true",
+                ));
+            }
+        }
+        if let Some(g) = &self.kafka_group {
+            if g.trim().is_empty() {
+                out.push(Invalid::new(
+                    &path("kafka_group"),
+                    "name the consumer group, e.g. \"centinela-notify\"",
+                ));
+            }
+        }
     }
 }
 
@@ -475,6 +528,33 @@ mod tests {
     }
 
     const EMAIL: &str = "[notify.email]\nsmtp = \"smtp.example.org:587\"\nfrom = \"centinela <alerts@example.org>\"\n";
+
+    #[test]
+    fn kafka_keys_need_from_kafka() {
+        let e = err("[notify]\nkafka_group = \"n\"\n");
+        assert_eq!(e.field.as_deref(), Some("notify.kafka_group"));
+        assert!(e.to_string().contains("only with from_kafka = true"), "{e}");
+        let e = err("[notify]\nkafka_deliver = false\n");
+        assert_eq!(e.field.as_deref(), Some("notify.kafka_deliver"));
+        let text = "[notify]\nfrom_kafka = true\nkafka_deliver = false\n";
+        match Config::parse(text, "n.toml") {
+            Ok(cfg) => {
+                let built = crate::config::BUILT_WITH_KAFKA;
+                assert!(built);
+                assert!(cfg.notify.from_kafka && !cfg.notify.delivers_from_kafka());
+                assert_eq!(cfg.notify.kafka_group(), "centinela-notify");
+            }
+            Err(e) => {
+                let built = crate::config::BUILT_WITH_KAFKA;
+                assert!(!built);
+                assert_eq!(e.field.as_deref(), Some("notify.from_kafka"), "{e}");
+            }
+        }
+        let e = err("[notify]\nfrom_kafka = true\nkafka_group = \" \"\n");
+        if crate::config::BUILT_WITH_KAFKA {
+            assert_eq!(e.field.as_deref(), Some("notify.kafka_group"), "{e}");
+        }
+    }
 
     #[test]
     fn contract_keys_parse() {

@@ -26,12 +26,16 @@
 //!   ([`crate::engine::SystemAlert`]), listed and acknowledged like any other.
 //! - With `[notify.telegram] bot = true`: `bot::TelegramBot::from_config(t, backend,
 //!   Some(pool))?.spawn(shutdown)`, where `backend` implements [`bot::BotBackend`].
+//! - With `[notify] from_kafka = true` the store writes no outbox rows; `from_kafka`
+//!   (built with `--features kafka`) fills the outbox from the Kafka alerts topic.
 //! - `centinela alerts --outbox`: [`dead`]; metrics and the TUI: [`counts`];
 //!   `centinela doctor`: [`doctor::doctor`].
 
 pub mod bot;
 pub mod doctor;
 pub mod email;
+#[cfg(feature = "kafka")]
+pub mod from_kafka;
 pub mod mqtt;
 pub mod outbox;
 pub mod redact;

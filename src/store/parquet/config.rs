@@ -9,7 +9,13 @@
 //! max_rows = 250000                 # ... or as soon as it holds this many readings
 //! compression = "snappy"            # or "gzip", "none"
 //! max_buffered_rows = 1000000       # held while writes fail; the oldest go past it
+//! compact = true                    # merge a closed partition's part files into one
 //! ```
+//!
+//! `compact`: once a partition has ended (and twice `flush_interval` more, at least
+//! 5 s, for its last and late part files), its part files are merged into one file
+//! (several past `max_rows`) and swapped in atomically, so a day is 24 files instead of
+//! 288 (see [`super::compact`]). Off, every flush stays a file of its own.
 
 use std::path::PathBuf;
 
@@ -72,6 +78,8 @@ pub struct ParquetConfig {
     /// read-only mount), retried meanwhile; past this the oldest are dropped, counted
     /// and logged. About 50 bytes each.
     pub max_buffered_rows: usize,
+    /// Merge the part files of closed partitions into one (atomically swapped in).
+    pub compact: bool,
 }
 
 impl Default for ParquetConfig {
@@ -83,6 +91,7 @@ impl Default for ParquetConfig {
             max_rows: 250_000,
             compression: Codec::Snappy,
             max_buffered_rows: 1_000_000,
+            compact: true,
         }
     }
 }
@@ -137,6 +146,7 @@ mod tests {
         assert_eq!(p.partition, super::Partition::Hour);
         assert_eq!(p.flush_interval.std().as_secs(), 300);
         assert_eq!(p.compression, super::Codec::Snappy);
+        assert!(p.compact);
         assert!(Config::parse("", "c.toml")
             .unwrap()
             .output

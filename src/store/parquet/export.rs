@@ -6,7 +6,12 @@
 //! partition's chunks are decoded, cut to the partition and written. Everything is read
 //! in one transaction, so a service compacting chunks meanwhile neither hides nor
 //! doubles a reading. File names are new ones: an export next to a live lake adds
-//! files and replaces none (so exporting a range the lake already has doubles it).
+//! files and replaces none. Rows a partition's files already hold (readings by series
+//! and time, alert events by time, rule, series and state) are skipped and counted, so
+//! an export into a live lake fills its gaps without doubling anything; it holds
+//! `dir/.lock` throughout, so the service merges no partition meanwhile. Readings the
+//! service still holds in memory (its last `flush_interval`) are not in the files yet:
+//! an export of that span writes them, and the service too.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -14,18 +19,26 @@ use std::sync::Arc;
 
 use sqlx::Row;
 
-use super::file::{write_all, EventRow, Layout, PartError, Table, Written};
+use super::compact::LakeLock;
+use super::file::{partition_dir, write_all, EventRow, Layout, PartError, Table, Written};
+use super::read::keys;
 use crate::model::{topic_matches, Reading, Timestamp};
 use crate::store::sqlite::StoreError;
 use crate::store::{block, chunk};
 
 /// What an export wrote.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ExportSummary {
     pub readings: u64,
     pub events: u64,
     pub files: u64,
     pub bytes: u64,
+    /// Rows left out because the lake holds them already.
+    pub readings_present: u64,
+    pub events_present: u64,
+    /// Partitions (of either table) the lake held completely, nothing written there:
+    /// their folders relative to the lake.
+    pub partitions_complete: Vec<String>,
 }
 
 impl ExportSummary {
@@ -63,6 +76,8 @@ pub async fn export(
     pattern: &str,
     since: Timestamp,
 ) -> Result<ExportSummary, ExportError> {
+    let lock_root = root.to_path_buf();
+    let _lock = tokio::task::spawn_blocking(move || LakeLock::acquire(&lock_root)).await??;
     let mut tx = pool.begin().await?;
     let mut series: HashMap<i64, (Arc<str>, Option<Arc<str>>)> = HashMap::new();
     for r in sqlx::query("SELECT id, name, unit FROM series")
@@ -165,7 +180,9 @@ pub async fn export(
                     }),
             );
         }
-        summary.readings += write(root, layout, rows, &mut summary).await?;
+        let (n, present) = write(root, layout, rows, &mut summary).await?;
+        summary.readings += n;
+        summary.readings_present += present;
     }
     let mut events = Vec::new();
     for r in sqlx::query(
@@ -192,25 +209,52 @@ pub async fn export(
         });
     }
     tx.rollback().await?;
-    summary.events += write(root, layout, events, &mut summary).await?;
+    let (n, present) = write(root, layout, events, &mut summary).await?;
+    summary.events += n;
+    summary.events_present += present;
     Ok(summary)
 }
 
-/// Writes `rows` on a blocking thread; adds the files to `summary`, returns the rows.
+/// Writes on a blocking thread the `rows` their partitions do not hold yet; adds the
+/// files to `summary`, returns the rows written and the rows already there.
 async fn write<T: Table>(
     root: &Path,
     layout: Layout,
     rows: Vec<T>,
     summary: &mut ExportSummary,
-) -> Result<u64, ExportError> {
+) -> Result<(u64, u64), ExportError> {
     if rows.is_empty() {
-        return Ok(0);
+        return Ok((0, 0));
     }
     let root: PathBuf = root.to_path_buf();
-    let out = tokio::task::spawn_blocking(move || write_all(&root, &layout, rows)).await?;
+    let (out, present, complete) = tokio::task::spawn_blocking(move || {
+        let mut by_part: BTreeMap<Timestamp, Vec<T>> = BTreeMap::new();
+        for r in rows {
+            by_part
+                .entry(layout.partition.start_of(r.ts()))
+                .or_default()
+                .push(r);
+        }
+        let (mut left, mut present, mut complete) = (Vec::new(), 0u64, Vec::new());
+        for (start, rows) in by_part {
+            let dir = partition_dir(&root, T::NAME, layout.partition, start);
+            let held = keys::<T>(&dir)?;
+            let (n, before) = (rows.len(), left.len());
+            left.extend(rows.into_iter().filter(|r| !held.contains(&r.key())));
+            let added = left.len() - before;
+            present += (n - added) as u64;
+            if added == 0 {
+                let rel = dir.strip_prefix(&root).unwrap_or(&dir);
+                complete.push(rel.display().to_string());
+            }
+        }
+        Ok::<_, PartError>((write_all(&root, &layout, left), present, complete))
+    })
+    .await??;
+    summary.partitions_complete.extend(complete);
     let n = summary.add(&out.written);
     match out.failed {
         Some((e, _)) => Err(e.into()),
-        None => Ok(n),
+        None => Ok((n, present)),
     }
 }

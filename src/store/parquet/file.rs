@@ -29,6 +29,7 @@ use parquet::file::properties::WriterProperties;
 use parquet::file::writer::{
     SerializedColumnWriter, SerializedFileWriter, SerializedRowGroupWriter,
 };
+use parquet::record::{Field, Row};
 use parquet::schema::parser::parse_message_type;
 
 use super::config::{Codec, Partition};
@@ -49,6 +50,8 @@ pub enum PartError {
         #[source]
         source: ParquetError,
     },
+    #[error("{path}: cannot read it as a part file: {why}")]
+    Read { path: PathBuf, why: String },
 }
 
 /// How files are laid out and encoded.
@@ -64,6 +67,8 @@ pub struct Layout {
 #[derive(Debug, Clone)]
 pub struct Written {
     pub path: PathBuf,
+    /// The start of the partition it belongs to.
+    pub start: Timestamp,
     pub rows: usize,
     pub bytes: u64,
 }
@@ -81,6 +86,70 @@ pub trait Table: Clone + Send + 'static {
         rows: &[Self],
         rg: &mut SerializedRowGroupWriter<'_, W>,
     ) -> PqResult<()>;
+    /// What makes a row the same row in two files (an export does not add it twice).
+    type Key: std::hash::Hash + Eq + Send;
+    fn key(&self) -> Self::Key;
+    /// A row read back from a part file (columns by name, so any order is fine).
+    fn from_row(row: &Row, names: &mut Names) -> Result<Self, String>;
+}
+
+/// Strings read back from files, shared: a partition repeats a few series names.
+#[derive(Debug, Default)]
+pub struct Names(std::collections::HashSet<Arc<str>>);
+
+impl Names {
+    pub fn get(&mut self, s: &str) -> Arc<str> {
+        if let Some(a) = self.0.get(s) {
+            return a.clone();
+        }
+        let a: Arc<str> = Arc::from(s);
+        // Bounded: a hostile file with a million distinct strings shares nothing.
+        if self.0.len() < 100_000 {
+            self.0.insert(a.clone());
+        }
+        a
+    }
+}
+
+/// The columns of a row read back, by name.
+struct Cols<'a>(&'a Row);
+
+impl Cols<'_> {
+    fn field(&self, name: &str) -> Result<&Field, String> {
+        self.0
+            .get_column_iter()
+            .find(|(n, _)| n.as_str() == name)
+            .map(|(_, f)| f)
+            .ok_or_else(|| format!("no column {name}"))
+    }
+
+    fn str(&self, name: &str, names: &mut Names) -> Result<Arc<str>, String> {
+        self.opt_str(name, names)?
+            .ok_or_else(|| format!("column {name} is null"))
+    }
+
+    fn opt_str(&self, name: &str, names: &mut Names) -> Result<Option<Arc<str>>, String> {
+        match self.field(name)? {
+            Field::Str(s) => Ok(Some(names.get(s))),
+            Field::Null => Ok(None),
+            f => Err(format!("column {name} holds {f:?}, not a string")),
+        }
+    }
+
+    fn ts(&self, name: &str) -> Result<Timestamp, String> {
+        match self.field(name)? {
+            Field::TimestampMillis(t) | Field::Long(t) => Ok(*t),
+            f => Err(format!("column {name} holds {f:?}, not a timestamp in ms")),
+        }
+    }
+
+    fn opt_double(&self, name: &str) -> Result<Option<f64>, String> {
+        match self.field(name)? {
+            Field::Double(v) => Ok(Some(*v)),
+            Field::Null => Ok(None),
+            f => Err(format!("column {name} holds {f:?}, not a double")),
+        }
+    }
 }
 
 impl Table for Reading {
@@ -113,6 +182,24 @@ impl Table for Reading {
         })?;
         column(rg, |c| {
             strings(c, rows.iter().map(|r| r.unit.as_deref()), true)
+        })
+    }
+
+    type Key = (Arc<str>, Timestamp);
+
+    fn key(&self) -> Self::Key {
+        (self.series.clone(), self.ts)
+    }
+
+    fn from_row(row: &Row, names: &mut Names) -> Result<Self, String> {
+        let c = Cols(row);
+        Ok(Reading {
+            series: c.str("series", names)?,
+            ts: c.ts("ts")?,
+            value: c
+                .opt_double("value")?
+                .ok_or_else(|| "column value is null".to_string())?,
+            unit: c.opt_str("unit", names)?,
         })
     }
 }
@@ -189,6 +276,32 @@ impl Table for EventRow {
         })?;
         column(rg, |c| {
             strings(c, rows.iter().map(|r| Some(&*r.message)), false)
+        })
+    }
+
+    /// An event is one state change of one alert at one time.
+    type Key = (Timestamp, Arc<str>, Arc<str>, Arc<str>);
+
+    fn key(&self) -> Self::Key {
+        (
+            self.ts,
+            self.rule.clone(),
+            self.series.clone(),
+            self.state.clone(),
+        )
+    }
+
+    fn from_row(row: &Row, names: &mut Names) -> Result<Self, String> {
+        let c = Cols(row);
+        Ok(EventRow {
+            ts: c.ts("ts")?,
+            rule: c.str("rule", names)?,
+            series: c.str("series", names)?,
+            state: c.str("state", names)?,
+            severity: c.str("severity", names)?,
+            value: c.opt_double("value")?,
+            unit: c.opt_str("unit", names)?,
+            message: c.str("message", names)?,
         })
     }
 }
@@ -314,24 +427,53 @@ pub fn write_part<T: Table>(
     rows: &mut [T],
 ) -> Result<Written, PartError> {
     let dir = partition_dir(root, T::NAME, layout.partition, start);
-    let io_err = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| PartError::Io { path, source }
-    };
     create_dirs_synced(&dir).map_err(io_err(&dir))?;
     rows.sort_by(T::cmp_rows);
-    let name = format!(
-        "part-{}-{}-{}.parquet",
+    let (path, bytes) = write_file(&dir, "part", rows, layout.codec)?;
+    Ok(Written {
+        path,
+        start,
+        rows: rows.len(),
+        bytes,
+    })
+}
+
+/// A closure turning an I/O error into a [`PartError`] naming `path`.
+pub(super) fn io_err(path: &Path) -> impl Fn(io::Error) -> PartError {
+    let path = path.to_path_buf();
+    move |source| PartError::Io {
+        path: path.clone(),
+        source,
+    }
+}
+
+/// A new file name in a folder: `<prefix>-<ms>-<pid>-<n>.parquet`, unique across
+/// processes and within one.
+pub(super) fn file_name(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}-{}-{}.parquet",
         crate::model::now_ms(),
         std::process::id(),
         SEQ.fetch_add(1, Ordering::Relaxed)
-    );
+    )
+}
+
+/// Writes `rows` (in the order given) as a new file `<prefix>-….parquet` in the
+/// existing folder `dir`: a temporary file, synced, renamed, the folder synced.
+/// Returns its path and size.
+pub(super) fn write_file<T: Table>(
+    dir: &Path,
+    prefix: &str,
+    rows: &[T],
+    codec: Codec,
+) -> Result<(PathBuf, u64), PartError> {
+    let name = file_name(prefix);
     let path = dir.join(&name);
     let tmp = dir.join(format!(".{name}.tmp"));
     let written = (|| {
         let file = File::create(&tmp).map_err(io_err(&tmp))?;
         let mut buf = io::BufWriter::with_capacity(256 * 1024, file);
-        encode(&mut buf, rows, layout.codec).map_err(|source| match source {
+        encode(&mut buf, rows, codec).map_err(|source| match source {
             // A full disk comes back from the encoder as an I/O error: name it as such.
             ParquetError::External(e) => match e.downcast::<io::Error>() {
                 Ok(e) => io_err(&tmp)(*e),
@@ -349,22 +491,21 @@ pub fn write_part<T: Table>(
         file.sync_all().map_err(io_err(&tmp))?;
         let bytes = file.metadata().map_err(io_err(&tmp))?.len();
         fs::rename(&tmp, &path).map_err(io_err(&path))?;
-        File::open(&dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io_err(&dir))?;
+        sync_dir(dir).map_err(io_err(dir))?;
         Ok(bytes)
     })();
     match written {
-        Ok(bytes) => Ok(Written {
-            path,
-            rows: rows.len(),
-            bytes,
-        }),
+        Ok(bytes) => Ok((path, bytes)),
         Err(e) => {
             let _ = fs::remove_file(&tmp);
             Err(e)
         }
     }
+}
+
+/// Syncs a folder, so the entries made or removed in it survive a power cut.
+pub(super) fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
 }
 
 /// What [`write_all`] did: the files written and, if one failed, why and the rows

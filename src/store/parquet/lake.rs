@@ -7,6 +7,11 @@
 //! when `max_rows` readings wait, or when the input closes. After a failed write the
 //! next try is backed off (1 s doubling to 30 s); meanwhile rows keep arriving and are
 //! held up to `max_buffered_rows` (the oldest dropped past it, counted).
+//!
+//! Between writes, on the same blocking thread, the [`Compactor`] merges the part files
+//! of partitions that have closed (those this task wrote to, and at start and every
+//! partition period those it finds in the lake), a bounded round at a time; a write that
+//! falls due goes first.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -18,6 +23,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use super::compact::{Compactor, Kind};
 use super::config::ParquetConfig;
 use super::file::{write_all, EventRow, Layout, Outcome, PartError};
 use super::ParquetStats;
@@ -32,6 +38,12 @@ const MAX_BUFFERED_EVENTS: usize = 100_000;
 const RETRY_MAX: Duration = Duration::from_secs(30);
 /// Tries of the last write when the input has closed, a second apart.
 const FINAL_TRIES: u32 = 3;
+
+/// What a job on the blocking thread hands back.
+enum Done {
+    Flushed(Box<Flushed>),
+    Compacted(Box<Compactor>),
+}
 
 /// What one write did, handed back from the blocking thread.
 struct Flushed {
@@ -60,6 +72,8 @@ pub(super) struct Lake {
     attempt: u32,
     retry_at: Option<Instant>,
     drop_log: Throttle,
+    /// Merges closed partitions (none with `compact = false`, and while a round runs).
+    compactor: Option<Box<Compactor>>,
 }
 
 impl Lake {
@@ -79,15 +93,24 @@ impl Lake {
             attempt: 0,
             retry_at: None,
             drop_log: Throttle::new(Duration::from_secs(60)),
+            compactor: cfg.compact.then(|| {
+                Box::new(Compactor::new(
+                    cfg.dir.clone(),
+                    cfg.layout(),
+                    cfg.flush_interval.std(),
+                ))
+            }),
         }
     }
 
     pub(super) async fn run(mut self, mut input: mpsc::Receiver<OutputMsg>, shutdown: Shutdown) {
         let _shutdown = shutdown;
-        let mut writing: Option<JoinHandle<Flushed>> = None;
+        let mut writing: Option<JoinHandle<Done>> = None;
         let mut open = true;
         loop {
             let due = self.due();
+            // A write that falls due first goes first.
+            let compact_at = self.compact_due().filter(|&c| due.is_none_or(|w| w > c));
             tokio::select! {
                 msg = input.recv(), if open => match msg {
                     Some(msg) => self.take(msg),
@@ -98,13 +121,17 @@ impl Lake {
                 {
                     writing = None;
                     match done {
-                        Ok(f) => self.finished(f),
-                        // The rows went with the panicked thread.
+                        Ok(Done::Flushed(f)) => self.finished(*f),
+                        Ok(Done::Compacted(c)) => self.compactor = Some(c),
+                        // The rows (or the schedule) went with the panicked thread.
                         Err(e) => tracing::error!(error = %e, "Parquet writer thread failed"),
                     }
                 }
                 () = sleep_until(due), if writing.is_none() && due.is_some() && open => {
                     writing = Some(self.start_write());
+                }
+                () = sleep_until(compact_at), if writing.is_none() && compact_at.is_some() && open => {
+                    writing = self.start_compaction();
                 }
             }
             if !open && writing.is_none() {
@@ -128,6 +155,23 @@ impl Lake {
         let oldest = self.oldest?;
         let at = oldest + self.flush_every;
         Some(self.close_by.map_or(at, |c| c.min(at)))
+    }
+
+    /// When the next compaction round is due, if one is.
+    fn compact_due(&self) -> Option<Instant> {
+        let at = self.compactor.as_ref()?.due()?;
+        let wait = u64::try_from(at - now_ms()).unwrap_or(0);
+        Some(Instant::now() + Duration::from_millis(wait))
+    }
+
+    /// Hands the compactor to a blocking thread for one round.
+    fn start_compaction(&mut self) -> Option<JoinHandle<Done>> {
+        let mut c = self.compactor.take()?;
+        let stats = self.stats.clone();
+        Some(tokio::task::spawn_blocking(move || {
+            c.round(&stats);
+            Done::Compacted(c)
+        }))
     }
 
     fn take(&mut self, msg: OutputMsg) {
@@ -191,7 +235,13 @@ impl Lake {
     }
 
     /// Hands everything waiting to a blocking thread.
-    fn start_write(&mut self) -> JoinHandle<Flushed> {
+    fn start_write(&mut self) -> JoinHandle<Done> {
+        let job = self.write_job();
+        tokio::task::spawn_blocking(move || Done::Flushed(Box::new(job())))
+    }
+
+    /// Takes everything waiting, for a write on a blocking thread.
+    fn write_job(&mut self) -> impl FnOnce() -> Flushed + Send + 'static {
         let batches: Vec<Arc<[Reading]>> = self.readings.drain(..).collect();
         let events = std::mem::take(&mut self.events);
         self.in_flight = std::mem::take(&mut self.buffered);
@@ -200,7 +250,7 @@ impl Lake {
         self.retry_at = None;
         let root = self.root.clone();
         let layout = self.layout;
-        tokio::task::spawn_blocking(move || {
+        move || {
             let rows: Vec<Reading> = batches.iter().flat_map(|b| b.iter().cloned()).collect();
             drop(batches);
             Flushed {
@@ -208,7 +258,7 @@ impl Lake {
                 events: write_all(&root, &layout, events),
                 oldest,
             }
-        })
+        }
     }
 
     /// Counts what a write did and keeps what it could not write.
@@ -225,6 +275,19 @@ impl Lake {
         for w in f.readings.written.iter().chain(&f.events.written) {
             s.files_written.fetch_add(1, Ordering::Relaxed);
             s.bytes_written.fetch_add(w.bytes, Ordering::Relaxed);
+        }
+        if let Some(c) = self.compactor.as_mut() {
+            let kinds = [Kind::Readings, Kind::Alerts];
+            for (kind, written) in kinds
+                .into_iter()
+                .zip([&f.readings.written, &f.events.written])
+            {
+                for w in written {
+                    if let Some(dir) = w.path.parent() {
+                        c.touched(kind, dir.to_path_buf(), w.start);
+                    }
+                }
+            }
         }
         let mut error: Option<PartError> = None;
         if let Some((e, rows)) = f.readings.failed {
@@ -278,7 +341,7 @@ impl Lake {
             if i > 0 {
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
-            match self.start_write().await {
+            match tokio::task::spawn_blocking(self.write_job()).await {
                 Ok(f) => self.finished(f),
                 Err(e) => {
                     tracing::error!(error = %e, "Parquet writer thread failed");

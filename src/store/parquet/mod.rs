@@ -9,6 +9,7 @@
 //!                 file.rs: dir/readings/date=YYYY-MM-DD/hour=HH/part-….parquet
 //!                          dir/alerts/date=YYYY-MM-DD/hour=HH/part-….parquet
 //!                          (temp file, fsync, rename, fsync the folder)
+//!                 compact.rs, between writes: closed partitions merged into one file
 //! ```
 //!
 //! Guarantees: a reader never sees half a file (it appears under its final name only
@@ -20,13 +21,23 @@
 //! are dropped and counted. The task keeps taking batches while it writes or waits to
 //! retry, so it never holds up the engine or the other outputs.
 //!
+//! Once a partition has closed, its part files are merged into one ([`compact`]) and
+//! swapped in atomically (`renameat2(RENAME_EXCHANGE)` of a folder built in
+//! `dir/.staging`): a reader of the live tree sees every row exactly once, before, during
+//! and after a merge, and after a crash at any point of it (start-up removes
+//! `.staging`; the live folders are whole either way). A part file another writer adds
+//! meanwhile is never lost: exports hold `dir/.lock`, the folder is listed again
+//! before the swap, and an unmerged file found in the old set goes back.
+//!
 //! `centinela export --parquet DIR` ([`export`]) writes what SQLite holds in the same
 //! layout.
 
+mod compact;
 mod config;
 mod export;
 mod file;
 mod lake;
+mod read;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -70,6 +81,11 @@ pub struct ParquetStats {
     pub write_errors: AtomicU64,
     /// Readings given up on: held past `max_buffered_rows` while writes failed.
     pub rows_dropped: AtomicU64,
+    /// Closed partitions whose part files were merged, and the files merged.
+    pub compactions: AtomicU64,
+    pub files_compacted: AtomicU64,
+    /// Merges that failed (the partition is left as it was, tried again later).
+    pub compaction_errors: AtomicU64,
     /// Why the last write failed, until one succeeds.
     failing: Mutex<Option<String>>,
 }
@@ -179,6 +195,21 @@ impl Output for ParquetOutput {
                 "centinela_parquet_rows_dropped_total",
                 "Readings dropped after writes kept failing past max_buffered_rows.",
                 get(&s.rows_dropped),
+            ),
+            Sample::counter(
+                "centinela_parquet_compactions_total",
+                "Closed partitions whose part files were merged into one.",
+                get(&s.compactions),
+            ),
+            Sample::counter(
+                "centinela_parquet_compacted_files_total",
+                "Part files merged away by compaction.",
+                get(&s.files_compacted),
+            ),
+            Sample::counter(
+                "centinela_parquet_compaction_errors_total",
+                "Merges that failed (the partition is left as it was).",
+                get(&s.compaction_errors),
             ),
         ]
     }
