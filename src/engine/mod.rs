@@ -240,7 +240,10 @@ struct Alert {
     flapping: bool,
     transitions: VecDeque<Timestamp>,
     last_transition: Timestamp,
+    /// Changed in a way saved with the next events (in [`Engine::dirty`]).
     dirty: bool,
+    /// A deadman alert whose only change is its last reading (in [`Engine::seen`]).
+    seen: bool,
     eval: EvalState,
     /// Its series is owned by another instance now (Kafka partitions moved): no tick
     /// work (deadman, repeat) until a reading of it arrives again.
@@ -256,7 +259,13 @@ pub struct Engine {
     alerts: Vec<Alert>,
     silences: Vec<SilenceRecord>,
     silences_dirty: bool,
+    /// Alerts whose state changed (a transition, an ack, a repeat, a flap): saved with
+    /// the events that go with them.
     dirty: Vec<u32>,
+    /// Deadman alerts whose only change is the time of the last reading: it moves with
+    /// every reading, so it is saved on the stage's slower cadence
+    /// ([`Engine::take_dirty`]), not with every batch of events ([`Engine::take_changed`]).
+    seen: Vec<u32>,
     flap_transitions: usize,
     flap_window: i64,
     tick_ms: i64,
@@ -293,6 +302,7 @@ impl Engine {
             silences: Vec::new(),
             silences_dirty: false,
             dirty: Vec::new(),
+            seen: Vec::new(),
             flap_transitions: cfg.flap_transitions as usize,
             flap_window: cfg.flap_window.as_millis().max(1),
             tick_ms: cfg.tick.as_millis().max(1),
@@ -363,6 +373,7 @@ impl Engine {
                     transitions: VecDeque::new(),
                     last_transition: 0,
                     dirty: false,
+                    seen: false,
                     eval: rule.fresh_state(),
                     parked: false,
                 });
@@ -387,6 +398,14 @@ impl Engine {
         if !a.dirty {
             a.dirty = true;
             self.dirty.push(ai as u32);
+        }
+    }
+
+    fn mark_seen(&mut self, ai: usize) {
+        let a = &mut self.alerts[ai];
+        if !a.seen {
+            a.seen = true;
+            self.seen.push(ai as u32);
         }
     }
 
@@ -474,7 +493,7 @@ impl Engine {
             a.value = Some(v);
             self.due = self.due.min(ts.saturating_add(silence));
             let firing = a.phase == Phase::Firing;
-            self.mark_dirty(ai);
+            self.mark_seen(ai);
             if firing {
                 self.transition(ai, Phase::Ok, ts, Some(v), now, out);
             }
@@ -943,9 +962,25 @@ impl Engine {
         (0..self.alerts.len()).map(|ai| self.record(ai)).collect()
     }
 
-    /// The alert states changed since the last call, to upsert by (rule, series).
-    /// Deadman alerts change with every reading (their last_seen).
+    /// The alert states changed since the last call, to upsert by (rule, series),
+    /// including deadman alerts whose only change is their last reading.
     pub fn take_dirty(&mut self) -> Vec<AlertRecord> {
+        let mut out = Vec::new();
+        for ai in std::mem::take(&mut self.seen) {
+            let a = &mut self.alerts[ai as usize];
+            a.seen = false;
+            // A changed one comes with the changes below.
+            if !a.dirty {
+                out.push(self.record(ai as usize));
+            }
+        }
+        out.extend(self.take_changed());
+        out
+    }
+
+    /// The alert states that changed other than by a deadman's last reading, to save
+    /// with the events they go with; the rest wait for [`Engine::take_dirty`].
+    pub fn take_changed(&mut self) -> Vec<AlertRecord> {
         let dirty = std::mem::take(&mut self.dirty);
         dirty
             .into_iter()

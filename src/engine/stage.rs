@@ -236,7 +236,7 @@ impl EngineStage {
                     if !self.outputs.send(OutputMsg::Readings(shared)).await {
                         break;
                     }
-                    if !self.events.is_empty() && !self.emit().await {
+                    if !self.events.is_empty() && !self.emit(false).await {
                         break;
                     }
                 }
@@ -250,16 +250,18 @@ impl EngineStage {
                     // spares the disk and costs a restart at most that much precision.
                     let state_due = now - self.state_saved >= STATE_SAVE_MS;
                     if !self.events.is_empty() || state_due {
-                        if !self.emit().await {
+                        if !self.emit(state_due).await {
                             break;
                         }
-                        self.state_saved = now;
+                        if state_due {
+                            self.state_saved = now;
+                        }
                     }
                     self.publish_view(now);
                 }
                 Some(cfg) = reload.recv() => {
                     // Persist what changed first, so the new engine starts from all of it.
-                    if !self.emit().await {
+                    if !self.emit(true).await {
                         break;
                     }
                     let now = now_ms();
@@ -284,7 +286,7 @@ impl EngineStage {
                 Some(s) = system.recv() => {
                     let now = now_ms();
                     self.engine.system(&s, now, &mut self.events);
-                    if !self.emit().await {
+                    if !self.emit(false).await {
                         break;
                     }
                     self.publish_view(now);
@@ -313,7 +315,7 @@ impl EngineStage {
                     if let Some(reply) = req.reply {
                         let _ = reply.send(answer);
                     }
-                    if !self.emit().await {
+                    if !self.emit(false).await {
                         break;
                     }
                     self.publish_view(now);
@@ -321,15 +323,22 @@ impl EngineStage {
             }
         }
         // The input has ended: persist what changed since the last batch.
-        let _ = self.emit().await;
+        let _ = self.emit(true).await;
     }
 
-    /// Hands pending events and state to the outputs. False when an essential one
-    /// (the store) is gone.
-    async fn emit(&mut self) -> bool {
+    /// Hands pending events and the state that changed to the outputs; with `all`, also
+    /// the deadman alerts whose only change is their last reading (on the slower
+    /// cadence: they move with every reading). False when an essential output (the
+    /// store) is gone.
+    async fn emit(&mut self, all: bool) -> bool {
+        let state = if all {
+            self.engine.take_dirty()
+        } else {
+            self.engine.take_changed()
+        };
         let batch = AlertBatch {
             events: std::mem::take(&mut self.events),
-            state: self.engine.take_dirty(),
+            state,
             silences: self.engine.take_dirty_silences(),
         };
         if batch.is_empty() {

@@ -131,6 +131,7 @@ impl Engine {
             transitions: VecDeque::new(),
             last_transition: 0,
             dirty: false,
+            seen: false,
             eval,
             parked: false,
         });

@@ -646,6 +646,37 @@ fn messages_from_templates_and_defaults() {
 }
 
 #[test]
+fn a_deadman_last_reading_waits_for_the_slow_save_and_transitions_do_not() {
+    let toml = format!(
+        "{HOT}[[rules]]\nname = \"silent\"\nseries = \"gh/#\"\nkind = \"deadman\"\nsilence = \"5m\"\n"
+    );
+    let mut h = H::new(&toml);
+    h.at("gh/a/t", 0, 20.0);
+    h.at("gh/b/t", 0, 20.0);
+    assert!(h.e.take_changed().is_empty(), "only last readings moved");
+    h.at("gh/a/t", M, 31.0); // hot fires
+    let changed = h.e.take_changed();
+    assert_eq!(
+        changed
+            .iter()
+            .map(|r| (r.rule.as_str(), r.series.as_str()))
+            .collect::<Vec<_>>(),
+        [("hot", "gh/a/t")]
+    );
+    let all = h.e.take_dirty();
+    let mut seen: Vec<_> = all
+        .iter()
+        .map(|r| (r.rule.as_str(), r.series.as_str(), r.last_seen))
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [("silent", "gh/a/t", Some(M)), ("silent", "gh/b/t", Some(0))]
+    );
+    assert!(h.e.take_dirty().is_empty(), "nothing changed since");
+}
+
+#[test]
 fn dirty_records_and_restore_keep_firing_quiet_and_pending_start() {
     let toml = format!(
         "{HOT}repeat = \"30m\"\n[[rules]]\nname = \"slow\"\nseries = \"gh/+/t\"\nkind = \"threshold\"\nabove = 30.0\nfor = \"2m\"\n\
