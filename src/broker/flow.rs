@@ -16,8 +16,11 @@
 //!
 //! Both sides count bytes as rumqttd does (4 + topic + payload per log entry, once per
 //! matching filter), so the limit is a share of the log's own size. Whatever drift the
-//! two counts could gather (a message the router drops) is cleared each time the
-//! pipeline finds the log empty ([`Flow::idle`]).
+//! two counts could gather (a message the router drops) is cleared once the pipeline
+//! has found nothing to read *and* the front has forwarded nothing for a long while
+//! ([`Flow::idle`]): a router that is merely slow (starved of CPU, or busy appending a
+//! large read) must not look idle, or the front would let a second log's worth in on
+//! top of what the router has yet to append, and the log would overwrite it.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -91,14 +94,25 @@ impl Flow {
         }
     }
 
-    /// The pipeline found nothing more to read: whatever is still counted is not in
-    /// the log (or arrives next), so the count starts again from here.
-    pub fn idle(&self) {
+    /// Everything the front has forwarded for the pipeline, in bytes.
+    pub fn sent_total(&self) -> u64 {
+        self.sent.load(Ordering::SeqCst)
+    }
+
+    /// The pipeline has found nothing more to read for a long while, and the front's
+    /// count was `sent_then` when that began: if nothing was forwarded since, whatever
+    /// is still counted never reached the log, and the count starts again from here.
+    /// Returns the bytes cleared (0 when something was forwarded meanwhile).
+    pub fn idle(&self, sent_then: u64) -> u64 {
         let sent = self.sent.load(Ordering::SeqCst);
-        self.taken.fetch_max(sent, Ordering::SeqCst);
+        if sent != sent_then {
+            return 0;
+        }
+        let cleared = sent.saturating_sub(self.taken.fetch_max(sent, Ordering::SeqCst));
         if self.held.load(Ordering::SeqCst) {
             self.release();
         }
+        cleared
     }
 
     fn release(&self) {
@@ -183,11 +197,25 @@ mod tests {
             async move { f.room().await }
         });
         tokio::time::sleep(Duration::from_millis(20)).await;
-        f.idle();
+        assert_eq!(f.idle(500), 500);
         tokio::time::timeout(Duration::from_secs(5), waiter)
             .await
             .expect("released")
             .unwrap();
         assert_eq!(f.in_flight(), 0);
+    }
+
+    #[test]
+    fn a_forward_during_the_idle_wait_keeps_the_count() {
+        // The router is slow to append (starved, or busy with a large read): the front
+        // forwarded more while the pipeline found nothing. Clearing now would let a
+        // second log's worth in on top of what the router has yet to append.
+        let f = Flow::new(vec!["#".into()], 100);
+        f.sent(500);
+        let then = f.sent_total();
+        f.sent(10);
+        assert_eq!(f.idle(then), 0);
+        assert_eq!(f.in_flight(), 510);
+        assert!(f.full());
     }
 }
