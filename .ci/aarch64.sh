@@ -3,10 +3,14 @@
 # the library's unit tests under qemu user-mode emulation. Idempotent: installs the
 # cross linker, qemu and the Rust target only when missing.
 #
-#   .ci/aarch64.sh                 # cargo test --target aarch64-unknown-linux-gnu --lib
+#   .ci/aarch64.sh                 # cargo test --release --target aarch64-unknown-linux-gnu --lib
 #   .ci/aarch64.sh build --release # any other cargo command for the target
 #
-# The binary of a release build is target/aarch64-unknown-linux-gnu/release/centinela.
+# The unit tests are built in the release profile, as the binary that ships: a release
+# build after them (`.ci/deb.sh arm64`) reuses their compiled dependencies. (The
+# release profile has no debug assertions or overflow checks; the x86_64 tests in CI
+# run with both.) The binary of a release build is
+# target/aarch64-unknown-linux-gnu/release/centinela.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,9 +37,11 @@ export CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc
 export AR_aarch64_unknown_linux_gnu=aarch64-linux-gnu-ar
 
 if [ "$#" -eq 0 ]; then
-    set -- test --lib
+    set -- test --release --lib
 fi
 cmd=$1
 shift
+t0=$(date +%s)
 echo "== cargo $cmd --target $TARGET $*"
 cargo "$cmd" --target "$TARGET" "$@"
+echo "== cargo $cmd --target $TARGET $*: $(( $(date +%s) - t0 )) s"

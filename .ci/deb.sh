@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Builds the Debian packages with cargo-deb (metadata under [package.metadata.deb] in
-# Cargo.toml) and, as root with dpkg, installs, checks, removes and purges the amd64 one
-# (tests/deb_package.rs). Idempotent: installs cargo-deb only when missing (it stays in
-# ~/.cargo/bin for the next run).
+# Cargo.toml) and tests them (tests/deb_package.rs): as root with dpkg, the amd64 one is
+# installed, checked, removed and purged; the arm64 one is unpacked, compared with the
+# amd64 one and its binary run under qemu. Idempotent: installs cargo-deb only when
+# missing (it stays in ~/.cargo/bin for the next run). Each part says how long it took.
 #
-#   .ci/deb.sh               # amd64 and arm64 packages, then the install test
+#   .ci/deb.sh               # amd64 and arm64 packages, then their tests
 #   .ci/deb.sh amd64         # only the given architectures (amd64, arm64)
 #
-# The packages land in target/debian/ (centinela_<version>-1_<arch>.deb).
+# The packages land in target/debian/ (centinela_<version>-1_<arch>.deb). The arm64
+# build is bounded by DEB_ARM64_TIMEOUT seconds (default 2400).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,13 +26,16 @@ archs=${*:-amd64 arm64}
 
 # The host binary writes the man page and the completions (the same for every
 # architecture), so it is built first whatever the packages asked for.
+# cargo-deb takes the binaries from cargo's target directory (CARGO_TARGET_DIR when
+# set) and the other assets from ./target/deb-assets.
+host_bin=${CARGO_TARGET_DIR:-target}/release/centinela
 mark "cargo build --release"
 cargo build --release --quiet
 mkdir -p target/deb-assets
-target/release/centinela man | gzip -9n >target/deb-assets/centinela.1.gz
-target/release/centinela completions bash >target/deb-assets/centinela.bash
-target/release/centinela completions zsh >target/deb-assets/_centinela
-target/release/centinela completions fish >target/deb-assets/centinela.fish
+"$host_bin" man | gzip -9n >target/deb-assets/centinela.1.gz
+"$host_bin" completions bash >target/deb-assets/centinela.bash
+"$host_bin" completions zsh >target/deb-assets/_centinela
+"$host_bin" completions fish >target/deb-assets/centinela.fish
 
 debs=()
 for arch in $archs; do
@@ -41,7 +46,7 @@ for arch in $archs; do
             ;;
         arm64)
             mark "cross-build for aarch64 (release)"
-            bash .ci/aarch64.sh build --release --quiet
+            timeout "${DEB_ARM64_TIMEOUT:-2400}" bash .ci/aarch64.sh build --release --quiet
             mark "cargo deb (arm64)"
             out=$(cargo deb --no-build --no-strip --target aarch64-unknown-linux-gnu)
             ;;
@@ -57,18 +62,20 @@ for arch in $archs; do
     dpkg-deb --field "$deb" Package Version Architecture Installed-Size Depends | sed 's/^/   /'
 done
 
+# The tests take each package by its absolute path (cargo-deb 3.x prints an absolute
+# one, older versions a relative one).
+test_env=()
 for deb in "${debs[@]}"; do
-    case $deb in
-        *_amd64.deb)
-            mark "install test: dpkg -i, ExecStartPre, dpkg -r, dpkg --purge"
-            # cargo-deb names the package by an absolute path (3.x) or a relative one.
-            case $deb in /*) path=$deb ;; *) path=$PWD/$deb ;; esac
-            if ! [ -f "$path" ]; then
-                echo "no package at $path: cargo deb said $deb" >&2
-                exit 1
-            fi
-            CENTINELA_DEB=$path cargo test --test deb_package -- --nocapture 2>&1
-            ;;
+    case $deb in /*) path=$deb ;; *) path=$PWD/$deb ;; esac
+    if ! [ -f "$path" ]; then
+        echo "no package at $path: cargo deb said $deb" >&2
+        exit 1
+    fi
+    case $path in
+        *_amd64.deb) test_env+=("CENTINELA_DEB=$path") ;;
+        *_arm64.deb) test_env+=("CENTINELA_DEB_ARM64=$path") ;;
     esac
 done
+mark "tests/deb_package.rs: amd64 installed (dpkg -i, ExecStartPre, dpkg -r, dpkg --purge); arm64 unpacked and run under qemu"
+env "${test_env[@]}" cargo test --test deb_package -- --nocapture 2>&1
 mark "done"

@@ -1,10 +1,15 @@
 //! What Prometheus and a health probe read from a running `centinela run`: the build,
 //! the `process_*` figures, the flush, alert and delivery histograms, and `/healthz`
 //! turning `degraded` (still 200) while a notification channel keeps failing, then ok
-//! again. The real binary, a real MQTT publisher and a real webhook receiver.
+//! again. The real binary, a real MQTT publisher and a real webhook receiver. At the
+//! end, with every family filled (readings, an alert, deliveries that failed and that
+//! went through), the page passes `promtool check metrics` (Prometheus's own parser
+//! and linter; Debian's package `prometheus`, .ci/install-ops.sh): without promtool
+//! that check prints SKIPPED.
 
 mod support;
 
+use std::io::Write;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -111,6 +116,59 @@ fn labelled(text: &str, prefix: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(prefix)?.strip_prefix(' ')?.parse().ok())
 }
 
+/// The body of an HTTP/1.1 response, de-chunked when it came in chunks.
+fn body(response: &str) -> String {
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or(("", ""));
+    if !head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        return body.to_string();
+    }
+    let mut out = String::new();
+    let mut rest = body;
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out.push_str(&after[..n]);
+        rest = after[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// What `promtool check metrics` says about `page` (exit status, output), or `None`
+/// when promtool is not installed.
+fn promtool_check(page: &str) -> Option<(bool, String)> {
+    let mut child = match Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => panic!("promtool: {e}"),
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(page.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    Some((
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    ))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_show_the_build_the_process_and_latencies_and_healthz_degrades_with_a_channel() {
     let dir = tempfile::tempdir().unwrap();
@@ -213,4 +271,27 @@ async fn metrics_show_the_build_the_process_and_latencies_and_healthz_degrades_w
     receiver.failing.store(false, Ordering::SeqCst);
     wait_for("healthz ok again", || health(http).1["status"] == "ok").await;
     assert!(receiver.got.load(Ordering::SeqCst) >= 2);
+
+    // Everything a scrape can see now, through Prometheus's own checker.
+    let page = body(&http_get(http, "/metrics"));
+    for family in [
+        "centinela_build_info",
+        "centinela_alert_latency_seconds_bucket",
+        "centinela_notification_delivery_seconds_bucket{channel=\"webhook\"",
+        "centinela_sqlite_flush_seconds_count",
+        "centinela_outbox_delivered_total{channel=\"webhook\"}",
+        "centinela_alerts_firing",
+        "process_start_time_seconds",
+    ] {
+        assert!(page.contains(family), "no {family} in\n{page}");
+    }
+    match promtool_check(&page) {
+        None => eprintln!(
+            "SKIPPED: promtool is not installed (package prometheus, .ci/install-ops.sh); /metrics was not linted"
+        ),
+        Some((ok, said)) => assert!(
+            ok && said.trim().is_empty(),
+            "promtool check metrics: {said}\n--- the page:\n{page}"
+        ),
+    }
 }
