@@ -284,9 +284,9 @@ fn part_files(dir: &Path) -> Vec<(PathBuf, u64)> {
             if p.is_dir() {
                 stack.push(p);
             } else {
-                let name = e.file_name().to_string_lossy().into_owned();
-                assert!(!name.ends_with(".tmp"), "a temporary file is left: {p:?}");
-                if name.ends_with(".parquet") {
+                let ext = p.extension().and_then(|x| x.to_str()).unwrap_or_default();
+                assert!(ext != "tmp", "a temporary file is left: {}", p.display());
+                if ext == "parquet" {
                     out.push((p, e.metadata().unwrap().len()));
                 }
             }

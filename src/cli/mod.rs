@@ -114,7 +114,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             crate::clidoc::print(&crate::clidoc::man())?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run { config } => run::run(&config).await,
+        Command::Run { config } => Box::pin(run::run(&config)).await,
         Command::Demo(args) => demo::demo(args).await,
         Command::Simulate(args) => {
             init_logging(&Config::default(), false);

@@ -1052,7 +1052,7 @@ mod tests {
         .unwrap();
         assert_eq!(got, vec![r("z/dev/ok", 1.0)]);
         let mut refused = refused;
-        refused.sort();
+        refused.sort_unstable();
         assert_eq!(
             refused,
             vec![
