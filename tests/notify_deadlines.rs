@@ -3,17 +3,16 @@
 //! such a mail server is retried, ends dead, the failing channel is reported through
 //! another one; and SIGTERM stops the service promptly while a delivery hangs.
 
-#[path = "support/notify_db.rs"]
-mod notify_db;
 mod support;
 
 use std::io::Read;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use support::notify_db;
 
 use axum::routing::post;
 use axum::{Json, Router};
@@ -25,9 +24,8 @@ use centinela::notify::{self, Outbox, Status, Worker};
 use notify_db::{event, fast_policy};
 use serde_json::Value;
 use support::mqtt::{free_port, Publisher};
+use support::process::{centinela, service, spawn_listening, BIN};
 use tokio::sync::watch;
-
-const BIN: &str = env!("CARGO_BIN_EXE_centinela");
 
 /// A TCP server that accepts every connection, holds it open and never writes.
 struct Silent {
@@ -331,31 +329,7 @@ fn write_config(dir: &Path, port: u16, extra: &str) -> PathBuf {
 }
 
 fn start_service(config: &Path, port: u16) -> Child {
-    let child = Command::new(BIN)
-        .args(["run", "--config", config.to_str().unwrap()])
-        .env_remove("CENTINELA_CONFIG")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "the service did not start on {port}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child
-}
-
-fn centinela(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .env_remove("CENTINELA_CONFIG")
-        .output()
-        .unwrap()
+    spawn_listening(service(config).env("RUST_LOG", "info"), port)
 }
 
 fn term_and_wait(child: &mut Child, within: Duration) -> (Option<i32>, Duration, String) {
