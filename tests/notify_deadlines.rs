@@ -24,7 +24,7 @@ use centinela::notify::{self, Outbox, Status, Worker};
 use notify_db::{event, fast_policy};
 use serde_json::Value;
 use support::mqtt::{free_port, Publisher};
-use support::process::{centinela, service, spawn_listening, BIN};
+use support::process::{centinela, service, spawn_listening, wait_for, BIN};
 use tokio::sync::watch;
 
 /// A TCP server that accepts every connection, holds it open and never writes.
@@ -494,6 +494,70 @@ async fn under_run_a_silent_mail_server_is_retried_reported_and_sigterm_is_promp
     assert!(log.contains("channel keeps failing"), "{log}");
     assert!(
         log.contains("acknowledged centinela-delivery-failing/notify/email"),
+        "{log}"
+    );
+}
+
+/// A notification that ends dead is an alert of the engine too: `centinela alerts`
+/// lists `centinela-delivery-dead/notify/email` firing, saying how many were lost and
+/// why, and it is acknowledged like any other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_run_a_dead_notification_is_an_alert_listed_and_acknowledged() {
+    let silent = Silent::start();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let extra = format!(
+        "[notify.email]\nsmtp = \"127.0.0.1:{}\"\ntls = \"none\"\nfrom = \"a@example.org\"\nto = [\"ops@example.org\"]\ntimeout = \"300ms\"\n\n\
+         [notify.outbox]\nmax_attempts = 1\npoll_interval = \"100ms\"\n",
+        silent.port
+    );
+    let config = write_config(dir.path(), port, &extra);
+    let mut svc = start_service(&config, port);
+    fire(port).await;
+    let db = dir.path().join("c.db");
+    let dead_alert = |state: &str| -> Option<Value> {
+        let o = centinela(&["alerts", "--db", db.to_str().unwrap(), "--json"]);
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|r| {
+                r["rule"] == "centinela-delivery-dead"
+                    && r["series"] == "notify/email"
+                    && r["state"] == state
+            })
+    };
+    wait_for(
+        "the dead-notification alert in `centinela alerts`",
+        20,
+        || dead_alert("firing").is_some(),
+    )
+    .await;
+    let firing = dead_alert("firing").unwrap();
+    let message = firing["message"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with(
+            "1 email notification(s) could not be delivered: gave up after 1 attempts"
+        ) && message.ends_with("sent no greeting within 300ms"),
+        "{firing}"
+    );
+    assert_eq!(firing["severity"], "warning", "{firing}");
+
+    let (user, pass) = centinela::broker::read_viewer_login(&db).expect("the viewer login");
+    let mut ops = Publisher::connect(port, "ops", Some((&user, &pass))).await;
+    ops.publish(
+        "centinela/control",
+        r#"{"action":"ack","alert":"centinela-delivery-dead/notify/email","by":"ops"}"#,
+    )
+    .await;
+    ops.wait_acked(1).await;
+    wait_for("the dead-notification alert acknowledged", 10, || {
+        dead_alert("acknowledged").is_some()
+    })
+    .await;
+    let (code, _, log) = term_and_wait(&mut svc, Duration::from_secs(10));
+    assert_eq!(code, Some(0), "{log}");
+    assert!(
+        log.contains("acknowledged centinela-delivery-dead/notify/email"),
         "{log}"
     );
 }
