@@ -75,11 +75,6 @@ impl Trigger {
         self.begin.send_replace(true);
     }
 
-    /// Whether [`begin`](Self::begin) has been called.
-    pub fn has_begun(&self) -> bool {
-        *self.begin.borrow()
-    }
-
     /// Resolves when every token handed out has been dropped.
     pub async fn completed(self) {
         let Trigger {

@@ -81,13 +81,6 @@ pub const EXTEND_BY: Duration = Duration::from_secs(30);
 /// How often it is asked for while a long step runs: well within [`EXTEND_BY`].
 pub const EXTEND_EVERY: Duration = Duration::from_secs(10);
 
-/// Asks systemd for `by` more time in the current state (start-up here): the service
-/// must send another message within `by`, and is not timed out before then even past
-/// `TimeoutStartSec=`. It never shortens a timeout.
-pub fn extend_timeout(by: Duration) {
-    send_logged(&extend_message(by));
-}
-
 fn extend_message(by: Duration) -> String {
     format!("EXTEND_TIMEOUT_USEC={}", by.as_micros())
 }

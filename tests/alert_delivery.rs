@@ -2,11 +2,10 @@
 //! threshold, the engine fires, the outbox and the email worker deliver one mail to a
 //! real SMTP server; the resolve comes as a second mail; a restart sends nothing again.
 
-#[path = "support/smtp_server.rs"]
-mod smtp_server;
 mod support;
 
 use std::time::Duration;
+use support::smtp_server;
 
 use centinela::config::Config;
 use centinela::service::{Options, Service};

@@ -16,6 +16,7 @@ use rumqttc::{
     SubscribeReasonCode,
 };
 use support::mqtt::free_port;
+use support::process::wait_for;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -108,14 +109,6 @@ async fn collect(
             Ok(Ok(_)) => {}
             Ok(Err(e)) => return (pubs, acks, Some(e.to_string())),
         }
-    }
-}
-
-async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -398,7 +391,7 @@ async fn anonymous_clients_publish_readings_but_never_control_and_the_local_view
         "the anonymous control publish was not refused"
     );
     let stats = svc.source_stats.clone();
-    wait_for("the anonymous reading", || {
+    wait_for("the anonymous reading", 20, || {
         stats.readings.load(Ordering::Relaxed) == 1
     })
     .await;
@@ -531,7 +524,7 @@ async fn wildcard_and_nul_topic_names_are_refused_and_counted() {
     let ack = read_n(&mut s, 4, Duration::from_secs(5)).await;
     assert_eq!(ack, Some(vec![0x40, 2, 0, 1]), "PUBACK");
     let stats = svc.source_stats.clone();
-    wait_for("the good reading", || {
+    wait_for("the good reading", 20, || {
         stats.readings.load(Ordering::Relaxed) == 1
     })
     .await;
@@ -577,7 +570,7 @@ async fn an_idle_flood_does_not_lock_out_sensors() {
         .unwrap();
     let t = tokio::spawn(async move { collect(&mut ev, Duration::from_secs(2)).await });
     let stats = svc.source_stats.clone();
-    wait_for("the sensor's reading", || {
+    wait_for("the sensor's reading", 20, || {
         stats.readings.load(Ordering::Relaxed) == 1
     })
     .await;
@@ -732,7 +725,7 @@ async fn the_tls_listener_receives_readings() {
         Some(vec![0x40, 2, 0, 1])
     );
     let stats = svc.source_stats.clone();
-    wait_for("the reading over TLS", || {
+    wait_for("the reading over TLS", 20, || {
         stats.readings.load(Ordering::Relaxed) == 1
     })
     .await;

@@ -4,28 +4,11 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use support::mqtt::{free_port, Publisher};
-
-const BIN: &str = env!("CARGO_BIN_EXE_centinela");
-
-fn centinela(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .env_remove("CENTINELA_CONFIG")
-        .output()
-        .unwrap()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+use support::process::{centinela, start_service, stderr, stdout, BIN};
 
 fn write_config(dir: &Path, port: u16, extra: &str) -> PathBuf {
     let path = dir.join("centinela.toml");
@@ -35,24 +18,6 @@ fn write_config(dir: &Path, port: u16, extra: &str) -> PathBuf {
     );
     std::fs::write(&path, text).unwrap();
     path
-}
-
-fn start_service(config: &Path, port: u16) -> Child {
-    let child = Command::new(BIN)
-        .args(["run", "--config", config.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "the service did not start listening on {port}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child
 }
 
 fn signal(child: &Child, sig: &str) {

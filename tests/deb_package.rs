@@ -406,7 +406,7 @@ fn arm64_package_holds_what_the_amd64_one_does_and_its_binary_runs_on_aarch64() 
         .map(|(_, b)| String::from_utf8_lossy(b).into_owned())
         .unwrap_or_default();
     let mut listed: Vec<&str> = conffiles.lines().map(str::trim).collect();
-    listed.sort();
+    listed.sort_unstable();
     assert_eq!(
         listed,
         [

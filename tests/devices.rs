@@ -16,6 +16,7 @@ use centinela::service::{Options, Service};
 use centinela::store::sqlite;
 use rumqttc::QoS;
 use support::mqtt::{free_port, Mosquitto, Publisher};
+use support::process::wait_for;
 
 /// One device message and the readings it must become.
 struct Case {
@@ -237,17 +238,9 @@ fn configure(mut cfg: Config, via: &Via<'_>, id: &str) -> (Config, u16) {
     (cfg, port)
 }
 
-async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 async fn wait_connected(svc: &Service) {
     let stats = svc.source_stats.clone();
-    wait_for("the source to connect", || {
+    wait_for("the source to connect", 20, || {
         stats.connected.load(Ordering::Relaxed)
     })
     .await;
@@ -280,7 +273,7 @@ async fn every_example_lands_in_sqlite(via: Via<'_>) {
         p.wait_acked(cases.len() as u64).await;
         let want: usize = cases.iter().map(|c| c.want.len()).sum();
         let stats = svc.source_stats.clone();
-        wait_for(&format!("{name}: {want} readings"), || {
+        wait_for(&format!("{name}: {want} readings"), 20, || {
             stats.readings.load(Ordering::Relaxed) as usize >= want
         })
         .await;
@@ -405,7 +398,7 @@ async fn retained_messages_are_not_stored_again_on_restart() {
                 .await
                 .unwrap();
             let stats = svc.source_stats.clone();
-            wait_for("both retained messages", || {
+            wait_for("both retained messages", 20, || {
                 stats.messages.load(Ordering::Relaxed) >= 2
             })
             .await;
@@ -466,7 +459,7 @@ async fn a_reading_from_the_year_3000_does_not_silence_a_series() {
     p.publish("sensors/lab/t", "35").await;
     p.wait_acked(3).await;
     let stats = svc.source_stats.clone();
-    wait_for("one reading and two refusals", || {
+    wait_for("one reading and two refusals", 20, || {
         stats.readings.load(Ordering::Relaxed) == 1 && stats.errors_total() == 2
     })
     .await;

@@ -4,13 +4,13 @@
 //!
 //! Servers come from `.ci/install-influx.sh`; without them each test says so and returns.
 
-#[path = "support/influx_servers.rs"]
-mod influx_servers;
+mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use support::influx_servers;
 
 use centinela::config::{Duration as CfgDuration, InfluxApi, InfluxConfig};
 use centinela::model::{now_ms, AlertEvent, AlertState, Reading, Severity};

@@ -3,13 +3,12 @@
 //! client, and a broker that never answers does not hold up the stop.
 #![cfg(feature = "kafka")]
 
-#[path = "support/kafka.rs"]
-mod kafka;
 mod support;
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
+use support::kafka;
 
 use centinela::config::Config;
 use centinela::service::{Options, Service};

@@ -5,13 +5,12 @@
 //! instances (`[notify] from_kafka`) to a real SMTP server (aiosmtpd).
 #![cfg(feature = "kafka")]
 
-#[path = "support/kafka.rs"]
-mod kafka;
-#[path = "support/smtp_server.rs"]
-mod smtp;
+mod support;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
+use support::kafka;
+use support::smtp_server as smtp;
 
 use kafka::{free_port, produce, read_settled, Kafka, Run};
 

@@ -1,13 +1,12 @@
 //! The Telegram bot against the Bot API stand-in: commands and buttons reach the
 //! backend; a chat that is not allowed learns nothing.
 
-#[path = "support/notify_db.rs"]
-mod notify_db;
-#[path = "support/telegram_standin.rs"]
-mod telegram_standin;
+mod support;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use support::notify_db;
+use support::telegram_standin;
 
 use centinela::model::{now_ms, topic_matches, AlertState, Control, Severity};
 use centinela::notify::bot::{AlertView, BotBackend, LastValue, StatusView, TelegramBot};

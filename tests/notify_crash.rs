@@ -4,14 +4,14 @@
 //! The process is this test binary run again as a child with one ignored test
 //! (`crash_child`) that runs a webhook worker until it is killed.
 
-#[path = "support/notify_db.rs"]
-mod notify_db;
+mod support;
 
 use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use support::notify_db;
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};

@@ -3,17 +3,16 @@
 //! such a mail server is retried, ends dead, the failing channel is reported through
 //! another one; and SIGTERM stops the service promptly while a delivery hangs.
 
-#[path = "support/notify_db.rs"]
-mod notify_db;
 mod support;
 
 use std::io::Read;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use support::notify_db;
 
 use axum::routing::post;
 use axum::{Json, Router};
@@ -25,9 +24,8 @@ use centinela::notify::{self, Outbox, Status, Worker};
 use notify_db::{event, fast_policy};
 use serde_json::Value;
 use support::mqtt::{free_port, Publisher};
+use support::process::{centinela, service, spawn_listening, wait_for, BIN};
 use tokio::sync::watch;
-
-const BIN: &str = env!("CARGO_BIN_EXE_centinela");
 
 /// A TCP server that accepts every connection, holds it open and never writes.
 struct Silent {
@@ -88,7 +86,7 @@ async fn doctor_names_the_smtp_step_that_hung() {
         ..Default::default()
     };
     let t = Instant::now();
-    let r = within(doctor(&cfg, false)).await;
+    let r = within(Box::pin(doctor(&cfg, false))).await;
     let took = t.elapsed();
     assert!(took < Duration::from_secs(3), "took {took:?}");
     assert_eq!(r.len(), 1, "{r:?}");
@@ -113,7 +111,12 @@ async fn doctor_keeps_its_overall_deadline_and_says_what_was_not_checked() {
         ..Default::default()
     };
     let t = Instant::now();
-    let r = within(doctor_within(&cfg, false, Duration::from_millis(800))).await;
+    let r = within(Box::pin(doctor_within(
+        &cfg,
+        false,
+        Duration::from_millis(800),
+    )))
+    .await;
     let took = t.elapsed();
     assert!(took < Duration::from_secs(2), "took {took:?}");
     let text: Vec<String> = r.iter().map(ToString::to_string).collect();
@@ -143,7 +146,7 @@ async fn doctor_gives_up_on_a_silent_webhook_in_time() {
         ..Default::default()
     };
     let t = Instant::now();
-    let r = within(doctor(&cfg, false)).await;
+    let r = within(Box::pin(doctor(&cfg, false))).await;
     assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
     assert!(
         !r[0].ok && r[0].message.starts_with("no answer within 1s"),
@@ -326,31 +329,7 @@ fn write_config(dir: &Path, port: u16, extra: &str) -> PathBuf {
 }
 
 fn start_service(config: &Path, port: u16) -> Child {
-    let child = Command::new(BIN)
-        .args(["run", "--config", config.to_str().unwrap()])
-        .env_remove("CENTINELA_CONFIG")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "the service did not start on {port}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child
-}
-
-fn centinela(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .env_remove("CENTINELA_CONFIG")
-        .output()
-        .unwrap()
+    spawn_listening(service(config).env("RUST_LOG", "info"), port)
 }
 
 fn term_and_wait(child: &mut Child, within: Duration) -> (Option<i32>, Duration, String) {
@@ -515,6 +494,70 @@ async fn under_run_a_silent_mail_server_is_retried_reported_and_sigterm_is_promp
     assert!(log.contains("channel keeps failing"), "{log}");
     assert!(
         log.contains("acknowledged centinela-delivery-failing/notify/email"),
+        "{log}"
+    );
+}
+
+/// A notification that ends dead is an alert of the engine too: `centinela alerts`
+/// lists `centinela-delivery-dead/notify/email` firing, saying how many were lost and
+/// why, and it is acknowledged like any other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_run_a_dead_notification_is_an_alert_listed_and_acknowledged() {
+    let silent = Silent::start();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let extra = format!(
+        "[notify.email]\nsmtp = \"127.0.0.1:{}\"\ntls = \"none\"\nfrom = \"a@example.org\"\nto = [\"ops@example.org\"]\ntimeout = \"300ms\"\n\n\
+         [notify.outbox]\nmax_attempts = 1\npoll_interval = \"100ms\"\n",
+        silent.port
+    );
+    let config = write_config(dir.path(), port, &extra);
+    let mut svc = start_service(&config, port);
+    fire(port).await;
+    let db = dir.path().join("c.db");
+    let dead_alert = |state: &str| -> Option<Value> {
+        let o = centinela(&["alerts", "--db", db.to_str().unwrap(), "--json"]);
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|r| {
+                r["rule"] == "centinela-delivery-dead"
+                    && r["series"] == "notify/email"
+                    && r["state"] == state
+            })
+    };
+    wait_for(
+        "the dead-notification alert in `centinela alerts`",
+        20,
+        || dead_alert("firing").is_some(),
+    )
+    .await;
+    let firing = dead_alert("firing").unwrap();
+    let message = firing["message"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with(
+            "1 email notification(s) could not be delivered: gave up after 1 attempts"
+        ) && message.ends_with("sent no greeting within 300ms"),
+        "{firing}"
+    );
+    assert_eq!(firing["severity"], "warning", "{firing}");
+
+    let (user, pass) = centinela::broker::read_viewer_login(&db).expect("the viewer login");
+    let mut ops = Publisher::connect(port, "ops", Some((&user, &pass))).await;
+    ops.publish(
+        "centinela/control",
+        r#"{"action":"ack","alert":"centinela-delivery-dead/notify/email","by":"ops"}"#,
+    )
+    .await;
+    ops.wait_acked(1).await;
+    wait_for("the dead-notification alert acknowledged", 10, || {
+        dead_alert("acknowledged").is_some()
+    })
+    .await;
+    let (code, _, log) = term_and_wait(&mut svc, Duration::from_secs(10));
+    assert_eq!(code, Some(0), "{log}");
+    assert!(
+        log.contains("acknowledged centinela-delivery-dead/notify/email"),
         "{log}"
     );
 }

@@ -1,12 +1,11 @@
 //! `doctor` against real servers: what it says when things are right, and the words
 //! it finds when they are not.
 
-#[path = "support/smtp_server.rs"]
-mod smtp_server;
-#[path = "support/telegram_standin.rs"]
-mod telegram_standin;
+mod support;
 
 use std::time::Duration;
+use support::smtp_server;
+use support::telegram_standin;
 
 use centinela::config::{EmailConfig, NotifyConfig, SmtpTls, TelegramConfig, WebhookConfig};
 use centinela::notify::doctor::{doctor, CheckResult};

@@ -1,12 +1,11 @@
 //! Email delivery through the outbox against a real SMTP server (aiosmtpd).
 
-#[path = "support/notify_db.rs"]
-mod notify_db;
-#[path = "support/smtp_server.rs"]
-mod smtp_server;
+mod support;
 
 use std::sync::Arc;
 use std::time::Duration;
+use support::notify_db;
+use support::smtp_server;
 
 use centinela::config::{EmailConfig, SmtpTls};
 use centinela::model::{now_ms, AlertState};

@@ -3,19 +3,14 @@
 //! key; a failing channel raises an alert through another one; webhook retries;
 //! MQTT republish is retained.
 
-#[path = "support/notify_db.rs"]
-mod notify_db;
-#[path = "support/telegram_standin.rs"]
-mod telegram_standin;
+mod support;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use support::notify_db;
+use support::telegram_standin;
 
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
-use axum::routing::post;
-use axum::{Json, Router};
 use centinela::config::{OutboxConfig, WebhookConfig};
 use centinela::model::{now_ms, AlertState};
 use centinela::notify::mqtt::MqttSender;
@@ -24,55 +19,9 @@ use centinela::notify::webhook::WebhookSender;
 use centinela::notify::{self, Outbox, Secret, Worker};
 use notify_db::{event, fast_policy};
 use serde_json::Value;
+use support::webhook::Receiver;
 use telegram_standin::Standin;
 use tokio::sync::watch;
-
-/// A webhook receiver: records each event (by notification id) once the answer is
-/// ready; answers 503 while `failing`, and takes `delay` per request.
-#[derive(Clone, Default)]
-struct Receiver {
-    got: Arc<Mutex<Vec<(String, Value, Instant)>>>,
-    failing: Arc<Mutex<bool>>,
-    delay: Arc<Mutex<Duration>>,
-    requests: Arc<Mutex<u32>>,
-}
-
-async fn receive(
-    State(r): State<Receiver>,
-    headers: HeaderMap,
-    Json(body): Json<Value>,
-) -> StatusCode {
-    *r.requests.lock().unwrap() += 1;
-    let delay = *r.delay.lock().unwrap();
-    tokio::time::sleep(delay).await;
-    if *r.failing.lock().unwrap() {
-        return StatusCode::SERVICE_UNAVAILABLE;
-    }
-    let key = headers
-        .get("idempotency-key")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string();
-    r.got.lock().unwrap().push((key, body, Instant::now()));
-    StatusCode::NO_CONTENT
-}
-
-impl Receiver {
-    async fn start() -> (Receiver, String) {
-        let r = Receiver::default();
-        let app = Router::new()
-            .route("/alerts", post(receive))
-            .with_state(r.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/alerts", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        (r, url)
-    }
-
-    fn count(&self) -> usize {
-        self.got.lock().unwrap().len()
-    }
-}
 
 fn webhook(url: &str) -> WebhookSender {
     WebhookSender::from_config(&WebhookConfig {
@@ -165,8 +114,8 @@ async fn a_crash_mid_delivery_loses_nothing_and_repeats_nothing() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let got = recv.got.lock().unwrap().clone();
     let mut per_id: HashMap<String, usize> = HashMap::new();
-    for (id, _, _) in &got {
-        *per_id.entry(id.clone()).or_default() += 1;
+    for g in &got {
+        *per_id.entry(g.key.clone()).or_default() += 1;
     }
     assert_eq!(per_id.len(), 25, "distinct notifications received");
     let repeated = per_id.values().filter(|n| **n > 1).count();
@@ -178,7 +127,7 @@ async fn a_crash_mid_delivery_loses_nothing_and_repeats_nothing() {
     // after the first copy, under the same key).
     let mut series: Vec<String> = got
         .iter()
-        .map(|g| g.1["series"].as_str().unwrap().to_string())
+        .map(|g| g.body["series"].as_str().unwrap().to_string())
         .collect();
     series.dedup();
     let expected: Vec<String> = (0..25).map(|i| format!("site/node{i}/t")).collect();
@@ -292,7 +241,7 @@ async fn a_dead_notification_is_reported_through_another_channel() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let body = recv.got.lock().unwrap()[0].1.clone();
+    let body = recv.got.lock().unwrap()[0].body.clone();
     assert_eq!(body["alert_id"], "centinela-delivery-dead/notify/telegram");
     let msg = body["message"].as_str().unwrap();
     assert!(
@@ -333,7 +282,7 @@ async fn a_webhook_4xx_is_dead_and_posts_carry_the_event() {
     while recv.count() < 1 && start.elapsed() < Duration::from_secs(10) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let body = recv.got.lock().unwrap()[0].1.clone();
+    let body = recv.got.lock().unwrap()[0].body.clone();
     assert_eq!(
         body["alert_id"],
         "greenhouse-hot/greenhouse/node1/temperature"

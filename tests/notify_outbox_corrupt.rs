@@ -3,14 +3,13 @@
 //! "nobody served yet" and send the alert again to chats that already have it. The
 //! other notifications of the channel keep going.
 
-#[path = "support/notify_db.rs"]
-mod notify_db;
-#[path = "support/telegram_standin.rs"]
-mod telegram_standin;
+mod support;
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use support::notify_db;
+use support::telegram_standin;
 
 use centinela::model::{now_ms, AlertState};
 use centinela::notify::outbox::notification_id;

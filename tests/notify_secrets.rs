@@ -3,13 +3,13 @@
 //! `last_error` (`alerts --outbox`) or the delivery alerts sent to the other channels.
 //! And the webhook secret can come from the environment, like every other secret.
 
-#[path = "support/notify_db.rs"]
-mod notify_db;
+mod support;
 
 use std::io::Write;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use support::notify_db;
 
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;

@@ -1,12 +1,11 @@
 //! Telegram delivery through the outbox against a local stand-in of the Bot API.
 
-#[path = "support/notify_db.rs"]
-mod notify_db;
-#[path = "support/telegram_standin.rs"]
-mod telegram_standin;
+mod support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use support::notify_db;
+use support::telegram_standin;
 
 use centinela::config::OutboxConfig;
 use centinela::model::{now_ms, AlertState};

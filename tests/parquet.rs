@@ -10,13 +10,13 @@ mod support;
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use support::lake::{self, read_lake, write_config};
 use support::mqtt::{free_port, Publisher};
-
-const BIN: &str = env!("CARGO_BIN_EXE_centinela");
+use support::process::{centinela, start_service, stop, wait_for};
 
 /// Reads a lake with both readers and prints one JSON object: for each reader and each
 /// table, the rows (ordered) and the type of `ts`.
@@ -54,86 +54,6 @@ for table, cols in (("readings", "series, value, unit"), ("alerts", "rule, serie
 print(json.dumps(out))
 "#;
 
-/// Whether python3 can import both readers; prints SKIPPED when not.
-fn readers() -> bool {
-    let ok = Command::new("python3")
-        .args(["-c", "import duckdb, pyarrow"])
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        println!("SKIPPED: python3 with duckdb and pyarrow not found (.ci/install-parquet.sh)");
-    }
-    ok
-}
-
-fn read_lake(root: &Path) -> Value {
-    let o = Command::new("python3")
-        .args(["-c", READ_LAKE])
-        .arg(root)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    serde_json::from_slice(&o.stdout).unwrap()
-}
-
-fn centinela(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .env_remove("CENTINELA_CONFIG")
-        .output()
-        .unwrap()
-}
-
-fn write_config(dir: &Path, port: u16, http: u16, extra: &str) -> PathBuf {
-    let path = dir.join("centinela.toml");
-    let text = format!(
-        "[broker]\nlisten = \"127.0.0.1:{port}\"\n\n[storage.sqlite]\npath = \"{}\"\nflush_interval = \"200ms\"\n\n\
-         [engine]\ntick = \"100ms\"\n\n[http]\nlisten = \"127.0.0.1:{http}\"\n\n\
-         [[rules]]\nname = \"hot\"\nseries = \"lab/+/temperature\"\nkind = \"threshold\"\nabove = 30.0\n\n{extra}",
-        dir.join("c.db").display()
-    );
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-fn start_service(config: &Path, port: u16) -> Child {
-    let child = Command::new(BIN)
-        .args(["run", "--config", config.to_str().unwrap()])
-        .env_remove("CENTINELA_CONFIG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "the service did not listen on {port}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child
-}
-
-/// SIGTERM, then the exit code and the log.
-fn stop(mut child: Child) -> (Option<i32>, String) {
-    assert!(Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success());
-    let code = child.wait().unwrap().code();
-    let mut log = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut log)
-        .unwrap();
-    (code, log)
-}
-
 /// `GET path` on the HTTP endpoint: (status, body).
 fn get(http: u16, path: &str) -> (u16, String) {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", http)).unwrap();
@@ -168,14 +88,6 @@ fn parquet_health(http: u16) -> (u16, Value) {
         .cloned()
         .unwrap_or(Value::Null);
     (status, stage)
-}
-
-async fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 /// What was published: (ts, series, value, unit).
@@ -284,9 +196,9 @@ fn part_files(dir: &Path) -> Vec<(PathBuf, u64)> {
             if p.is_dir() {
                 stack.push(p);
             } else {
-                let name = e.file_name().to_string_lossy().into_owned();
-                assert!(!name.ends_with(".tmp"), "a temporary file is left: {p:?}");
-                if name.ends_with(".parquet") {
+                let ext = p.extension().and_then(|x| x.to_str()).unwrap_or_default();
+                assert!(ext != "tmp", "a temporary file is left: {}", p.display());
+                if ext == "parquet" {
                     out.push((p, e.metadata().unwrap().len()));
                 }
             }
@@ -297,7 +209,7 @@ fn part_files(dir: &Path) -> Vec<(PathBuf, u64)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readings_published_over_tcp_are_read_back_by_duckdb_and_pyarrow() {
-    if !readers() {
+    if !lake::python_with(&["duckdb", "pyarrow"]) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -327,7 +239,7 @@ async fn readings_published_over_tcp_are_read_back_by_duckdb_and_pyarrow() {
     let (status, stage) = parquet_health(http);
     assert_eq!(status, 200, "{stage}");
     assert_eq!(stage["ok"], true, "{stage}");
-    assert_lake_holds(&read_lake(&lake), &sent);
+    assert_lake_holds(&read_lake(READ_LAKE, &lake), &sent);
 
     let (code, log) = stop(svc);
     assert_eq!(code, Some(0), "{log}");
@@ -354,7 +266,7 @@ async fn readings_published_over_tcp_are_read_back_by_duckdb_and_pyarrow() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn export_writes_what_sqlite_holds_in_the_same_layout() {
-    if !readers() {
+    if !lake::python_with(&["duckdb", "pyarrow"]) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -388,7 +300,7 @@ async fn export_writes_what_sqlite_holds_in_the_same_layout() {
         text.starts_with(&format!("wrote {n} readings and 1 alert events in ")),
         "{text}"
     );
-    assert_lake_holds(&read_lake(&out), &sent);
+    assert_lake_holds(&read_lake(READ_LAKE, &out), &sent);
 
     // --series and --since pick a part: the humidity of the last hour and a half.
     let part = dir.path().join("part");
@@ -409,7 +321,7 @@ async fn export_writes_what_sqlite_holds_in_the_same_layout() {
         .iter()
         .filter(|r| r.1 == "lab/n2/humidity" && r.0 >= since)
         .collect();
-    let got = read_lake(&part);
+    let got = read_lake(READ_LAKE, &part);
     let rows = got["duckdb_readings"].as_array().unwrap();
     // Readings a moment either side of the cut-off: the clock moved on between them.
     assert!(
@@ -511,7 +423,7 @@ fn chmod_dirs(root: &Path, mode: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lake_that_cannot_be_written_is_unhealthy_and_loses_nothing_once_it_can() {
-    if !readers() {
+    if !lake::python_with(&["duckdb", "pyarrow"]) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -571,7 +483,7 @@ async fn a_lake_that_cannot_be_written_is_unhealthy_and_loses_nothing_once_it_ca
     assert!(log.contains("cannot write a part file"), "{log}");
     assert!(log.contains("part files are written again"), "{log}");
     sent.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
-    let rows = read_lake(&lake)["duckdb_readings"]
+    let rows = read_lake(READ_LAKE, &lake)["duckdb_readings"]
         .as_array()
         .unwrap()
         .clone();
@@ -589,7 +501,7 @@ async fn a_lake_that_cannot_be_written_is_unhealthy_and_loses_nothing_once_it_ca
 /// kill.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_leaves_whole_files_and_loses_at_most_the_flush_interval() {
-    if !readers() {
+    if !lake::python_with(&["duckdb", "pyarrow"]) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -621,7 +533,7 @@ async fn kill_9_leaves_whole_files_and_loses_at_most_the_flush_interval() {
     let killed_at = centinela::model::now_ms();
     svc.wait().unwrap();
     assert!(written_before > 0, "no file closed in 7 s");
-    let rows = read_lake(&lake);
+    let rows = read_lake(READ_LAKE, &lake);
     let duck = rows["duckdb_readings"].as_array().unwrap();
     assert_eq!(
         rows["pyarrow_readings"]["rows"].as_array().unwrap().len(),

@@ -9,16 +9,15 @@
 
 mod support;
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Child, Command};
 
 use serde_json::Value;
 use support::http::{http_get, metric};
+use support::lake::{self, read_lake};
 use support::mqtt::{free_port, Publisher};
+use support::process::{self, start_service, wait_for, BIN};
 
-const BIN: &str = env!("CARGO_BIN_EXE_centinela");
 const HOUR: i64 = 3_600_000;
 
 /// Every reading and alert event DuckDB reads from the lake, ordered, as
@@ -51,80 +50,23 @@ for table, cols, key in (("readings", "series, value", "series, ts"), ("alerts",
 print(json.dumps(out))
 "#;
 
-fn duckdb() -> bool {
-    let ok = Command::new("python3")
-        .args(["-c", "import duckdb"])
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        println!("SKIPPED: python3 with duckdb not found (.ci/install-parquet.sh)");
-    }
-    ok
-}
-
-fn read_lake(root: &Path) -> Value {
-    let o = Command::new("python3")
-        .args(["-c", READ_LAKE])
-        .arg(root)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    serde_json::from_slice(&o.stdout).unwrap()
-}
-
 fn rows<'a>(lake: &'a Value, table: &str) -> &'a Vec<Value> {
     lake[table].as_array().unwrap()
 }
 
+/// The data lake's configuration in `dir/lake`, merging closed hours unless `parquet`
+/// says otherwise.
 fn write_config(dir: &Path, port: u16, http: u16, parquet: &str) -> PathBuf {
-    let path = dir.join("centinela.toml");
-    let text = format!(
-        "[broker]\nlisten = \"127.0.0.1:{port}\"\n\n[storage.sqlite]\npath = \"{}\"\nflush_interval = \"200ms\"\n\n\
-         [engine]\ntick = \"100ms\"\n\n[http]\nlisten = \"127.0.0.1:{http}\"\n\n\
-         [[rules]]\nname = \"hot\"\nseries = \"lab/+/temperature\"\nkind = \"threshold\"\nabove = 30.0\n\n\
-         [output.parquet]\ndir = \"{}\"\nflush_interval = \"1s\"\n{parquet}",
-        dir.join("c.db").display(),
+    let extra = format!(
+        "[output.parquet]\ndir = \"{}\"\nflush_interval = \"1s\"\n{parquet}",
         dir.join("lake").display()
     );
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-fn start_service(config: &Path, port: u16) -> Child {
-    let child = Command::new(BIN)
-        .args(["run", "--config", config.to_str().unwrap()])
-        .env_remove("CENTINELA_CONFIG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "the service did not listen on {port}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child
+    lake::write_config(dir, port, http, &extra)
 }
 
 /// SIGTERM; asserts a clean exit without errors and returns the log.
-fn stop(mut child: Child) -> String {
-    assert!(Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success());
-    let code = child.wait().unwrap().code();
-    let mut log = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut log)
-        .unwrap();
+fn stop(child: Child) -> String {
+    let (code, log) = process::stop(child);
     assert_eq!(code, Some(0), "{log}");
     assert!(!log.contains("ERROR"), "{log}");
     log
@@ -132,14 +74,6 @@ fn stop(mut child: Child) -> String {
 
 fn metric_of(http: u16, name: &str) -> u64 {
     metric(&http_get(http, "/metrics"), name).unwrap_or(0)
-}
-
-async fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 /// Publishes `n` readings, `step` ms apart from `t0`, alternating a temperature and a
@@ -225,7 +159,7 @@ fn hour_dir(table: &str, start: i64) -> String {
 /// part file there, merged in turn once the grace has passed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn closed_partitions_become_one_file_and_duckdb_reads_the_same_rows() {
-    if !duckdb() {
+    if !lake::python_with(&["duckdb"]) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -248,7 +182,7 @@ async fn closed_partitions_become_one_file_and_duckdb_reads_the_same_rows() {
         .await;
     }
     stop(svc);
-    let before = read_lake(&lake);
+    let before = read_lake(READ_LAKE, &lake);
     assert_eq!(rows(&before, "readings").len() as u64, sent);
     assert!(
         rows(&before, "alerts").len() >= 2,
@@ -268,7 +202,7 @@ async fn closed_partitions_become_one_file_and_duckdb_reads_the_same_rows() {
         r.values().chain(al.values()).all(|&n| n == 1) && staging_is_empty(&lake)
     })
     .await;
-    let after = read_lake(&lake);
+    let after = read_lake(READ_LAKE, &lake);
     assert_eq!(after["readings"], before["readings"]);
     assert_eq!(after["alerts"], before["alerts"]);
     assert_eq!(after["readings_dupes"], 0);
@@ -287,7 +221,7 @@ async fn closed_partitions_become_one_file_and_duckdb_reads_the_same_rows() {
             && staging_is_empty(&lake)
     })
     .await;
-    let last = read_lake(&lake);
+    let last = read_lake(READ_LAKE, &lake);
     let in_a = |v: &Value| {
         rows(v, "readings")
             .iter()
@@ -333,7 +267,7 @@ fn hour_of_parts(lake: &Path, start: i64, parts: usize, n: usize) -> PathBuf {
 /// - hour 3: a temporary part file left in the live folder by a crash mid-write.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_at_any_point_of_a_merge_leaves_every_row_once() {
-    if !duckdb() {
+    if !lake::python_with(&["duckdb"]) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -377,7 +311,7 @@ async fn a_crash_at_any_point_of_a_merge_leaves_every_row_once() {
         .success());
 
     // What a reader of the live tree sees already: each row once.
-    let before = read_lake(&lake);
+    let before = read_lake(READ_LAKE, &lake);
     assert_eq!(rows(&before, "readings").len(), 120 + 120 + 80);
     assert_eq!(before["readings_dupes"], 0);
 
@@ -390,7 +324,7 @@ async fn a_crash_at_any_point_of_a_merge_leaves_every_row_once() {
     })
     .await;
     stop(svc);
-    let after = read_lake(&lake);
+    let after = read_lake(READ_LAKE, &lake);
     assert_eq!(after["readings"], before["readings"]);
     assert_eq!(after["readings_dupes"], 0);
     for (live, n) in [(&live1, 120), (&live2, 120), (&live3, 80)] {
@@ -414,7 +348,7 @@ async fn a_crash_at_any_point_of_a_merge_leaves_every_row_once() {
 /// already; into an empty folder it writes everything.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn export_into_a_live_lake_adds_no_row_twice() {
-    if !duckdb() {
+    if !lake::python_with(&["duckdb"]) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -452,12 +386,15 @@ async fn export_into_a_live_lake_adds_no_row_twice() {
     let first = now - 2 * HOUR;
     let first = hour_dir("readings", first - first.rem_euclid(HOUR));
     assert!(text.contains(&first), "{text}");
-    let got = read_lake(&lake);
+    let got = read_lake(READ_LAKE, &lake);
     assert_eq!(rows(&got, "readings").len() as u64, n);
     assert_eq!(got["readings_dupes"], 0);
     assert_eq!(got["alerts_dupes"], 0);
     stop(svc);
-    assert_eq!(rows(&read_lake(&lake), "readings").len() as u64, n);
+    assert_eq!(
+        rows(&read_lake(READ_LAKE, &lake), "readings").len() as u64,
+        n
+    );
 
     let empty = dir.path().join("empty");
     let text = export(&empty);
@@ -466,7 +403,10 @@ async fn export_into_a_live_lake_adds_no_row_twice() {
         "{text}"
     );
     assert!(!text.contains("skipped"), "{text}");
-    assert_eq!(rows(&read_lake(&empty), "readings").len() as u64, n);
+    assert_eq!(
+        rows(&read_lake(READ_LAKE, &empty), "readings").len() as u64,
+        n
+    );
 }
 
 /// kill -9 while the service catches up on a lake of many unmerged hours: what a
@@ -474,7 +414,7 @@ async fn export_into_a_live_lake_adds_no_row_twice() {
 /// start finishes the job with the same rows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_merges_leaves_every_row_once() {
-    if !duckdb() {
+    if !lake::python_with(&["duckdb"]) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -499,7 +439,7 @@ async fn kill_9_during_merges_leaves_every_row_once() {
         .filter(|&&n| n == 1)
         .count();
     let left_in_staging = !staging_is_empty(&lake);
-    let seen = read_lake(&lake);
+    let seen = read_lake(READ_LAKE, &lake);
     assert_eq!(rows(&seen, "readings").len(), total);
     assert_eq!(seen["readings_dupes"], 0);
 
@@ -512,7 +452,7 @@ async fn kill_9_during_merges_leaves_every_row_once() {
     })
     .await;
     stop(svc);
-    let after = read_lake(&lake);
+    let after = read_lake(READ_LAKE, &lake);
     assert_eq!(after["readings"], seen["readings"]);
     assert_eq!(after["readings_dupes"], 0);
     println!(

@@ -8,57 +8,13 @@ mod support;
 
 use std::io::Read;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::routing::post;
-use axum::{Json, Router};
-use serde_json::Value;
 use support::mqtt::{free_port, Publisher};
-
-const BIN: &str = env!("CARGO_BIN_EXE_centinela");
-
-/// A webhook receiver that records every event it is sent.
-#[derive(Clone, Default)]
-struct Receiver {
-    got: Arc<Mutex<Vec<Value>>>,
-}
-
-async fn receive(State(r): State<Receiver>, Json(body): Json<Value>) -> StatusCode {
-    r.got.lock().unwrap().push(body);
-    StatusCode::NO_CONTENT
-}
-
-impl Receiver {
-    async fn start() -> (Receiver, String) {
-        let r = Receiver::default();
-        let app = Router::new()
-            .route("/alerts", post(receive))
-            .with_state(r.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/alerts", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        (r, url)
-    }
-
-    /// `(rule, state)` of every event received.
-    fn states(&self) -> Vec<(String, String)> {
-        self.got
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|e| {
-                (
-                    e["rule"].as_str().unwrap_or_default().to_string(),
-                    e["state"].as_str().unwrap_or_default().to_string(),
-                )
-            })
-            .collect()
-    }
-}
+use support::process::service;
+use support::webhook::Receiver;
 
 /// The service's stderr, read as it comes.
 #[derive(Clone, Default)]
@@ -136,12 +92,8 @@ async fn sighup_adds_changes_and_removes_notification_channels() {
 
     // Start with no channel at all.
     write_config(dir.path(), port, "200ms", "", None);
-    let mut svc = Command::new(BIN)
-        .args(["run", "--config"])
-        .arg(dir.path().join("centinela.toml"))
+    let mut svc = service(&dir.path().join("centinela.toml"))
         .env_remove("NOTIFY_SOCKET")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let log = Log::follow(&mut svc);

@@ -11,58 +11,15 @@ mod support;
 
 use std::io::Write;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
 
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::routing::post;
-use axum::Router;
 use serde_json::Value;
 use support::http::{http_get, metric};
 use support::mqtt::{free_port, Publisher};
+use support::process::{service, wait_for, KillOnDrop};
+use support::webhook::Receiver;
 
-const BIN: &str = env!("CARGO_BIN_EXE_centinela");
-
-/// A webhook receiver that counts deliveries and answers 503 while `failing`.
-#[derive(Clone, Default)]
-struct Receiver {
-    got: Arc<AtomicUsize>,
-    failing: Arc<AtomicBool>,
-}
-
-async fn receive(State(r): State<Receiver>) -> StatusCode {
-    if r.failing.load(Ordering::SeqCst) {
-        return StatusCode::SERVICE_UNAVAILABLE;
-    }
-    r.got.fetch_add(1, Ordering::SeqCst);
-    StatusCode::NO_CONTENT
-}
-
-async fn start_receiver() -> (Receiver, String) {
-    let r = Receiver::default();
-    let app = Router::new()
-        .route("/alerts", post(receive))
-        .with_state(r.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/alerts", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (r, url)
-}
-
-/// Kills the service when the test ends, however it ends.
-struct Service(Child);
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_service(dir: &Path, port: u16, http: u16, url: &str) -> Service {
+fn start_service(dir: &Path, port: u16, http: u16, url: &str) -> KillOnDrop {
     let config = dir.join("centinela.toml");
     std::fs::write(
         &config,
@@ -78,24 +35,13 @@ fn start_service(dir: &Path, port: u16, http: u16, url: &str) -> Service {
         ),
     )
     .unwrap();
-    Service(
-        Command::new(BIN)
-            .args(["run", "--config"])
-            .arg(&config)
+    KillOnDrop(
+        service(&config)
             .env_remove("NOTIFY_SOCKET")
-            .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap(),
     )
-}
-
-async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// The body of `/healthz` as JSON, and its status code.
@@ -173,9 +119,12 @@ fn promtool_check(page: &str) -> Option<(bool, String)> {
 async fn metrics_show_the_build_the_process_and_latencies_and_healthz_degrades_with_a_channel() {
     let dir = tempfile::tempdir().unwrap();
     let (port, http) = (free_port(), free_port());
-    let (receiver, url) = start_receiver().await;
+    let (receiver, url) = Receiver::start().await;
     let _svc = start_service(dir.path(), port, http, &url);
-    wait_for("the endpoint", || !http_get(http, "/healthz").is_empty()).await;
+    wait_for("the endpoint", 60, || {
+        !http_get(http, "/healthz").is_empty()
+    })
+    .await;
 
     let mut p = Publisher::connect(port, "self-metrics", None).await;
     let now = centinela::model::now_ms();
@@ -185,13 +134,10 @@ async fn metrics_show_the_build_the_process_and_latencies_and_healthz_degrades_w
     )
     .await;
     p.wait_acked(1).await;
-    wait_for("the firing alert delivered", || {
-        receiver.got.load(Ordering::SeqCst) == 1
-    })
-    .await;
+    wait_for("the firing alert delivered", 60, || receiver.count() == 1).await;
 
     // The reading reaches SQLite with the next flush (200 ms).
-    wait_for("a flush", || {
+    wait_for("a flush", 60, || {
         metric(
             &http_get(http, "/metrics"),
             "centinela_sqlite_flush_seconds_count",
@@ -245,14 +191,14 @@ async fn metrics_show_the_build_the_process_and_latencies_and_healthz_degrades_w
 
     // The receiver fails: once the channel has failed for `failing_after`, the service
     // is degraded, says why, and still answers 200.
-    receiver.failing.store(true, Ordering::SeqCst);
+    receiver.set_failing(true);
     p.publish(
         "sensors/gh/n1/temperature",
         format!(r#"{{"value":20,"ts":{}}}"#, now + 1000),
     )
     .await;
     p.wait_acked(2).await;
-    wait_for("healthz degraded", || {
+    wait_for("healthz degraded", 60, || {
         health(http).1["status"] == "degraded"
     })
     .await;
@@ -268,9 +214,9 @@ async fn metrics_show_the_build_the_process_and_latencies_and_healthz_degrades_w
     );
 
     // It answers again: the resolved notification goes out and the channel is ok.
-    receiver.failing.store(false, Ordering::SeqCst);
-    wait_for("healthz ok again", || health(http).1["status"] == "ok").await;
-    assert!(receiver.got.load(Ordering::SeqCst) >= 2);
+    receiver.set_failing(false);
+    wait_for("healthz ok again", 60, || health(http).1["status"] == "ok").await;
+    assert!(receiver.count() >= 2);
 
     // Everything a scrape can see now, through Prometheus's own checker.
     let page = body(&http_get(http, "/metrics"));

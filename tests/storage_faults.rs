@@ -14,14 +14,12 @@ use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use support::notify_db;
 
 use centinela::model::{AlertState, Reading, SeriesId};
 use centinela::store::sqlite::{self, AlertBatch, StoreMsg, StoreStats, Writer, WriterConfig};
 use sqlx::Connection;
 use tokio::sync::mpsc;
-
-#[path = "support/notify_db.rs"]
-mod notify_db;
 
 /// A tmpfs of `size` mounted on a fresh directory; unmounted on drop.
 struct Tmpfs {

@@ -5,12 +5,13 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output};
+use std::process::{Command, Output};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use centinela::model::{Reading, SeriesId};
 use centinela::store::sqlite;
+use support::process::KillOnDrop;
 
 fn config(dir: &Path, port: u16, db: &Path) -> PathBuf {
     let path = dir.join(format!("c{port}.toml"));
@@ -50,21 +51,12 @@ fn run_to_end(mut c: Command) -> Output {
     child.wait_with_output().unwrap()
 }
 
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn a_second_instance_on_the_same_database_refuses_and_names_the_first() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("c.db");
     let port = support::mqtt::free_port();
-    let first = Running(
+    let first = KillOnDrop(
         centinela(&["run"], &config(dir.path(), port, &db))
             .stderr(std::process::Stdio::null())
             .spawn()

@@ -4,26 +4,19 @@
 mod support;
 
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use centinela::config::{BrokerMode, Config};
 use centinela::service::{Options, Service};
 use centinela::store::sqlite;
 use support::mqtt::{free_port, Mosquitto, Publisher};
+use support::process::wait_for;
 
 fn config(port: u16) -> Config {
     let mut cfg = Config::default();
     cfg.broker.listen = format!("127.0.0.1:{port}").parse().unwrap();
     cfg.broker.max_payload = 4096;
     cfg
-}
-
-async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -84,7 +77,7 @@ async fn readings_published_over_tcp_land_in_sqlite_and_bad_ones_are_counted() {
 
     let stats = svc.source_stats.clone();
     // "elsewhere/…" is outside the subscription: the broker never hands it over.
-    wait_for("104 readings and 5 errors", || {
+    wait_for("104 readings and 5 errors", 20, || {
         stats.readings.load(Ordering::Relaxed) == 104 && stats.errors_total() == 5
     })
     .await;
@@ -161,7 +154,7 @@ async fn embedded_broker_with_a_password_refuses_strangers() {
     p.publish("sensors/a/b/c", "1").await;
     p.wait_acked(1).await;
     let stats = svc.source_stats.clone();
-    wait_for("the reading", || {
+    wait_for("the reading", 20, || {
         stats.readings.load(Ordering::Relaxed) == 1
     })
     .await;
@@ -190,7 +183,7 @@ async fn external_mosquitto_restarted_mid_stream_loses_nothing() {
     .await
     .unwrap();
     let stats = svc.source_stats.clone();
-    wait_for("the subscription", || {
+    wait_for("the subscription", 20, || {
         stats.connected.load(Ordering::Relaxed)
     })
     .await;
@@ -209,7 +202,7 @@ async fn external_mosquitto_restarted_mid_stream_loses_nothing() {
         p.publish("sensors/site/dev/metric", format!("{i}")).await;
     }
     p.wait_acked(total).await;
-    wait_for("every reading", || {
+    wait_for("every reading", 20, || {
         stats.readings.load(Ordering::Relaxed) >= total
     })
     .await;

@@ -1,12 +1,11 @@
 //! The whole stream into InfluxDB: readings published over MQTT reach a real influxd
 //! through the service, and an InfluxDB outage in the middle loses nothing.
 
-#[path = "support/influx_servers.rs"]
-mod influx_servers;
 mod support;
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
+use support::influx_servers;
 
 use centinela::config::{Config, Duration as CfgDuration, InfluxApi, InfluxConfig};
 use centinela::service::{Options, Service};

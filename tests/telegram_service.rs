@@ -3,10 +3,9 @@
 //! engine (stored in the history), and a stranger learns nothing.
 
 mod support;
-#[path = "support/telegram_standin.rs"]
-mod telegram_standin;
 
 use std::time::Duration;
+use support::telegram_standin;
 
 use centinela::config::Config;
 use centinela::model::AlertState;

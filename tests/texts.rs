@@ -5,29 +5,11 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use support::mqtt::{free_port, Publisher};
-
-const BIN: &str = env!("CARGO_BIN_EXE_centinela");
-
-fn centinela(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .env_remove("CENTINELA_CONFIG")
-        .env_remove("RUST_LOG")
-        .output()
-        .unwrap()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+use support::process::{centinela, stderr, stdout, BIN};
 
 fn write_config(dir: &Path, port: u16, extra: &str) -> PathBuf {
     let path = dir.join("centinela.toml");

@@ -1,9 +1,10 @@
 //! Key and mouse handling on the pure terminal state: what a person's keys do and
 //! which requests reach the engine.
 
-mod tui_fixture;
+mod support;
 
 use std::sync::Arc;
+use support::tui_fixture;
 
 use centinela::model::{AlertState, Control, LiveEvent, Severity};
 use centinela::tui::state::{Action, Focus, SeriesState, SortKey, LOG_CAP, RECENT_CAP};

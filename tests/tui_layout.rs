@@ -3,9 +3,10 @@
 //! whole units and help lines; bad payloads, silences, acknowledgements and a stopped
 //! service all visible; odd characters in names escaped.
 
-mod tui_fixture;
+mod support;
 
 use std::sync::Arc;
+use support::tui_fixture;
 
 use centinela::model::{AlertState, LiveEvent, LogLevel, Severity};
 use centinela::tui::state::Silence;

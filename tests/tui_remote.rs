@@ -3,11 +3,12 @@
 //! status reach the viewer's screen, its actions reach `centinela/control` only with
 //! the right credentials, and a lost broker shows and is reconnected to.
 
-mod tui_fixture;
+mod support;
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
+use support::tui_fixture;
 
 use centinela::model::{AlertState, Control, LiveEvent, LogLevel, Severity};
 use centinela::tui::remote::{self, RemoteOptions};

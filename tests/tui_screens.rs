@@ -1,10 +1,11 @@
 //! Every screen of the terminal UI rendered from fixture state into ratatui's
 //! TestBackend, checked for what a person reads on it.
 
-mod tui_fixture;
+mod support;
 
 use centinela::model::LiveEvent;
 use crossterm::event::KeyCode;
+use support::tui_fixture;
 use tui_fixture::*;
 
 #[test]

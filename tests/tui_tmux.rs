@@ -4,12 +4,11 @@
 mod support;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use support::mqtt::{free_port, Mosquitto, Publisher};
-
-const BIN: &str = env!("CARGO_BIN_EXE_centinela");
+use support::process::{service, spawn_listening, KillOnDrop, BIN};
 
 struct Tmux(String);
 
@@ -76,27 +75,13 @@ impl Drop for Tmux {
     }
 }
 
-struct Service(Child);
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_service(config: &Path, port: u16) -> Service {
-    let child = Command::new(BIN)
-        .args(["run", "--config", config.to_str().unwrap()])
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "service did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Service(child)
+fn start_service(config: &Path, port: u16) -> KillOnDrop {
+    KillOnDrop(spawn_listening(
+        service(config)
+            .stdout(Stdio::inherit())
+            .stderr(Stdio::null()),
+        port,
+    ))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -268,9 +253,9 @@ async fn remote_tui_at_80x24_lists_every_series_and_says_when_the_service_stops(
         ),
     )
     .unwrap();
-    let mut svc = Service(
-        Command::new(BIN)
-            .args(["run", "--config", config.to_str().unwrap()])
+    let mut svc = KillOnDrop(
+        service(&config)
+            .stdout(Stdio::inherit())
             .stderr(Stdio::null())
             .spawn()
             .unwrap(),

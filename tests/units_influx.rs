@@ -1,12 +1,11 @@
 //! A sensor that sends JSON with a unit and then plain numbers stays one series in a
 //! real InfluxDB: one tag set, with its unit.
 
-#[path = "support/influx_servers.rs"]
-mod influx_servers;
 mod support;
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
+use support::influx_servers;
 
 use centinela::config::{Config, Duration as CfgDuration, InfluxApi, InfluxConfig};
 use centinela::service::{Options, Service};

@@ -28,7 +28,10 @@ struct Rule {
     fall: Option<f64>,
     agg: Option<String>,
     silence: Option<String>,
-    #[allow(dead_code)]
+    #[expect(
+        dead_code,
+        reason = "read from the file so an unknown key fails, never used"
+    )]
     severity: Option<String>,
 }
 

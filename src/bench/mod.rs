@@ -38,9 +38,11 @@ mod probe;
 mod report;
 mod wire;
 
-pub use load::{Load, LoadDone, LoadGen};
-pub use report::{peak_rss_kib, process_cpu_s, BenchReport, Latency};
-pub use wire::{connect_packet, parse_packets, put_publish, subscribe_packet};
+pub use load::Load;
+pub(crate) use load::LoadGen;
+pub(crate) use report::{peak_rss_kib, process_cpu_s};
+pub use report::{BenchReport, Latency};
+pub use wire::{connect_packet, put_publish};
 
 /// The rules a bench run adds when the configuration has none: one of every kind over
 /// every bench series. Rate and window rules keep the readings of their window in
@@ -75,7 +77,7 @@ silence = "60s"
 "#;
 
 /// The threshold rule the latency probe crosses; always added.
-pub const PROBE_RULE: &str = "bench-probe";
+pub(crate) const PROBE_RULE: &str = "bench-probe";
 const PROBE_RULES: &str = r#"
 [[rules]]
 name = "bench-probe"

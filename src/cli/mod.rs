@@ -114,7 +114,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             crate::clidoc::print(&crate::clidoc::man())?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run { config } => run::run(&config).await,
+        Command::Run { config } => Box::pin(run::run(&config)).await,
         Command::Demo(args) => demo::demo(args).await,
         Command::Simulate(args) => {
             init_logging(&Config::default(), false);
@@ -134,7 +134,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             admin::doctor(config.config.as_deref(), send_test).await
         }
         Command::Alerts(args) => query::alerts(args).await,
-        Command::Bench(args) => bench::bench(args).await,
+        Command::Bench(args) => Box::pin(bench::bench(args)).await,
         Command::Replay(args) => replay::replay(args).await,
         Command::Db {
             action: DbAction::Check { config, db },

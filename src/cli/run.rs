@@ -18,13 +18,13 @@ pub(super) async fn run(config: &ConfigArg) -> anyhow::Result<ExitCode> {
     if cfg.rules.is_empty() {
         tracing::warn!(config = %source, "no [[rules]] configured: readings are stored, but nothing is watched and no alert can fire (`centinela config` shows starter rules to uncomment)");
     }
-    run_service(cfg, config.config.clone()).await
+    Box::pin(run_service(cfg, config.config.clone())).await
 }
 
 /// `centinela run`: the service until SIGINT/SIGTERM, reloading on SIGHUP
 /// ([`crate::service::reload`]).
 async fn run_service(cfg: Config, path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
-    crate::service::reload::run_until_stopped(cfg, path)
+    Box::pin(crate::service::reload::run_until_stopped(cfg, path))
         .await
         .map(|()| ExitCode::SUCCESS)
 }

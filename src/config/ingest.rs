@@ -15,7 +15,7 @@
 
 use serde::Deserialize;
 
-use super::{check_filter, key, IngestConfig, Invalid, PathPart};
+use super::{check_filter, key, Duration, Invalid, PathPart};
 use crate::source::map::Template;
 use crate::source::name::{check_series, check_unit, UnitProblem, MAX_UNIT_LEN};
 
@@ -381,5 +381,35 @@ mod tests {
         }
         let e = err(&rule("esphome/+/temperature/extra"));
         assert_eq!(e.field.as_deref(), Some("rules[0].series"), "{e}");
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    pub topics: Vec<String>,
+    pub prefix: String,
+    /// How often a warning about bad input is logged per reason at most.
+    pub warn_interval: Duration,
+    /// `[[ingest.map]]`: topic layouts of devices, tried in order before the prefix.
+    pub map: Vec<MapConfig>,
+    /// How far into the future a reading's own timestamp may be (the past is bounded by
+    /// `storage.sqlite.retention`); readings outside are refused and counted.
+    pub max_clock_skew: Duration,
+    /// How many distinct series are accepted at most (those already stored count);
+    /// readings of new series past it are refused, counted and warned about.
+    pub max_series: usize,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            topics: vec!["sensors/#".into()],
+            prefix: "sensors".into(),
+            warn_interval: Duration::from_secs(10),
+            map: Vec::new(),
+            max_clock_skew: Duration::from_secs(300),
+            max_series: 100_000,
+        }
     }
 }

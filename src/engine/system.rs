@@ -167,21 +167,28 @@ impl Engine {
     }
 }
 
-/// The system alerts of a configuration: one per notification channel, raised when it
-/// keeps failing (`centinela-delivery-failing` on `notify/<channel>`).
+/// The system alerts of a configuration: two per notification channel on
+/// `notify/<channel>`, raised when it keeps failing (`centinela-delivery-failing`) and
+/// when notifications through it end dead (`centinela-delivery-dead`).
 pub fn system_rules(cfg: &crate::config::Config) -> Vec<SystemRule> {
+    use crate::notify::worker::{health_series, RULE_DEAD, RULE_FAILING};
     let channels: Vec<String> = cfg
         .notify
         .channels()
         .into_iter()
         .map(str::to_string)
         .collect();
-    channels
+    let kinds = [
+        (RULE_FAILING, Severity::Critical),
+        (RULE_DEAD, Severity::Warning),
+    ];
+    kinds
         .iter()
-        .map(|c| SystemRule {
-            rule: crate::notify::worker::RULE_FAILING.to_string(),
-            series: crate::notify::worker::health_series(c),
-            severity: Severity::Critical,
+        .flat_map(|&(rule, severity)| channels.iter().map(move |c| (rule, severity, c)))
+        .map(|(rule, severity, c)| SystemRule {
+            rule: rule.to_string(),
+            series: health_series(c),
+            severity,
             notify: channels.clone(),
         })
         .collect()

@@ -28,9 +28,6 @@ pub use process::{
 pub use render::{escape_label, render_health, render_metrics};
 pub use server::{bind, serve, serve_on, HttpError};
 
-/// The default address of the endpoint (`[http] listen`).
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:9184";
-
 /// Largest request head accepted, in bytes; larger requests get 431.
 pub const MAX_REQUEST_BYTES: usize = 8 * 1024;
 /// How long a client may take to send its request, and to read the answer.

@@ -358,7 +358,7 @@ impl TelegramBot {
                 .allowed_updates([AllowedUpdate::Message, AllowedUpdate::CallbackQuery]);
             let updates = tokio::select! {
                 r = req => r,
-                r = shutdown.changed() => { if r.is_err() { break } else { continue } }
+                r = shutdown.changed() => { if r.is_err() { break } continue }
             };
             let updates = match updates {
                 Ok(u) => {

@@ -11,7 +11,9 @@
 //!   `storm_window`) go out as one digest on channels that support it.
 //! - Health: a channel failing longer than `failing_after` raises an alert of its own
 //!   through the other channels, and a resolved one when it recovers; notifications
-//!   that end dead are reported the same way.
+//!   that end dead raise another, resolved by the next notification the channel
+//!   delivers with none dying. Both are alerts of the engine (listed, acknowledged and
+//!   silenced like a rule's); without an engine they go into the outbox directly.
 //! - Deadlines: every attempt ends within [`Sender::deadline`] (a silent peer is a
 //!   failed attempt, retried like any other); at shutdown a round in progress gets
 //!   [`DRAIN`] to finish, then is dropped and its notifications stay pending.
@@ -141,6 +143,11 @@ pub struct Worker {
     /// The engine was told this channel delivers (its alert, restored firing after a
     /// restart, is resolved by the first delivery).
     engine_clear: bool,
+    /// The engine was told notifications of this channel ended dead, and not yet that
+    /// it delivers again.
+    dead_raised: bool,
+    /// Like `engine_clear`, for the dead-notifications alert.
+    dead_clear: bool,
 }
 
 impl Worker {
@@ -163,11 +170,13 @@ impl Worker {
             unreadable: std::collections::HashSet::new(),
             engine: None,
             engine_clear: false,
+            dead_raised: false,
+            dead_clear: false,
         }
     }
 
-    /// Raises the failing-channel alert through the engine (a system alert) instead
-    /// of enqueueing it in the outbox directly.
+    /// Raises the delivery alerts (failing channel, dead notifications) through the
+    /// engine (system alerts) instead of enqueueing them in the outbox directly.
     pub fn with_engine(
         mut self,
         engine: tokio::sync::mpsc::Sender<crate::engine::SystemAlert>,
@@ -176,12 +185,13 @@ impl Worker {
         self
     }
 
-    /// Hands a change of the health alert to the engine; `false` when there is no
-    /// engine (or it has stopped): the caller enqueues the event itself.
-    fn to_engine(&self, firing: bool, ts: Timestamp, message: &str) -> bool {
+    /// Hands a change of a delivery alert (`rule`: [`RULE_FAILING`] or [`RULE_DEAD`])
+    /// to the engine; `false` when there is no engine (or it has stopped): the caller
+    /// enqueues the event itself.
+    fn to_engine(&self, rule: &str, firing: bool, ts: Timestamp, message: &str) -> bool {
         let Some(tx) = &self.engine else { return false };
         let s = crate::engine::SystemAlert {
-            rule: RULE_FAILING.into(),
+            rule: rule.into(),
             series: health_series(self.sender.channel()),
             firing,
             ts,
@@ -443,6 +453,8 @@ impl Worker {
         }
         if died > 0 {
             self.report_dead(died, &died_error, now).await?;
+        } else if !delivered.is_empty() {
+            self.clear_dead(now);
         }
         self.track_health(served_any, retry.map(|r| r.0), now).await
     }
@@ -460,13 +472,14 @@ impl Worker {
             if self.raised {
                 info!(channel = %channel, "channel delivers again");
                 let msg = format!("{channel} notifications are delivered again");
-                if !self.to_engine(false, now, &msg) {
+                if !self.to_engine(RULE_FAILING, false, now, &msg) {
                     let ev = self.health_event(AlertState::Resolved, now, msg);
                     self.outbox.enqueue(&[ev], now).await?;
                 }
             } else if self.engine.is_some() && !self.engine_clear {
                 // A no-op unless the alert came back firing from before a restart.
                 self.to_engine(
+                    RULE_FAILING,
                     false,
                     now,
                     &format!("{channel} notifications are delivered again"),
@@ -487,7 +500,7 @@ impl Worker {
                 crate::model::format_ts(since)
             );
             self.engine_clear = false;
-            if self.to_engine(true, since, &msg) || self.others.is_empty() {
+            if self.to_engine(RULE_FAILING, true, since, &msg) || self.others.is_empty() {
                 return Ok(());
             }
             let ev = self.health_event(AlertState::Firing, since, msg);
@@ -510,28 +523,53 @@ impl Worker {
         }
     }
 
+    /// Reports `count` notifications that ended dead: through the engine, as the alert
+    /// `centinela-delivery-dead/notify/<channel>` (firing until the channel delivers
+    /// again; more dying meanwhile are logged, not told again), else straight into the
+    /// outbox of the other channels.
     async fn report_dead(
-        &self,
+        &mut self,
         count: usize,
         error: &str,
         now: Timestamp,
     ) -> Result<(), OutboxError> {
+        let channel = self.sender.channel().to_string();
+        let message = format!("{count} {channel} notification(s) could not be delivered: {error}");
+        if self.to_engine(RULE_DEAD, true, now, &message) {
+            self.dead_raised = true;
+            self.dead_clear = false;
+            return Ok(());
+        }
         if self.others.is_empty() {
             return Ok(());
         }
-        let channel = self.sender.channel();
         let ev = AlertEvent {
             rule: RULE_DEAD.into(),
-            series: format!("notify/{channel}"),
+            series: health_series(&channel),
             state: AlertState::Firing,
             severity: Severity::Warning,
             value: Some(count as f64),
             unit: None,
             ts: now,
-            message: format!("{count} {channel} notification(s) could not be delivered: {error}"),
+            message,
             notify: self.others.clone(),
         };
         self.outbox.enqueue(&[ev], now).await.map(|_| ())
+    }
+
+    /// A notification was delivered and none died: resolves the dead-notifications
+    /// alert in the engine (once after a start too, for one restored firing).
+    fn clear_dead(&mut self, now: Timestamp) {
+        if self.engine.is_none() || (self.dead_clear && !self.dead_raised) {
+            return;
+        }
+        let msg = format!(
+            "{} notifications are delivered again",
+            self.sender.channel()
+        );
+        self.to_engine(RULE_DEAD, false, now, &msg);
+        self.dead_raised = false;
+        self.dead_clear = true;
     }
 }
 

@@ -49,18 +49,6 @@ impl Filter {
         Filter { levels }
     }
 
-    /// How many `+` levels the filter has.
-    pub fn plus_count(&self) -> usize {
-        self.levels
-            .iter()
-            .filter(|l| **l == FilterLevel::Plus)
-            .count()
-    }
-
-    pub fn ends_in_hash(&self) -> bool {
-        self.levels.last() == Some(&FilterLevel::Hash)
-    }
-
     /// Whether `topic` matches; fills `caps` with what the wildcards matched.
     pub fn matches(&self, topic: &str, caps: &mut Captures) -> bool {
         caps.levels.clear();

@@ -176,7 +176,7 @@ pub fn draw_chart(frame: &mut Frame, area: Rect, app: &App) {
         ]);
     let y = Axis::default().style(theme::DIM).bounds([lo, hi]).labels([
         Span::raw(format::value(lo)),
-        Span::raw(format::value((lo + hi) / 2.0)),
+        Span::raw(format::value(lo.midpoint(hi))),
         Span::raw(format::value(hi)),
     ]);
     let chart = Chart::new(datasets)

@@ -2,8 +2,6 @@
 //! with a free port and a temporary directory, stopped by PID (and killed on Drop).
 //! `.ci/install-influx.sh` installs the binaries.
 
-#![allow(dead_code)]
-
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

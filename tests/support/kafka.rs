@@ -2,8 +2,6 @@
 //! loopback ports, started from the jars `.ci/install-kafka.sh` assembles into
 //! `.cache/kafka/lib`, and a few client helpers (librdkafka through rdkafka).
 
-#![allow(dead_code)]
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

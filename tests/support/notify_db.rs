@@ -1,6 +1,5 @@
 //! A SQLite file in a temporary directory with the project's migrations applied, and
 //! alert events to put in it.
-#![allow(dead_code)]
 
 use std::path::Path;
 use std::time::Duration;

@@ -1,6 +1,5 @@
 //! A real SMTP server (aiosmtpd) on 127.0.0.1 for the notification tests, started and
 //! stopped by the test. Mails land as JSON summaries in a temporary directory.
-#![allow(dead_code)]
 
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};

@@ -3,7 +3,6 @@
 //! wrong token, 429 with `parameters.retry_after`, 403 for a chat that blocked the
 //! bot, 400 for a text over 4096 characters, and getUpdates long polling over queued
 //! updates (messages and callback queries).
-#![allow(dead_code)]
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};

@@ -1,6 +1,5 @@
 //! A fixture for the terminal UI tests: a state as a running greenhouse-and-lab
 //! service would leave it, and a renderer to text through ratatui's TestBackend.
-#![allow(dead_code)]
 
 use std::sync::Arc;
 
