@@ -1,6 +1,6 @@
 //! Log lines as the journal, a terminal and a log shipper see them, from the real
 //! binary: journal priorities when `JOURNAL_STREAM` names stderr, `--log-format json`,
-//! `--log-level`, and `--version`.
+//! `--log-level`, `--version`, and colours on a terminal only without `NO_COLOR`.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -201,4 +201,49 @@ fn an_invalid_log_level_is_a_usage_error_naming_the_value() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("\"loud\" is not a log level"), "{err}");
+}
+
+/// What `centinela run` writes to a terminal (a pseudo-terminal from `script`) when its
+/// broker port is taken, so it logs its start and exits; `no_color` sets `NO_COLOR=1`.
+fn on_a_terminal(no_color: bool) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let config = dir.path().join("centinela.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[broker]\nlisten = \"127.0.0.1:{port}\"\n\n[http]\nlisten = \"127.0.0.1:0\"\n\n\
+             [storage.sqlite]\npath = \"{}\"\n",
+            dir.path().join("centinela.db").display()
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new("timeout");
+    cmd.args(["20", "script", "-qec"])
+        .arg(format!("{BIN} run --config {}", config.display()))
+        .arg("/dev/null")
+        .env_remove("RUST_LOG")
+        .env_remove("NO_COLOR")
+        .stdin(Stdio::null());
+    if no_color {
+        cmd.env("NO_COLOR", "1");
+    }
+    let out = cmd.output().expect("script (util-linux) runs");
+    drop(taken);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn on_a_terminal_logs_are_coloured_unless_no_color_is_set() {
+    let coloured = on_a_terminal(false);
+    assert!(coloured.contains("no [[rules]] configured"), "{coloured}");
+    assert!(coloured.contains("\x1b["), "a terminal gets colours:\n{coloured}");
+    let plain = on_a_terminal(true);
+    assert!(plain.contains("no [[rules]] configured"), "{plain}");
+    assert!(
+        !plain.contains('\x1b'),
+        "NO_COLOR=1 leaves out every escape sequence:\n{plain:?}"
+    );
+    assert!(plain.contains("WARN"), "{plain}");
 }
