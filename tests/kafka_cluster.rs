@@ -256,6 +256,14 @@ fn notify_config(processor: bool, brokers: &str, smtp_port: u16) -> String {
     )
 }
 
+/// The `[http] listen` port of the instance `name` started in `dir`.
+fn http_port(dir: &std::path::Path, name: &str) -> u16 {
+    let text = std::fs::read_to_string(dir.join(format!("{name}.toml"))).unwrap();
+    let v: toml::Value = toml::from_str(&text).unwrap();
+    let listen = v["http"]["listen"].as_str().unwrap();
+    listen.rsplit(':').next().unwrap().parse().unwrap()
+}
+
 /// Rows a notifier has put into its outbox so far, from its log.
 fn queued(r: &Run) -> usize {
     r.log()
@@ -365,6 +373,49 @@ fn notifiers_deliver_from_the_alerts_topic_once_and_a_killed_one_loses_nothing()
         || kafka::committed(&k, "nt-notify", "nt-alerts", 3),
         // Offsets count the transactions' commit markers too: at least one per event.
         |n| *n >= 6,
+    );
+    // What c says about its notifier on /metrics.
+    let c_http = http_port(dir.path(), "c");
+    let m = wait_until(
+        "c's notifier figures",
+        || http_get(c_http, "/metrics"),
+        |m| {
+            metric(m, "centinela_kafka_notifier_settled_messages_total") >= 6
+                && metric(m, "centinela_kafka_notifier_commits_total") >= 1
+                && metric(m, "centinela_kafka_notifier_open_messages") == 0
+        },
+    );
+    for (name, kind) in [
+        ("centinela_kafka_notifier_messages_total", "counter"),
+        ("centinela_kafka_notifier_queued_total", "counter"),
+        ("centinela_kafka_notifier_commits_total", "counter"),
+        ("centinela_kafka_notifier_handed_back_total", "counter"),
+        ("centinela_kafka_notifier_assigned_partitions", "gauge"),
+        ("centinela_kafka_notifier_open_messages", "gauge"),
+    ] {
+        assert!(
+            m.contains(&format!("# TYPE {name} {kind}\n{name} ")),
+            "{name}: {m}"
+        );
+        assert!(m.contains(&format!("# HELP {name} ")), "{name}: {m}");
+    }
+    assert!(
+        metric(&m, "centinela_kafka_notifier_messages_total") >= 6,
+        "{m}"
+    );
+    assert!(
+        metric(&m, "centinela_kafka_notifier_queued_total") >= 6,
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "centinela_kafka_notifier_assigned_partitions"),
+        3,
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "centinela_kafka_notifier_commit_errors_total"),
+        0,
+        "{m}"
     );
     // b comes back with its six undelivered rows: it hands them back (they were
     // delivered by c, the offsets say so) and sends nothing again.
@@ -559,6 +610,16 @@ fn bench_one_instance_flat_out_beside_kcat() {
         let sy: f64 = f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
         (u + sy) / tick
     };
+    // `CENTINELA_BENCH_PERF=FILE`: a perf profile (call graphs) of the whole run.
+    let perf = std::env::var("CENTINELA_BENCH_PERF").ok().and_then(|out| {
+        std::process::Command::new("perf")
+            .args(["record", "-F", "499", "-g", "-o", &out, "-p"])
+            .arg(child.id().to_string())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .ok()
+    });
     let deadline = Instant::now() + Duration::from_secs(600);
     let mut first: Option<(Instant, f64, u64)> = None;
     let done = loop {
@@ -583,6 +644,12 @@ fn bench_one_instance_flat_out_beside_kcat() {
         n as u64 - s0,
         done.1 - c0
     );
+    if let Some(mut p) = perf {
+        let _ = std::process::Command::new("kill")
+            .args(["-INT", &p.id().to_string()])
+            .status();
+        let _ = p.wait();
+    }
     let _ = child.kill();
     let _ = child.wait();
 }

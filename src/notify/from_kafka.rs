@@ -125,7 +125,8 @@ pub struct NotifierStats {
     pub handed_back: AtomicU64,
     /// Messages whose notifications all became final (delivered, or dead).
     pub settled: AtomicU64,
-    /// Offset commits the brokers confirmed, and those that failed.
+    /// Offset commits made (an asynchronous one counts when it is sent), and those
+    /// that failed.
     pub commits: AtomicU64,
     pub commit_errors: AtomicU64,
     /// Partitions of the alerts topic this instance owns now.
@@ -239,9 +240,13 @@ impl Ctx {
     fn revoke(&self, consumer: &BaseConsumer<Ctx>, parts: HashSet<i32>) {
         let tpl = self.advance(Some(&parts));
         if tpl.count() > 0 {
-            if let Err(e) = consumer.commit(&tpl, CommitMode::Sync) {
-                tracing::warn!(error = %e, "Kafka notifier: commit before revocation failed");
-            }
+            match consumer.commit(&tpl, CommitMode::Sync) {
+                Ok(()) => self.stats.commits.fetch_add(1, Ordering::Relaxed),
+                Err(e) => {
+                    tracing::warn!(error = %e, "Kafka notifier: commit before revocation failed");
+                    self.stats.commit_errors.fetch_add(1, Ordering::Relaxed)
+                }
+            };
         }
         let mut ids = Vec::new();
         {
@@ -296,13 +301,6 @@ impl ConsumerContext for Ctx {
             }
             Rebalance::Error(e) => tracing::warn!(error = %e, "Kafka notifier: rebalance error"),
         }
-    }
-
-    fn commit_callback(&self, result: rdkafka::error::KafkaResult<()>, _: &TopicPartitionList) {
-        match result {
-            Ok(()) => self.stats.commits.fetch_add(1, Ordering::Relaxed),
-            Err(_) => self.stats.commit_errors.fetch_add(1, Ordering::Relaxed),
-        };
     }
 }
 
@@ -609,9 +607,16 @@ fn commit(consumer: &BaseConsumer<Ctx>, mode: CommitMode) {
     if tpl.count() == 0 {
         return;
     }
+    let stats = &consumer.context().stats;
     match consumer.commit(&tpl, mode) {
-        Ok(()) => tracing::debug!(offsets = ?tpl, "Kafka notifier: committed"),
-        Err(e) => tracing::warn!(error = %e, "Kafka notifier: commit failed"),
+        Ok(()) => {
+            stats.commits.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(offsets = ?tpl, "Kafka notifier: committed")
+        }
+        Err(e) => {
+            stats.commit_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(error = %e, "Kafka notifier: commit failed")
+        }
     }
 }
 
