@@ -182,7 +182,7 @@ struct Proc {
     /// Barriers through, waiting for SQLite to store their readings.
     sealed: VecDeque<Group>,
     /// The input partition of every series seen (the changelog partition of its state).
-    partition_of: HashMap<SeriesId, i32>,
+    partition_of: crate::model::FastMap<SeriesId, i32>,
     owned: HashSet<(String, i32)>,
     store: Arc<StoreStats>,
     stats: Arc<KafkaSourceStats>,
@@ -701,20 +701,27 @@ pub struct KafkaSource {
 #[error("Kafka source: {0}")]
 pub struct StartError(String);
 
-/// The series of `m` by `how`, or `None`.
-fn series_of(m: &BorrowedMessage<'_>, how: &KeyFrom, path: &[String]) -> Option<String> {
+/// The series of `m` by `how`, or `None` (borrowed from the message when it can be).
+fn series_of<'a>(
+    m: &'a BorrowedMessage<'_>,
+    how: &KeyFrom,
+    path: &[String],
+) -> Option<std::borrow::Cow<'a, str>> {
+    use std::borrow::Cow;
     match how {
-        KeyFrom::Key => std::str::from_utf8(m.key()?).ok().map(str::to_string),
+        KeyFrom::Key => std::str::from_utf8(m.key()?).ok().map(Cow::Borrowed),
         KeyFrom::Header(name) => {
             let h = m.headers()?;
             h.iter()
                 .find(|h| h.key == name.as_str())
                 .and_then(|h| std::str::from_utf8(h.value?).ok())
-                .map(str::to_string)
+                .map(Cow::Borrowed)
         }
         KeyFrom::Json(_) => {
             let v: serde_json::Value = serde_json::from_slice(m.payload()?).ok()?;
-            super::map::get(&v, path)?.as_str().map(str::to_string)
+            super::map::get(&v, path)?
+                .as_str()
+                .map(|s| Cow::Owned(s.to_string()))
         }
     }
     .filter(|s| !s.is_empty())
@@ -779,7 +786,7 @@ impl KafkaSource {
             open: Vec::new(),
             waiting: VecDeque::new(),
             sealed: VecDeque::new(),
-            partition_of: HashMap::new(),
+            partition_of: Default::default(),
             owned: HashSet::new(),
             store: self.store.clone(),
             stats: self.kafka.clone(),
@@ -857,13 +864,16 @@ impl Running {
         let stats = &src.stats;
         let kstats = &src.kafka;
         'outer: while !stop.is_shutdown() {
+            // One clock read per message: the monotonic clock for the batch's deadline,
+            // and the wall clock (a plain value's receive time) derived from it.
             let started = Instant::now();
+            let wall = now_ms();
+            let mut elapsed = Duration::ZERO;
             loop {
-                if ctx.lock().batch.len() >= BATCH {
-                    break;
-                }
-                let left = BATCH_WAIT.saturating_sub(started.elapsed());
+                let left = BATCH_WAIT.saturating_sub(elapsed);
                 let Some(m) = consumer.poll(left) else { break };
+                elapsed = started.elapsed();
+                let now = wall + elapsed.as_millis() as i64;
                 let m = match m {
                     Ok(m) => m,
                     Err(e) => {
@@ -877,11 +887,16 @@ impl Running {
                 stats.messages.fetch_add(1, Ordering::Relaxed);
                 let mut p = ctx.lock();
                 let next = m.offset() + 1;
-                match p.offsets.get_mut(&(m.topic().to_string(), m.partition())) {
-                    Some(e) => *e = (*e).max(next),
+                // A handful of partitions: found without hashing or a key to allocate.
+                let part = m.partition();
+                match p
+                    .offsets
+                    .iter_mut()
+                    .find(|((t, n), _)| *n == part && t == m.topic())
+                {
+                    Some((_, e)) => *e = (*e).max(next),
                     None => {
-                        p.offsets
-                            .insert((m.topic().to_string(), m.partition()), next);
+                        p.offsets.insert((m.topic().to_string(), part), next);
                     }
                 }
                 let Some(series) = series_of(&m, &how, &json_path) else {
@@ -906,12 +921,11 @@ impl Running {
                 topic.push_str(&series);
                 let before = p.batch.len();
                 let payload = m.payload().unwrap_or_default();
-                let r = decoder.decode(&topic, payload, now_ms(), &mut p.batch);
+                let r = decoder.decode(&topic, payload, now, &mut p.batch);
                 let after = p.batch.len();
                 stats
                     .readings
                     .fetch_add((after - before) as u64, Ordering::Relaxed);
-                let part = m.partition();
                 for i in before..after {
                     let s = &p.batch[i].series;
                     if p.partition_of.get(&**s) != Some(&part) {
@@ -919,6 +933,7 @@ impl Running {
                         p.partition_of.insert(s, part);
                     }
                 }
+                let full = p.batch.len() >= BATCH;
                 drop(p);
                 let skipped = decoder.skipped();
                 if skipped > 0 {
@@ -939,6 +954,9 @@ impl Running {
                             "Kafka: bad message skipped: {e}"
                         );
                     }
+                }
+                if full {
+                    break;
                 }
             }
             let mut p = ctx.lock();
