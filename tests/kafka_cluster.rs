@@ -255,6 +255,14 @@ fn notify_config(processor: bool, brokers: &str, smtp_port: u16) -> String {
     )
 }
 
+/// The `[http] listen` port of the instance `name` started in `dir`.
+fn http_port(dir: &std::path::Path, name: &str) -> u16 {
+    let text = std::fs::read_to_string(dir.join(format!("{name}.toml"))).unwrap();
+    let v: toml::Value = toml::from_str(&text).unwrap();
+    let listen = v["http"]["listen"].as_str().unwrap();
+    listen.rsplit(':').next().unwrap().parse().unwrap()
+}
+
 /// Rows a notifier has put into its outbox so far, from its log.
 fn queued(r: &Run) -> usize {
     r.log()
@@ -364,6 +372,49 @@ fn notifiers_deliver_from_the_alerts_topic_once_and_a_killed_one_loses_nothing()
         || kafka::committed(&k, "nt-notify", "nt-alerts", 3),
         // Offsets count the transactions' commit markers too: at least one per event.
         |n| *n >= 6,
+    );
+    // What c says about its notifier on /metrics.
+    let c_http = http_port(dir.path(), "c");
+    let m = wait_until(
+        "c's notifier figures",
+        || http_get(c_http, "/metrics"),
+        |m| {
+            metric(m, "centinela_kafka_notifier_settled_messages_total") >= 6
+                && metric(m, "centinela_kafka_notifier_commits_total") >= 1
+                && metric(m, "centinela_kafka_notifier_open_messages") == 0
+        },
+    );
+    for (name, kind) in [
+        ("centinela_kafka_notifier_messages_total", "counter"),
+        ("centinela_kafka_notifier_queued_total", "counter"),
+        ("centinela_kafka_notifier_commits_total", "counter"),
+        ("centinela_kafka_notifier_handed_back_total", "counter"),
+        ("centinela_kafka_notifier_assigned_partitions", "gauge"),
+        ("centinela_kafka_notifier_open_messages", "gauge"),
+    ] {
+        assert!(
+            m.contains(&format!("# TYPE {name} {kind}\n{name} ")),
+            "{name}: {m}"
+        );
+        assert!(m.contains(&format!("# HELP {name} ")), "{name}: {m}");
+    }
+    assert!(
+        metric(&m, "centinela_kafka_notifier_messages_total") >= 6,
+        "{m}"
+    );
+    assert!(
+        metric(&m, "centinela_kafka_notifier_queued_total") >= 6,
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "centinela_kafka_notifier_assigned_partitions"),
+        3,
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "centinela_kafka_notifier_commit_errors_total"),
+        0,
+        "{m}"
     );
     // b comes back with its six undelivered rows: it hands them back (they were
     // delivered by c, the offsets say so) and sends nothing again.
@@ -530,7 +581,7 @@ fn bench_one_instance_flat_out_beside_kcat() {
     let http = free_port();
     let cfg = format!(
         "[broker]\nlisten = \"127.0.0.1:{}\"\n\n[http]\nlisten = \"127.0.0.1:{http}\"\n\n\
-         [storage.sqlite]\npath = \"{}\"\n\n\
+         [storage.sqlite]\npath = \"{}\"\nflush_interval = \"250ms\"\n\n\
          [source.kafka]\nbrokers = [\"{}\"]\ntopics = [\"bench-in\"]\ngroup_id = \"bench\"\n\n\
          [[rules]]\nname = \"hot\"\nseries = \"site/+/temp\"\nkind = \"threshold\"\nabove = 30.0\n",
         free_port(),
@@ -558,30 +609,215 @@ fn bench_one_instance_flat_out_beside_kcat() {
         let sy: f64 = f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
         (u + sy) / tick
     };
+    // `CENTINELA_BENCH_PERF=FILE`: a perf profile (call graphs) of the whole run.
+    let perf = std::env::var("CENTINELA_BENCH_PERF").ok().and_then(|out| {
+        std::process::Command::new("perf")
+            .args(["record", "-F", "499", "-g", "-o", &out, "-p"])
+            .arg(child.id().to_string())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .ok()
+    });
+    // From the first message consumed (the group joined) to the last one consumed,
+    // and to the last one stored (SQLite flushes every 250 ms here, so the end is
+    // known to within that).
     let deadline = Instant::now() + Duration::from_secs(600);
     let mut first: Option<(Instant, f64, u64)> = None;
+    let mut consumed_at = None;
     let done = loop {
         let m = http_get(http, "/metrics");
+        let consumed = metric(&m, "centinela_kafka_source_messages_total");
         let stored = metric(&m, "centinela_readings_stored_total");
-        if stored > 0 && first.is_none() {
-            first = Some((Instant::now(), cpu(child.id()), stored));
+        if consumed > 0 && first.is_none() {
+            first = Some((Instant::now(), cpu(child.id()), consumed));
+        }
+        if consumed >= n as u64 && consumed_at.is_none() {
+            consumed_at = Some(Instant::now());
         }
         if stored >= n as u64 {
             break (Instant::now(), cpu(child.id()));
         }
-        assert!(Instant::now() < deadline, "stored {stored}");
-        std::thread::sleep(Duration::from_millis(50));
+        assert!(
+            Instant::now() < deadline,
+            "consumed {consumed}, stored {stored}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
     };
     let (t0, c0, s0) = first.unwrap();
+    let timed = (n as u64 - s0) as f64;
     let secs = (done.0 - t0).as_secs_f64();
-    let rate = (n as u64 - s0) as f64 / secs;
-    let cpu_per_m = (done.1 - c0) / ((n as u64 - s0) as f64 / 1e6);
+    let consume_secs = (consumed_at.unwrap_or(done.0) - t0).as_secs_f64();
+    let cpu_per_m = (done.1 - c0) / (timed / 1e6);
     eprintln!(
-        "centinela ({bin}): {} readings in {secs:.2} s = {rate:.0} readings/s; \
-         {:.2} CPU-s, {cpu_per_m:.2} CPU-s per million",
-        n as u64 - s0,
+        "centinela ({bin}): {timed} readings consumed in {consume_secs:.2} s = {:.0} readings/s, \
+         stored in {secs:.2} s = {:.0} readings/s; {:.2} CPU-s, {cpu_per_m:.2} CPU-s per million",
+        timed / consume_secs,
+        timed / secs,
         done.1 - c0
     );
+    if let Some(mut p) = perf {
+        let _ = std::process::Command::new("kill")
+            .args(["-INT", &p.id().to_string()])
+            .status();
+        let _ = p.wait();
+    }
     let _ = child.kill();
     let _ = child.wait();
+}
+
+const WINDOW_RULES: &str = "[[rules]]\nname = \"avg\"\nseries = \"w/+/t\"\nkind = \"window\"\nagg = \"avg\"\n\
+     window = \"20s\"\nabove = 30.0\n\n\
+     [[rules]]\nname = \"rise\"\nseries = \"r/+/t\"\nkind = \"rate\"\nwindow = \"20s\"\nrise = 10.0\n";
+
+fn window_config(brokers: &str) -> String {
+    format!(
+        "[broker]\nlisten = \"127.0.0.1:{}\"\n\n[http]\nlisten = \"127.0.0.1:{}\"\n\n\
+         [engine]\ntick = \"100ms\"\n\n[storage.sqlite]\nflush_interval = \"200ms\"\n\n\
+         [source.kafka]\nbrokers = [\"{brokers}\"]\ntopics = [\"wr-in\"]\ngroup_id = \"wr\"\n\
+         alerts_topic = \"wr-alerts\"\ncommit_interval = \"200ms\"\n\n{WINDOW_RULES}",
+        free_port(),
+        free_port()
+    )
+}
+
+/// Reading `i` (one a second of event time) of the two series: `w/a/t` (partition 0)
+/// is 20, then 40 from i = 24, so its 20-second average passes 30 at i = 34; `r/a/t`
+/// (partition 1) is 50, 20 from i = 24, 45 from i = 30 to 41: within any 20 seconds it
+/// never rises by more than 10 — but from the 20s alone, 45 is a rise of 25.
+fn window_readings(t0: i64, range: std::ops::Range<usize>) -> Vec<(i32, Option<String>, String)> {
+    let json = |v: f64, i: usize| format!(r#"{{"value":{v},"ts":{}}}"#, t0 + i as i64 * 1000);
+    let mut out = Vec::new();
+    for i in range {
+        let w = if i < 24 { 20.0 } else { 40.0 };
+        out.push((0, Some("w/a/t".to_string()), json(w, i)));
+        if i < 42 {
+            let r = match i {
+                0..24 => 50.0,
+                24..30 => 20.0,
+                _ => 45.0,
+            };
+            out.push((1, Some("r/a/t".to_string()), json(r, i)));
+        }
+    }
+    out
+}
+
+/// The events one instance judging every reading would raise: (rule, series, state, ts).
+fn single_instance(msgs: &[(i32, Option<String>, String)]) -> Vec<(String, String, String, i64)> {
+    let cfg = centinela::config::Config::parse(
+        &format!("[engine]\ntick = \"100ms\"\n\n{WINDOW_RULES}"),
+        "rules.toml",
+    )
+    .unwrap();
+    let mut rp = centinela::engine::Replayer::new(&cfg.rules, &cfg.engine);
+    let mut out = Vec::new();
+    let mut readings: Vec<centinela::model::Reading> = msgs
+        .iter()
+        .map(|(_, k, v)| {
+            let j: serde_json::Value = serde_json::from_str(v).unwrap();
+            centinela::model::Reading {
+                series: k.as_deref().unwrap().into(),
+                value: j["value"].as_f64().unwrap(),
+                ts: j["ts"].as_i64().unwrap(),
+                unit: None,
+            }
+        })
+        .collect();
+    readings.sort_by_key(|r| r.ts);
+    for r in &readings {
+        for e in rp.push(r) {
+            out.push((
+                e.rule.clone(),
+                e.series.to_string(),
+                e.state.to_string(),
+                e.ts,
+            ));
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn rate_and_window_rules_judge_across_a_handover_as_one_instance_would() {
+    let started = Instant::now();
+    let Some(k) = Kafka::start() else { return };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(k.create_topic("wr-in", 2, false));
+    let dir = tempfile::tempdir().unwrap();
+    let t0 = centinela::model::now_ms() - 600_000;
+    let all = window_readings(t0, 0..60);
+    let want = single_instance(&all);
+    // The scenario means something: one firing, at i = 34, after the handover; none
+    // for the rate rule.
+    assert_eq!(
+        want,
+        [(
+            "avg".to_string(),
+            "w/a/t".to_string(),
+            "firing".to_string(),
+            t0 + 34_000
+        )]
+    );
+
+    // a judges the first 26 seconds and commits them, then dies with a few more on
+    // their way.
+    let mut a = Run::start(dir.path(), "a", &window_config(&k.bootstrap()));
+    a.wait_log("owned=2", 1);
+    produce(&k, "wr-in", &window_readings(t0, 0..26));
+    wait_until(
+        "a commits the first 26 seconds",
+        || kafka::committed(&k, "wr", "wr-in", 2),
+        |n| *n >= 52,
+    );
+    produce(&k, "wr-in", &window_readings(t0, 26..28));
+    a.kill9();
+
+    // b takes both partitions over: its windows hold what a's held before it judges
+    // the first reading (i = 26 or later).
+    let mut b = Run::start(dir.path(), "b", &window_config(&k.bootstrap()));
+    b.wait_log("Kafka: windows refilled", 1);
+    produce(&k, "wr-in", &window_readings(t0, 28..60));
+    wait_until(
+        "b stores every reading of w/a/t",
+        || b.stored().get("w/a/t").copied().unwrap_or(0),
+        |n| *n >= 60 - 28,
+    );
+    let got: Vec<(String, String, String, i64)> = {
+        let mut v: Vec<_> = read_settled(&k, &["wr-alerts"], want.len(), Duration::from_secs(3))
+            .into_iter()
+            .map(|(_, _, v)| {
+                (
+                    v["rule"].as_str().unwrap().to_string(),
+                    v["series"].as_str().unwrap().to_string(),
+                    v["state"].as_str().unwrap().to_string(),
+                    v["ts_ms"].as_i64().unwrap(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(got, want, "{}", b.log());
+    let refilled: u64 = b
+        .log()
+        .lines()
+        .filter(|l| l.contains("Kafka: windows refilled"))
+        .filter_map(|l| {
+            l.split("readings=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum();
+    assert!(refilled >= 52, "the 26 seconds a committed: {}", b.log());
+    b.stop();
+    eprintln!(
+        "refilled {refilled} readings; {} event(s) as one instance; {:.1} s",
+        got.len(),
+        started.elapsed().as_secs_f64()
+    );
 }

@@ -60,3 +60,30 @@ fn kafka_sections_are_refused_without_the_feature_and_checked_with_it() {
         assert!(err.contains("host:port"), "{err}");
     }
 }
+
+#[test]
+fn notifying_from_kafka_needs_an_alerts_topic_to_read() {
+    let text = "[ingest]\ntopics = [\"sensors/#\"]\n\n[notify]\nfrom_kafka = true\n";
+    let (code, err) = validate(text);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("centinela.toml:5"), "names the line: {err}");
+    assert!(err.contains("notify.from_kafka"), "names the field: {err}");
+    if cfg!(feature = "kafka") {
+        assert!(err.contains("alerts_topic"), "says what to set: {err}");
+        // The source's alerts topic, or the output's, is one to read.
+        for section in [
+            "[source.kafka]\nbrokers = [\"127.0.0.1:9092\"]\ntopics = [\"r\"]\ngroup_id = \"g\"\nalerts_topic = \"al\"\n",
+            "[output.kafka]\nbrokers = [\"127.0.0.1:9092\"]\nreadings_topic = \"\"\nalerts_topic = \"al\"\n",
+        ] {
+            let (code, err) = validate(&format!("{text}\n{section}"));
+            assert_eq!(code, 0, "{section}: {err}");
+        }
+        // A source without one, and an output whose alerts topic is empty, are not.
+        let (code, err) = validate(&format!(
+            "{text}\n[source.kafka]\nbrokers = [\"127.0.0.1:9092\"]\ntopics = [\"r\"]\ngroup_id = \"g\"\n\n\
+             [output.kafka]\nbrokers = [\"127.0.0.1:9092\"]\nalerts_topic = \"\"\n"
+        ));
+        assert_eq!(code, 2, "{err}");
+        assert!(err.contains("centinela.toml:5"), "{err}");
+    }
+}

@@ -104,7 +104,11 @@ pub(super) fn parse_all(text: &str, file: &str) -> Result<Config, Vec<ConfigErro
     };
     let Some(cfg) = cfg else { return Err(errors) };
     let typed_ok = errors.is_empty();
-    for problem in cfg.validate() {
+    for problem in cfg
+        .validate()
+        .into_iter()
+        .chain(super::kafka::cross_checks(&cfg))
+    {
         let path = to_original(&problem.path, &removed);
         let gone = spoiled.iter().any(|(table, k)| {
             path.starts_with(table)

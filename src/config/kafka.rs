@@ -104,6 +104,35 @@ impl KafkaSecurity {
 /// Whether this binary can talk to Kafka.
 pub const BUILT_WITH_KAFKA: bool = cfg!(feature = "kafka");
 
+/// Checks across sections: `[notify] from_kafka = true` needs an alerts topic, the one
+/// of `[source.kafka]` or else of `[output.kafka]` (what
+/// `crate::notify::from_kafka::settings` reads). Without Kafka in the build
+/// `from_kafka` is refused already.
+pub(super) fn cross_checks(cfg: &super::Config) -> Vec<Invalid> {
+    if !cfg.notify.from_kafka || !BUILT_WITH_KAFKA {
+        return Vec::new();
+    }
+    let source = cfg
+        .source
+        .kafka
+        .as_ref()
+        .and_then(|s| s.alerts_topic.as_deref())
+        .is_some_and(|t| !t.is_empty());
+    let output = cfg
+        .output
+        .kafka
+        .as_ref()
+        .is_some_and(|o| !o.alerts_topic.is_empty());
+    if source || output {
+        return Vec::new();
+    }
+    vec![Invalid::new(
+        &[key("notify"), key("from_kafka")],
+        "needs an alerts topic to read: set alerts_topic in [source.kafka] (or in \
+         [output.kafka]); without one this instance's alerts would reach no one",
+    )]
+}
+
 /// `[source.*]`: optional sources beside MQTT.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]

@@ -536,7 +536,8 @@ mod tests {
         assert!(e.to_string().contains("only with from_kafka = true"), "{e}");
         let e = err("[notify]\nkafka_deliver = false\n");
         assert_eq!(e.field.as_deref(), Some("notify.kafka_deliver"));
-        let text = "[notify]\nfrom_kafka = true\nkafka_deliver = false\n";
+        let text = "[notify]\nfrom_kafka = true\nkafka_deliver = false\n\n\
+                    [output.kafka]\nbrokers = [\"127.0.0.1:9092\"]\n";
         match Config::parse(text, "n.toml") {
             Ok(cfg) => {
                 let built = crate::config::BUILT_WITH_KAFKA;

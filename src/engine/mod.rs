@@ -1077,14 +1077,30 @@ impl Engine {
     /// newest timestamp is the one the records say, so the readings the other instance
     /// did not commit are judged again. Emits nothing. Returns the alerts taken over.
     pub fn adopt(&mut self, alerts: Vec<AlertRecord>) -> usize {
+        self.adopt_with_history(alerts, &[])
+    }
+
+    /// [`Engine::adopt`], with the windows of rate and window rules refilled from
+    /// `history`: readings the other instance had judged (those it committed; in
+    /// timestamp order per series), fed as [`Engine::prime`] feeds the stored ones after
+    /// a restart — windows move, alert state does not, nothing is emitted. The series of
+    /// `history` start from it, whether or not they have records.
+    pub fn adopt_with_history(&mut self, alerts: Vec<AlertRecord>, history: &[Reading]) -> usize {
         let mut newest: HashMap<String, Timestamp> = HashMap::new();
         for rec in &alerts {
             let n = newest.entry(rec.series.clone()).or_insert(Timestamp::MIN);
             *n = (*n).max(rec.last_seen.unwrap_or(Timestamp::MIN));
         }
+        for r in history {
+            if !newest.contains_key(&*r.series) {
+                newest.insert(r.series.to_string(), Timestamp::MIN);
+            }
+        }
+        let mut slots = Vec::with_capacity(newest.len());
         for (series, t) in &newest {
             let si = self.slot_of(&Arc::from(series.as_str()));
-            self.slots[si].newest = *t;
+            self.slots[si].newest = Timestamp::MIN;
+            slots.push((si, *t));
             for k in 0..self.slots[si].alerts.len() {
                 let ai = self.slots[si].alerts[k] as usize;
                 let a = &mut self.alerts[ai];
@@ -1092,6 +1108,12 @@ impl Engine {
                 a.parked = false;
                 a.transitions.clear();
             }
+        }
+        for r in history {
+            self.prime(r);
+        }
+        for (si, t) in slots {
+            self.slots[si].newest = self.slots[si].newest.max(t);
         }
         let mut n = 0;
         for rec in alerts {

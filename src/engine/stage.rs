@@ -157,13 +157,24 @@ pub struct Inputs {
     pub system: mpsc::Receiver<super::SystemAlert>,
 }
 
-/// Alert state of series this instance takes over ([`Engine::adopt`]); `done` gets
-/// the number of alerts taken once the engine has them, before any later reading.
+/// Alert state of series this instance takes over ([`Engine::adopt_with_history`]);
+/// `done` gets the answer once the engine has them, before any later reading.
 pub struct Adopt {
     pub records: Vec<super::AlertRecord>,
+    /// Readings the previous owner had judged, to refill rate and window rules.
+    pub history: Vec<Reading>,
     /// Series that went to another instance ([`Engine::release`]).
     pub released: Vec<String>,
-    pub done: tokio::sync::oneshot::Sender<usize>,
+    pub done: tokio::sync::oneshot::Sender<Adopted>,
+}
+
+/// The engine's answer to an [`Adopt`].
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Adopted {
+    /// Alerts taken over.
+    pub alerts: usize,
+    /// [`Engine::max_window_ms`] of the rules now: how much history a refill needs.
+    pub window_ms: Option<i64>,
 }
 
 /// How often alert state that changed without an event is saved (deadman last-seen
@@ -294,8 +305,9 @@ impl EngineStage {
                 Some(req) = adopt.recv() => {
                     let now = now_ms();
                     self.engine.release(req.released.iter().map(String::as_str));
-                    let n = self.engine.adopt(req.records);
-                    let _ = req.done.send(n);
+                    let alerts = self.engine.adopt_with_history(req.records, &req.history);
+                    let window_ms = self.engine.max_window_ms();
+                    let _ = req.done.send(Adopted { alerts, window_ms });
                     self.publish_view(now);
                 }
                 Some(req) = control.recv() => {

@@ -1189,3 +1189,39 @@ silence = "5m"
     assert!(h.at("gh/a/t", 11 * M, 21.0).is_empty());
     assert_eq!(states(&h.tick(16 * M)), [S::Firing]);
 }
+
+#[test]
+fn adopted_history_refills_windows_without_events_and_replaces_stale_ones() {
+    let toml = "[[rules]]\nname = \"avg\"\nseries = \"w/#\"\nkind = \"window\"\nagg = \"avg\"\nwindow = \"10s\"\nabove = 30.0\n\
+                [[rules]]\nname = \"rise\"\nseries = \"r/#\"\nkind = \"rate\"\nwindow = \"10s\"\nrise = 10.0\n";
+    let reading = |series: &str, ts: i64, value: f64| Reading {
+        series: Arc::from(series),
+        value,
+        ts,
+        unit: None,
+    };
+    // What the other instance judged: w at 20 for ten seconds, r at 50.
+    let history: Vec<Reading> = (0..10)
+        .flat_map(|i| {
+            [
+                reading("w/a", i * 1000, 20.0),
+                reading("r/a", i * 1000, 50.0),
+            ]
+        })
+        .collect();
+    let mut new = H::new(toml);
+    // This instance owned r/a once: its stale low window must not count.
+    assert!(new.at("r/a", -60_000, 10.0).is_empty());
+    assert_eq!(new.e.adopt_with_history(Vec::new(), &history), 0);
+    // The window is full at once (a fresh one would wait ten seconds) and holds the
+    // twenties: 40 alone does not lift the average above 30...
+    for s in 10..15 {
+        assert!(new.at("w/a", s * 1000, 40.0).is_empty(), "{s}");
+    }
+    // ...until enough of the window is 40: (5 × 20 + 6 × 40) / 11 > 30.
+    assert_eq!(states(&new.at("w/a", 15_000, 40.0)), [S::Firing]);
+    // r fell from 50 to 45: no rise (a fresh window would take 45 as its start and
+    // call 56 a rise of 11; with the history it is 6).
+    assert!(new.at("r/a", 10_000, 45.0).is_empty());
+    assert!(new.at("r/a", 10_500, 56.0).is_empty());
+}

@@ -220,6 +220,10 @@ pub fn render_metrics(m: &Metrics) -> String {
         family(o, x.name, kind, x.help);
         sample(o, x.name, &[], x.value);
     }
+    #[cfg(feature = "kafka")]
+    if let Some(n) = crate::notify::from_kafka::running() {
+        kafka_notifier(o, &n);
+    }
     for f in m.families.iter().filter(|f| !f.samples.is_empty()) {
         let kind = match f.kind {
             Kind::Counter => "counter",
@@ -316,6 +320,28 @@ pub fn render_metrics(m: &Metrics) -> String {
     }
 
     std::mem::take(o)
+}
+
+/// The Kafka notifier's figures (`[notify] from_kafka = true`).
+#[cfg(feature = "kafka")]
+fn kafka_notifier(o: &mut String, n: &crate::notify::from_kafka::NotifierStats) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let rows = [
+        ("centinela_kafka_notifier_messages_total", "counter", "Messages read from the alerts topic by the notifier.", &n.messages),
+        ("centinela_kafka_notifier_bad_messages_total", "counter", "Messages of the alerts topic that are not alert events (skipped).", &n.bad),
+        ("centinela_kafka_notifier_queued_total", "counter", "Notifications put into the outbox from the alerts topic (a message read again adds none).", &n.queued),
+        ("centinela_kafka_notifier_settled_messages_total", "counter", "Messages of the alerts topic whose notifications are all final (delivered or given up).", &n.settled),
+        ("centinela_kafka_notifier_commits_total", "counter", "Offset commits the notifier made (the offset of the oldest message not all delivered).", &n.commits),
+        ("centinela_kafka_notifier_commit_errors_total", "counter", "Offset commits of the notifier that failed at once.", &n.commit_errors),
+        ("centinela_kafka_notifier_handed_back_total", "counter", "Undelivered notifications handed back to the owner of their partition (at start and on revocation).", &n.handed_back),
+        ("centinela_kafka_notifier_unknown_channel_total", "counter", "Channels named by alert events that this instance has no [notify.*] section for.", &n.unknown_channel),
+        ("centinela_kafka_notifier_assigned_partitions", "gauge", "Partitions of the alerts topic this notifier owns now.", &n.assigned),
+        ("centinela_kafka_notifier_open_messages", "gauge", "Messages read whose notifications are not all final yet; the offset commit waits for the oldest.", &n.open),
+    ];
+    for (name, kind, help, v) in rows {
+        family(o, name, kind, help);
+        sample(o, name, &[], v.load(Relaxed));
+    }
 }
 
 /// A histogram's `_bucket` (cumulative, `le` in seconds), `_sum` and `_count` lines.
@@ -533,6 +559,30 @@ mod tests {
                 assert!(value.parse::<f64>().is_ok(), "{line}");
             }
         }
+    }
+
+    #[test]
+    #[cfg(feature = "kafka")]
+    fn kafka_notifier_figures_follow_their_help_and_type() {
+        let n = crate::notify::from_kafka::NotifierStats::default();
+        n.messages.store(7, std::sync::atomic::Ordering::Relaxed);
+        n.open.store(2, std::sync::atomic::Ordering::Relaxed);
+        let mut o = String::new();
+        kafka_notifier(&mut o, &n);
+        let l = lines(&o);
+        let at = l
+            .iter()
+            .position(|x| *x == "centinela_kafka_notifier_messages_total 7")
+            .unwrap();
+        assert_eq!(
+            &l[at - 2..at],
+            [
+                "# HELP centinela_kafka_notifier_messages_total Messages read from the alerts topic by the notifier.",
+                "# TYPE centinela_kafka_notifier_messages_total counter"
+            ]
+        );
+        assert!(o.contains("# TYPE centinela_kafka_notifier_open_messages gauge\ncentinela_kafka_notifier_open_messages 2\n"), "{o}");
+        assert_eq!(l.len(), 30, "{o}");
     }
 
     #[test]

@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::http::{Family, Kind, Sample};
+use crate::model::OutputStatus;
 use crate::shutdown::Shutdown;
 use crate::source::kafka::KafkaSourceStats;
 use crate::store::sqlite::AlertBatch;
@@ -124,7 +125,38 @@ impl Output for Tap {
                 "How long the last changelog restore took.",
                 get(&s.restore_ms_last),
             ),
+            Sample::counter(
+                "centinela_kafka_window_refills_total",
+                "Window refills from the input partitions (one per assignment with rate or window rules).",
+                get(&s.refills),
+            ),
+            Sample::counter(
+                "centinela_kafka_window_refill_readings_total",
+                "Readings read again from the input partitions to refill rate and window rules.",
+                get(&s.refilled_readings),
+            ),
+            Sample::counter(
+                "centinela_kafka_window_refill_milliseconds_total",
+                "Time spent refilling rate and window rules from the input partitions.",
+                get(&s.refill_ms_total),
+            ),
         ]
+    }
+
+    /// `cluster NAME partitions N`: this instance in the group and what it owns (the
+    /// TUI's owner column reads it).
+    fn status(&self) -> Option<OutputStatus> {
+        let instance = self.stats.instance.lock().ok()?.clone();
+        if instance.is_empty() {
+            return None;
+        }
+        let n = self.stats.assigned.load(Ordering::Relaxed);
+        Some(OutputStatus {
+            name: "cluster".into(),
+            label: format!("{instance} partitions"),
+            value: n,
+            warn: n == 0,
+        })
     }
 
     fn families(&self) -> Vec<Family> {

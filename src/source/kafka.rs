@@ -26,7 +26,11 @@
 //! engine adopts that state ([`crate::engine::Engine::adopt`]) before a single reading
 //! of them is handed over (the consumer only returns their messages after the
 //! callback). An alert that was firing on the instance that died is still firing here
-//! and is not announced again.
+//! and is not announced again. The windows of rate and window rules are refilled the
+//! same way, from the input partition itself ([`crate::kafka::refill`]): the readings
+//! since the start of the longest window, up to the committed offset, feed the
+//! windows without raising events, so the first reading judged here is judged with
+//! what the previous owner had.
 //!
 //! A transaction that fails is aborted; the consumer then leaves and rejoins the group,
 //! so its partitions restart from the committed offsets and the changelog.
@@ -55,9 +59,9 @@ use tokio::sync::mpsc;
 use super::decode::Decoder;
 use super::mqtt::{SourceSetup, SourceStats};
 use crate::config::{KafkaSourceConfig, KeyFrom};
-use crate::engine::stage::Adopt;
-use crate::kafka::changelog;
+use crate::engine::stage::{Adopt, Adopted};
 use crate::kafka::tap::TapMsg;
+use crate::kafka::{changelog, refill};
 use crate::model::{now_ms, Reading, SeriesId};
 use crate::shutdown::Shutdown;
 use crate::store::sqlite::{AlertBatch, StoreStats};
@@ -72,6 +76,12 @@ const FINAL_COMMIT_WAIT: Duration = Duration::from_secs(15);
 /// How long a changelog restore may take before the partition is judged with what was
 /// read (a warning says so).
 const RESTORE_WAIT: Duration = Duration::from_secs(30);
+/// How long reading the windows' readings again may take (then the windows hold what
+/// was read; a warning says so).
+const REFILL_WAIT: Duration = Duration::from_secs(30);
+/// Read before the longest window too: the handover itself, and the one reading before
+/// the window's start that tells a window rule it has seen a whole window.
+const REFILL_MARGIN_MS: i64 = 60_000;
 /// Bound of one transactional call (commit, offsets).
 const TXN_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -101,6 +111,14 @@ pub struct KafkaSourceStats {
     pub restored_alerts: AtomicU64,
     pub restore_ms_total: AtomicU64,
     pub restore_ms_last: AtomicU64,
+    /// Window refills (one per assignment with rate or window rules), the readings
+    /// they fed the engine, and the time they took (ms, all of them).
+    pub refills: AtomicU64,
+    pub refilled_readings: AtomicU64,
+    pub refill_ms_total: AtomicU64,
+    /// This instance's name in the group (`instance_id`), for the status line and
+    /// the TUI's owner column.
+    pub instance: Mutex<String>,
     /// The partitions owned now, with the next offset to read and the end of each
     /// (for `/metrics` and `centinela kafka status`: lag = end − next).
     pub partitions: Mutex<Vec<PartitionLag>>,
@@ -164,12 +182,39 @@ struct Proc {
     /// Barriers through, waiting for SQLite to store their readings.
     sealed: VecDeque<Group>,
     /// The input partition of every series seen (the changelog partition of its state).
-    partition_of: HashMap<SeriesId, i32>,
+    partition_of: crate::model::FastMap<SeriesId, i32>,
     owned: HashSet<(String, i32)>,
     store: Arc<StoreStats>,
     stats: Arc<KafkaSourceStats>,
     /// A transaction failed: leave and rejoin the group.
     broken: bool,
+    /// How readings are read again on assignment.
+    keys: Keys,
+    group: String,
+}
+
+/// How a message becomes readings: where its series is, the decoder's setup.
+struct Keys {
+    how: KeyFrom,
+    json_path: Vec<String>,
+    prefix: String,
+    setup: SourceSetup,
+}
+
+impl Keys {
+    fn new(cfg: &KafkaSourceConfig, setup: &SourceSetup) -> Keys {
+        let how = cfg.key_from();
+        let json_path = match &how {
+            KeyFrom::Json(p) => p.split('.').map(str::to_string).collect(),
+            _ => Vec::new(),
+        };
+        Keys {
+            how,
+            json_path,
+            prefix: setup.ingest.prefix.trim_end_matches('/').to_string(),
+            setup: setup.clone(),
+        }
+    }
 }
 
 struct Ctx {
@@ -449,7 +494,7 @@ impl Proc {
             .map(|(s, _)| s.to_string())
             .collect();
         self.partition_of.retain(|_, p| numbers.contains(p));
-        self.tell_engine(Vec::new(), released);
+        self.tell_engine(Vec::new(), Vec::new(), released, false);
     }
 
     fn assign(&mut self, tpl: &TopicPartitionList) {
@@ -459,6 +504,11 @@ impl Proc {
         for e in tpl.elements() {
             self.owned.insert((e.topic().to_string(), e.partition()));
         }
+        // How far back the windows reach, as the rules are now.
+        let window = self
+            .tell_engine(Vec::new(), Vec::new(), Vec::new(), true)
+            .window_ms;
+        let mut records = Vec::new();
         match changelog::restore(&self.base, &self.changelog, &parts, RESTORE_WAIT) {
             Ok(r) => {
                 if !r.unfinished.is_empty() {
@@ -474,16 +524,15 @@ impl Proc {
                 s.restored_records.fetch_add(r.read, Ordering::Relaxed);
                 s.restore_ms_total.fetch_add(ms, Ordering::Relaxed);
                 s.restore_ms_last.store(ms, Ordering::Relaxed);
-                let n = self.tell_engine(r.records, Vec::new());
-                s.restored_alerts.fetch_add(n as u64, Ordering::Relaxed);
                 tracing::info!(
                     topic = self.changelog,
                     partitions = ?parts,
                     records = r.read,
-                    alerts = n,
+                    alerts = r.records.len(),
                     ms,
                     "Kafka: alert state restored"
                 );
+                records = r.records;
             }
             Err(e) => tracing::error!(
                 error = %e,
@@ -491,30 +540,108 @@ impl Proc {
                 "Kafka: cannot restore the alert state; the partitions start from this instance's own"
             ),
         }
+        let history = match window {
+            Some(w) => {
+                let tps: Vec<(String, i32)> = tpl
+                    .elements()
+                    .iter()
+                    .map(|e| (e.topic().to_string(), e.partition()))
+                    .collect();
+                self.history(&tps, now_ms() - w - REFILL_MARGIN_MS)
+            }
+            None => Vec::new(),
+        };
+        let n = self.tell_engine(records, history, Vec::new(), false).alerts;
+        self.stats
+            .restored_alerts
+            .fetch_add(n as u64, Ordering::Relaxed);
     }
 
-    /// Hands the engine state to adopt and series to release; waits until it has them.
+    /// The readings of `tps` since `since` up to the committed offsets (see
+    /// [`refill`]), decoded as live ones (stamped with the message's time when they
+    /// carry none).
+    fn history(&mut self, tps: &[(String, i32)], since: i64) -> Vec<Reading> {
+        let mut out = Vec::new();
+        let mut decoder = self.keys.setup.decoder();
+        let mut topic = String::new();
+        let keys = &self.keys;
+        let partition_of = &mut self.partition_of;
+        let res = refill::read(&self.base, &self.group, tps, since, REFILL_WAIT, |m| {
+            let Some(series) = series_of(m, &keys.how, &keys.json_path) else {
+                return;
+            };
+            topic.clear();
+            if !keys.prefix.is_empty() {
+                topic.push_str(&keys.prefix);
+                topic.push('/');
+            }
+            topic.push_str(&series);
+            let ts = m.timestamp().to_millis().unwrap_or_else(now_ms);
+            let before = out.len();
+            let _ = decoder.decode(&topic, m.payload().unwrap_or_default(), ts, &mut out);
+            for r in &out[before..] {
+                if partition_of.get(&*r.series) != Some(&m.partition()) {
+                    partition_of.insert(r.series.clone(), m.partition());
+                }
+            }
+        });
+        match res {
+            Ok(r) => {
+                if !r.unfinished.is_empty() {
+                    tracing::warn!(
+                        partitions = ?r.unfinished,
+                        "Kafka: windows not refilled to the committed offset in time; judging with what was read"
+                    );
+                }
+                let ms = r.took.as_millis() as u64;
+                let s = &self.stats;
+                s.refills.fetch_add(1, Ordering::Relaxed);
+                s.refilled_readings
+                    .fetch_add(out.len() as u64, Ordering::Relaxed);
+                s.refill_ms_total.fetch_add(ms, Ordering::Relaxed);
+                tracing::info!(
+                    partitions = r.partitions,
+                    messages = r.read,
+                    readings = out.len(),
+                    ms,
+                    "Kafka: windows refilled"
+                );
+            }
+            Err(e) => tracing::error!(
+                error = %e,
+                "Kafka: cannot read the windows' readings again; rate and window rules of these partitions start empty"
+            ),
+        }
+        out
+    }
+
+    /// Hands the engine state to adopt, readings to refill windows with and series to
+    /// release; waits until it has them (`ask`: even when there is nothing, for the
+    /// answer).
     fn tell_engine(
         &mut self,
         records: Vec<crate::engine::AlertRecord>,
+        history: Vec<Reading>,
         released: Vec<String>,
-    ) -> usize {
-        if records.is_empty() && released.is_empty() {
-            return 0;
+        ask: bool,
+    ) -> Adopted {
+        if !ask && records.is_empty() && history.is_empty() && released.is_empty() {
+            return Adopted::default();
         }
         let (done, rx) = tokio::sync::oneshot::channel();
         if self
             .adopt
             .blocking_send(Adopt {
                 records,
+                history,
                 released,
                 done,
             })
             .is_err()
         {
-            return 0;
+            return Adopted::default();
         }
-        rx.blocking_recv().unwrap_or(0)
+        rx.blocking_recv().unwrap_or_default()
     }
 }
 
@@ -574,20 +701,27 @@ pub struct KafkaSource {
 #[error("Kafka source: {0}")]
 pub struct StartError(String);
 
-/// The series of `m` by `how`, or `None`.
-fn series_of(m: &BorrowedMessage<'_>, how: &KeyFrom, path: &[String]) -> Option<String> {
+/// The series of `m` by `how`, or `None` (borrowed from the message when it can be).
+fn series_of<'a>(
+    m: &'a BorrowedMessage<'_>,
+    how: &KeyFrom,
+    path: &[String],
+) -> Option<std::borrow::Cow<'a, str>> {
+    use std::borrow::Cow;
     match how {
-        KeyFrom::Key => std::str::from_utf8(m.key()?).ok().map(str::to_string),
+        KeyFrom::Key => std::str::from_utf8(m.key()?).ok().map(Cow::Borrowed),
         KeyFrom::Header(name) => {
             let h = m.headers()?;
             h.iter()
                 .find(|h| h.key == name.as_str())
                 .and_then(|h| std::str::from_utf8(h.value?).ok())
-                .map(str::to_string)
+                .map(Cow::Borrowed)
         }
         KeyFrom::Json(_) => {
             let v: serde_json::Value = serde_json::from_slice(m.payload()?).ok()?;
-            super::map::get(&v, path)?.as_str().map(str::to_string)
+            super::map::get(&v, path)?
+                .as_str()
+                .map(|s| Cow::Owned(s.to_string()))
         }
     }
     .filter(|s| !s.is_empty())
@@ -652,11 +786,13 @@ impl KafkaSource {
             open: Vec::new(),
             waiting: VecDeque::new(),
             sealed: VecDeque::new(),
-            partition_of: HashMap::new(),
+            partition_of: Default::default(),
             owned: HashSet::new(),
             store: self.store.clone(),
             stats: self.kafka.clone(),
             broken: false,
+            keys: Keys::new(&self.cfg, &self.setup),
+            group: self.cfg.group_id.clone(),
         };
         let ctx = Ctx {
             proc: Mutex::new(proc),
@@ -728,13 +864,16 @@ impl Running {
         let stats = &src.stats;
         let kstats = &src.kafka;
         'outer: while !stop.is_shutdown() {
+            // One clock read per message: the monotonic clock for the batch's deadline,
+            // and the wall clock (a plain value's receive time) derived from it.
             let started = Instant::now();
+            let wall = now_ms();
+            let mut elapsed = Duration::ZERO;
             loop {
-                if ctx.lock().batch.len() >= BATCH {
-                    break;
-                }
-                let left = BATCH_WAIT.saturating_sub(started.elapsed());
+                let left = BATCH_WAIT.saturating_sub(elapsed);
                 let Some(m) = consumer.poll(left) else { break };
+                elapsed = started.elapsed();
+                let now = wall + elapsed.as_millis() as i64;
                 let m = match m {
                     Ok(m) => m,
                     Err(e) => {
@@ -748,11 +887,16 @@ impl Running {
                 stats.messages.fetch_add(1, Ordering::Relaxed);
                 let mut p = ctx.lock();
                 let next = m.offset() + 1;
-                match p.offsets.get_mut(&(m.topic().to_string(), m.partition())) {
-                    Some(e) => *e = (*e).max(next),
+                // A handful of partitions: found without hashing or a key to allocate.
+                let part = m.partition();
+                match p
+                    .offsets
+                    .iter_mut()
+                    .find(|((t, n), _)| *n == part && t == m.topic())
+                {
+                    Some((_, e)) => *e = (*e).max(next),
                     None => {
-                        p.offsets
-                            .insert((m.topic().to_string(), m.partition()), next);
+                        p.offsets.insert((m.topic().to_string(), part), next);
                     }
                 }
                 let Some(series) = series_of(&m, &how, &json_path) else {
@@ -777,12 +921,11 @@ impl Running {
                 topic.push_str(&series);
                 let before = p.batch.len();
                 let payload = m.payload().unwrap_or_default();
-                let r = decoder.decode(&topic, payload, now_ms(), &mut p.batch);
+                let r = decoder.decode(&topic, payload, now, &mut p.batch);
                 let after = p.batch.len();
                 stats
                     .readings
                     .fetch_add((after - before) as u64, Ordering::Relaxed);
-                let part = m.partition();
                 for i in before..after {
                     let s = &p.batch[i].series;
                     if p.partition_of.get(&**s) != Some(&part) {
@@ -790,6 +933,7 @@ impl Running {
                         p.partition_of.insert(s, part);
                     }
                 }
+                let full = p.batch.len() >= BATCH;
                 drop(p);
                 let skipped = decoder.skipped();
                 if skipped > 0 {
@@ -810,6 +954,9 @@ impl Running {
                             "Kafka: bad message skipped: {e}"
                         );
                     }
+                }
+                if full {
+                    break;
                 }
             }
             let mut p = ctx.lock();
@@ -964,6 +1111,9 @@ pub async fn start(
         adopt,
     };
     let instance = instance_id(db_path);
+    if let Ok(mut i) = kafka.instance.lock() {
+        i.clone_from(&instance);
+    }
     let running = KafkaSource {
         cfg: cfg.clone(),
         setup,

@@ -70,6 +70,7 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
         .title(Line::from(title));
 
     let trend = app.areas().trend as usize;
+    let owner_width = app.content().owner_width;
     let now = app.now();
     let rows = app
         .rows()
@@ -107,6 +108,13 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
                 let line = format::sparkline(s.recent.iter().map(|p| p.1), s.recent.len(), trend);
                 cells.push(Cell::from(Span::styled(line, style)));
             }
+            if owner_width > 0 {
+                // Held here, or by another instance (or not known until its next reading).
+                cells.push(Cell::from(match app.owner(name) {
+                    Some(who) => Span::raw(format::printable(who).into_owned()),
+                    None => Span::styled("–", theme::DIM),
+                }));
+            }
             cells.push(Cell::from(
                 Line::from(format::age_since(s.seen_at, now)).alignment(Alignment::Right),
             ));
@@ -124,6 +132,10 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
     if trend > 0 {
         header.push("trend");
         widths.push(Constraint::Length(trend as u16));
+    }
+    if owner_width > 0 {
+        header.push("owner");
+        widths.push(Constraint::Length(owner_width.max(5)));
     }
     header.push("  age");
     widths.push(Constraint::Length(5));
@@ -174,5 +186,108 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
             height: 1.min(area.height.saturating_sub(3)),
         };
         frame.render_widget(Line::styled(msg, theme::DIM), inner);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use ratatui::backend::TestBackend;
+    use ratatui::Terminal;
+
+    use crate::model::{LiveEvent, OutputStatus, PipelineStatus, Reading};
+    use crate::tui::state::{App, Options};
+
+    const NOW: i64 = 1_800_000_000_000;
+
+    fn readings(names: &[&str], at: i64) -> LiveEvent {
+        LiveEvent::Readings(Arc::from(
+            names
+                .iter()
+                .map(|n| Reading {
+                    series: Arc::from(*n),
+                    value: 21.5,
+                    ts: at,
+                    unit: None,
+                })
+                .collect::<Vec<_>>(),
+        ))
+    }
+
+    fn status(cluster: Option<(&str, u64)>) -> LiveEvent {
+        LiveEvent::Status(PipelineStatus {
+            broker: "embedded 127.0.0.1:1883".into(),
+            broker_up: true,
+            storage: "sqlite c.db".into(),
+            storage_ok: true,
+            outputs: cluster
+                .map(|(name, n)| OutputStatus {
+                    name: "cluster".into(),
+                    label: format!("{name} partitions"),
+                    value: n,
+                    warn: n == 0,
+                })
+                .into_iter()
+                .collect(),
+            ..Default::default()
+        })
+    }
+
+    fn screen(app: &mut App) -> String {
+        let size = app.size();
+        let mut t = Terminal::new(TestBackend::new(size.width, size.height)).unwrap();
+        app.prepare();
+        t.draw(|f| crate::tui::draw(f, app)).unwrap();
+        let buf = t.backend().buffer();
+        let mut out = String::new();
+        for y in 0..buf.area.height {
+            for x in 0..buf.area.width {
+                out.push_str(buf[(x, y)].symbol());
+            }
+            out.push('\n');
+        }
+        out
+    }
+
+    fn line<'a>(s: &'a str, needle: &str) -> &'a str {
+        s.lines()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no {needle:?} in\n{s}"))
+    }
+
+    #[test]
+    fn clustered_the_table_shows_which_series_this_instance_owns() {
+        let mut app = App::new(Options::default(), NOW);
+        app.set_size(120, 30);
+        app.apply(readings(&["gh/a/t", "gh/b/t"], NOW - 2000), NOW - 2000);
+        // Not clustered: no owner column.
+        app.apply(status(None), NOW - 1500);
+        let s = screen(&mut app);
+        assert!(!line(&s, "series").contains("owner"), "{s}");
+
+        // Clustered: the readings that come after the assignment are of series whose
+        // partitions this instance holds.
+        app.apply(status(Some(("node-1", 3))), NOW - 1000);
+        app.apply(readings(&["gh/a/t"], NOW - 500), NOW - 500);
+        app.tick(NOW);
+        let s = screen(&mut app);
+        assert!(line(&s, "series").contains("owner"), "{s}");
+        assert!(line(&s, "gh/a/t").contains("node-1"), "{s}");
+        let b = line(&s, "gh/b/t");
+        assert!(!b.contains("node-1") && b.contains('–'), "{s}");
+        assert!(
+            line(&s, "cluster").contains("cluster node-1 partitions 3"),
+            "{s}"
+        );
+
+        // A partition moved away: nothing is known to be owned here until readings
+        // come again.
+        app.apply(status(Some(("node-1", 2))), NOW + 100);
+        let s = screen(&mut app);
+        assert!(!line(&s, "gh/a/t").contains("node-1"), "{s}");
+        app.apply(readings(&["gh/b/t"], NOW + 200), NOW + 200);
+        let s = screen(&mut app);
+        assert!(line(&s, "gh/b/t").contains("node-1"), "{s}");
     }
 }

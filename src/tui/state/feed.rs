@@ -48,10 +48,39 @@ impl App {
             LiveEvent::Alert(ev) => self.apply_alert(ev),
             LiveEvent::Status(s) => {
                 self.note_decode_errors(&s, now);
+                self.note_cluster(&s, now);
                 self.status = Some(s);
                 self.status_at = now;
             }
             LiveEvent::Log { ts, level, text } => self.push_log(ts, level, text),
+        }
+    }
+
+    /// Whether (and as what) this instance is clustered, from the status; a change of
+    /// its partitions restarts who owns what (a series is owned here once it has a
+    /// reading after the change).
+    fn note_cluster(&mut self, s: &PipelineStatus, now: Timestamp) {
+        let told = s.outputs.iter().find(|o| o.name == super::CLUSTER_FIGURE);
+        let Some(o) = told else {
+            self.cluster = None;
+            return;
+        };
+        let instance = o
+            .label
+            .strip_suffix(" partitions")
+            .unwrap_or(&o.label)
+            .to_string();
+        let same = self
+            .cluster
+            .as_ref()
+            .is_some_and(|c| c.instance == instance && c.partitions == o.value);
+        if !same {
+            self.order_stale = true;
+            self.cluster = Some(super::Cluster {
+                instance,
+                partitions: o.value,
+                since: now,
+            });
         }
     }
 

@@ -32,7 +32,12 @@ pub struct Content {
     pub unit_width: u16,
     /// Widest event line on screen (time stamp included), in columns.
     pub log_width: u16,
+    /// The owner column (this instance's name) when clustered, else 0.
+    pub owner_width: u16,
 }
+
+/// The owner column is at most this wide (longer instance names are cut).
+pub const OWNER_MAX: u16 = 24;
 
 /// At least this wide, the events get a column of their own beside the series table
 /// and the alerts; narrower, the three panes are stacked.
@@ -46,6 +51,9 @@ impl Content {
         let mut w = 10 + self.name_width.max(6) + 8 + self.unit_width.max(4) + 5 + 4;
         if trend > 0 {
             w += trend + 1;
+        }
+        if self.owner_width > 0 {
+            w += self.owner_width.max(5) + 1;
         }
         w + 2
     }
@@ -198,6 +206,9 @@ impl App {
             name_width: self.name_width,
             unit_width: self.unit_width,
             log_width,
+            owner_width: self.cluster.as_ref().map_or(0, |c| {
+                (Span::raw(format::printable(&c.instance)).width() as u16).min(OWNER_MAX)
+            }),
         }
     }
 

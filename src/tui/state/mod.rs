@@ -278,6 +278,21 @@ pub enum Action {
     },
 }
 
+/// This instance in a Kafka cluster, from the `cluster` figure of the status
+/// (`cluster NAME partitions N`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cluster {
+    pub instance: String,
+    /// Partitions owned, as last told.
+    pub partitions: u64,
+    /// When the assignment last changed (wall clock): a series owned here has had a
+    /// reading since.
+    pub since: Timestamp,
+}
+
+/// The name of the status figure that says this instance is clustered.
+pub const CLUSTER_FIGURE: &str = "cluster";
+
 /// Everything the terminal shows.
 #[derive(Debug)]
 pub struct App {
@@ -302,6 +317,9 @@ pub struct App {
     log: VecDeque<LogLine>,
     status: Option<PipelineStatus>,
     status_at: Timestamp,
+    /// Clustered (the status names this instance and its Kafka partitions): the
+    /// instance's name, the status figure it came with, and when that last changed.
+    cluster: Option<Cluster>,
     /// Bad payloads by reason and in all as last told in the event log, and when.
     decode_told: (Vec<(String, u64)>, u64, Option<Timestamp>),
     /// Events the live bus dropped because this viewer fell behind.
@@ -344,6 +362,7 @@ impl App {
             log: VecDeque::new(),
             status: None,
             status_at: 0,
+            cluster: None,
             decode_told: (Vec::new(), 0, None),
             lagged: 0,
             feed_closed: false,

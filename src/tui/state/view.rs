@@ -277,6 +277,23 @@ impl App {
     }
 
     /// The colour-giving state of a series.
+    /// This instance's name in a Kafka cluster (`None` when not clustered).
+    pub fn cluster(&self) -> Option<&super::Cluster> {
+        self.cluster.as_ref()
+    }
+
+    /// Who owns `name` when clustered: this instance when the series has had a
+    /// reading since its partitions last changed and is not stale (its partition is
+    /// held here), else `None` (another instance, or not known until its next
+    /// reading).
+    pub fn owner(&self, name: &str) -> Option<&str> {
+        let c = self.cluster.as_ref()?;
+        let s = self.series.get(name)?;
+        let seen = s.seen_at?;
+        (seen >= c.since && self.now - seen <= self.opts.stale_after_ms)
+            .then_some(c.instance.as_str())
+    }
+
     pub fn series_state(&self, name: &str) -> SeriesState {
         match self.series.get(name) {
             Some(s) => self.state_of(s, self.now),
