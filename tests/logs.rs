@@ -238,7 +238,10 @@ fn on_a_terminal(no_color: bool) -> String {
 fn on_a_terminal_logs_are_coloured_unless_no_color_is_set() {
     let coloured = on_a_terminal(false);
     assert!(coloured.contains("no [[rules]] configured"), "{coloured}");
-    assert!(coloured.contains("\x1b["), "a terminal gets colours:\n{coloured}");
+    assert!(
+        coloured.contains("\x1b["),
+        "a terminal gets colours:\n{coloured}"
+    );
     let plain = on_a_terminal(true);
     assert!(plain.contains("no [[rules]] configured"), "{plain}");
     assert!(
