@@ -1,5 +1,7 @@
 //! kill -9 of a process that is delivering notifications, then a restart on the same
-//! SQLite file: every notification reaches the receiver (which stayed up) exactly once.
+//! SQLite file: every notification reaches the receiver (which stayed up) at least
+//! once, and the only repeats are the deliveries the kill cut short, recognisable by
+//! their stable idempotency key.
 //!
 //! The process is this test binary run again as a child with one ignored test
 //! (`crash_child`) that runs a webhook worker until it is killed.
@@ -8,7 +10,6 @@ mod support;
 
 use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use support::notify_db;
@@ -28,20 +29,20 @@ const N: usize = 40;
 
 #[derive(Clone, Default)]
 struct Receiver {
-    started: Arc<AtomicUsize>,
     got: Arc<Mutex<Vec<String>>>,
 }
 
 async fn receive(State(r): State<Receiver>, headers: HeaderMap) -> StatusCode {
-    r.started.fetch_add(1, Ordering::SeqCst);
-    // Long enough for the parent to kill the sender while this request is in flight.
-    tokio::time::sleep(Duration::from_millis(150)).await;
     let key = headers
         .get("idempotency-key")
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_string();
+    // Recorded on arrival, as a real receiver acts on what it got: a delivery the kill
+    // cuts short still counts as received.
     r.got.lock().unwrap().push(key);
+    // Long enough for the parent to kill the sender while this request is in flight.
+    tokio::time::sleep(Duration::from_millis(150)).await;
     StatusCode::NO_CONTENT
 }
 
@@ -57,7 +58,7 @@ fn spawn_child(db: &std::path::Path, url: &str) -> Child {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_9_while_delivering_then_restart_delivers_each_exactly_once() {
+async fn kill_9_while_delivering_then_restart_delivers_each_at_least_once() {
     let recv = Receiver::default();
     let app = Router::new()
         .route("/alerts", post(receive))
@@ -86,7 +87,7 @@ async fn kill_9_while_delivering_then_restart_delivers_each_exactly_once() {
     let mut child = spawn_child(&db, &url);
     let start = Instant::now();
     // Wait until the 6th request is in flight, then kill -9.
-    while recv.started.load(Ordering::SeqCst) < 6 {
+    while recv.got.lock().unwrap().len() < 6 {
         assert!(
             start.elapsed() < Duration::from_secs(60),
             "the child delivered nothing"
@@ -95,7 +96,8 @@ async fn kill_9_while_delivering_then_restart_delivers_each_exactly_once() {
     }
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
-    let at_kill = recv.got.lock().unwrap().len();
+    let arrived_at_kill = recv.got.lock().unwrap().clone();
+    let at_kill = arrived_at_kill.len();
     assert!(at_kill < N, "everything was delivered before the kill");
 
     let pool = notify_db::open(&db).await;
@@ -104,9 +106,11 @@ async fn kill_9_while_delivering_then_restart_delivers_each_exactly_once() {
         .unwrap()
         .len();
     assert!(
-        pending >= N - at_kill - 1 && pending > 0,
+        pending >= N - at_kill && pending > 0,
         "pending after the kill: {pending}, received {at_kill}"
     );
+    // Received but not recorded as delivered: cut short by the kill.
+    let in_flight = at_kill - (N - pending);
 
     let mut child = spawn_child(&db, &url);
     let start = Instant::now();
@@ -130,14 +134,31 @@ async fn kill_9_while_delivering_then_restart_delivers_each_exactly_once() {
     for id in &got {
         *per_id.entry(id.as_str()).or_default() += 1;
     }
-    assert_eq!(per_id.len(), N, "distinct notifications received");
-    let repeated: Vec<_> = per_id.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(repeated.is_empty(), "repeated: {repeated:?}");
+    assert_eq!(per_id.len(), N, "every notification received at least once");
+    let repeated: Vec<&str> = per_id
+        .iter()
+        .filter(|(_, n)| **n > 1)
+        .map(|(id, _)| *id)
+        .collect();
+    // The delivery in flight at the kill is sent again after the restart, with the
+    // same key; nothing else is.
+    assert!(
+        !repeated.is_empty() && repeated.len() <= in_flight,
+        "repeated: {repeated:?}, in flight at the kill: {in_flight}"
+    );
+    for id in &repeated {
+        assert_eq!(per_id[id], 2, "{id} received {} times", per_id[id]);
+        assert!(
+            arrived_at_kill.iter().any(|a| a == id),
+            "{id} repeated but was not in flight at the kill"
+        );
+    }
+    assert_eq!(got.len(), N + repeated.len());
 }
 
 /// The child process: a webhook worker on the given file, until it is killed.
 #[tokio::test]
-#[ignore = "run by kill_9_while_delivering_then_restart_delivers_each_exactly_once as a child process"]
+#[ignore = "run by kill_9_while_delivering_then_restart_delivers_each_at_least_once as a child process"]
 async fn crash_child() {
     let (Ok(db), Ok(url)) = (
         std::env::var("CENTINELA_CRASH_DB"),
