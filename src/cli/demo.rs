@@ -147,17 +147,11 @@ pub(super) async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     service.shutdown().await?;
     outcome?;
     let pool = sqlite::open_existing(&db).await?;
-    let n: i64 = sqlx::query_scalar(
-        "SELECT (SELECT coalesce(sum(count), 0) FROM chunks) + (SELECT coalesce(sum(count), 0) FROM blocks)",
-    )
-        .fetch_one(&pool)
-        .await?;
-    let s: i64 = sqlx::query_scalar("SELECT count(*) FROM series")
-        .fetch_one(&pool)
-        .await?;
-    let a: i64 = sqlx::query_scalar("SELECT count(*) FROM alerts")
-        .fetch_one(&pool)
-        .await?;
+    let sqlite::Totals {
+        readings: n,
+        series: s,
+        alert_events: a,
+    } = sqlite::totals(&pool).await?;
     let kept = if args.data_dir.is_some() {
         ""
     } else {

@@ -201,6 +201,33 @@ pub async fn last_seen(
         .map_err(Into::into)
 }
 
+/// What a database holds, in the words of `centinela demo`'s last line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Totals {
+    /// Readings stored, in chunks and in blocks not merged yet.
+    pub readings: i64,
+    /// Series in the catalogue.
+    pub series: i64,
+    /// Alert events in the history.
+    pub alert_events: i64,
+}
+
+/// Counts the readings, series and alert events stored.
+pub async fn totals(pool: &SqlitePool) -> Result<Totals, StoreError> {
+    let (readings, series, alert_events): (i64, i64, i64) = sqlx::query_as(
+        "SELECT (SELECT coalesce(sum(count), 0) FROM chunks) + (SELECT coalesce(sum(count), 0) FROM blocks), \
+                (SELECT count(*) FROM series), \
+                (SELECT count(*) FROM alerts)",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(Totals {
+        readings,
+        series,
+        alert_events,
+    })
+}
+
 /// The unit of every series that has one in the catalogue.
 pub async fn series_units(pool: &SqlitePool) -> Result<HashMap<String, String>, StoreError> {
     let rows = sqlx::query("SELECT name, unit FROM series WHERE unit IS NOT NULL")

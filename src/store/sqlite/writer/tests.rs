@@ -53,9 +53,20 @@ async fn flush_writes_chunks_rollups_and_catalogue() {
             .await
             .unwrap();
     assert_eq!(rows, (2, 0), "one block row per flush");
+    let totals = crate::store::sqlite::Totals {
+        readings: 61,
+        series: 2,
+        alert_events: 0,
+    };
+    assert_eq!(crate::store::sqlite::totals(&pool).await.unwrap(), totals);
     // Merged: one chunk per series (and hour), the same readings.
     let before = query_readings(&pool, "#", 0).await.unwrap();
     assert_eq!(w.merge_blocks(MERGE_POINTS).await.unwrap(), (2, 61, false));
+    assert_eq!(
+        crate::store::sqlite::totals(&pool).await.unwrap(),
+        totals,
+        "chunks count as blocks did"
+    );
     let rows: (i64, i64) =
         sqlx::query_as("SELECT (SELECT count(*) FROM blocks), (SELECT count(*) FROM chunks)")
             .fetch_one(&pool)
