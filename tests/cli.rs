@@ -496,3 +496,43 @@ async fn the_service_tells_systemd_and_serves_metrics_and_health() {
     assert!(stopping, "no STOPPING=1");
     assert_eq!(svc.wait().unwrap().code(), Some(0));
 }
+
+#[test]
+fn demo_says_what_it_stored_and_the_database_holds_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("demo");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let o = centinela(&[
+        "demo",
+        "--headless",
+        "--duration",
+        "4s",
+        "--listen",
+        &listen,
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let said = stderr(&o);
+    let line = said
+        .lines()
+        .find(|l| l.starts_with("centinela demo: stored "))
+        .unwrap_or_else(|| panic!("no summary line in\n{said}"));
+    let words: Vec<&str> = line.split_whitespace().collect();
+    // centinela demo: stored N readings of S series and A alert events in DB
+    let (n, s): (u64, u64) = (words[3].parse().unwrap(), words[6].parse().unwrap());
+    assert!(n > 0 && s > 0, "{line}");
+    // The database it names holds exactly that many readings.
+    let db = data.join("centinela.db");
+    let o = centinela(&[
+        "readings",
+        "--db",
+        db.to_str().unwrap(),
+        "--since",
+        "1h",
+        "--csv",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rows = stdout(&o).lines().skip(1).count() as u64;
+    assert_eq!(rows, n, "{line}");
+}
