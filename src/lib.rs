@@ -34,6 +34,7 @@
 //! - [`systemd`]: readiness, reload, stop and watchdog notifications to systemd.
 //! - [`cli`]: the `centinela` command.
 
+pub mod backoff;
 pub mod bench;
 pub mod broker;
 pub mod build_info;

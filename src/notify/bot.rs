@@ -344,7 +344,8 @@ impl TelegramBot {
     /// Polls until `shutdown` becomes true (or its sender is dropped).
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let mut offset: i32 = 0;
-        let mut backoff = Duration::from_secs(1);
+        let mut backoff =
+            crate::backoff::Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
         info!(chats = self.allowed.len(), "telegram bot listening");
         loop {
             if *shutdown.borrow() {
@@ -362,17 +363,16 @@ impl TelegramBot {
             };
             let updates = match updates {
                 Ok(u) => {
-                    backoff = Duration::from_secs(1);
+                    backoff.reset();
                     u
                 }
                 Err(e) => {
                     let msg = redact(&e.to_string(), &self.token);
-                    warn!(error = %msg, retry_in_s = backoff.as_secs(), "telegram getUpdates failed");
+                    warn!(error = %msg, retry_in_s = backoff.current().as_secs(), "telegram getUpdates failed");
                     tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
+                        _ = tokio::time::sleep(backoff.failed()) => {}
                         r = shutdown.changed() => if r.is_err() { break },
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(60));
                     continue;
                 }
             };

@@ -47,15 +47,8 @@ pub fn health_series(channel: &str) -> String {
 /// dropped and what it was sending stays pending for the next start.
 pub const DRAIN: Duration = Duration::from_secs(5);
 
-/// The delay before attempt `attempt + 1`, after `attempt` (≥ 1) failures:
-/// `min · 2^(attempt−1)` capped at `max`, then "equal jitter": half of it fixed, the
-/// other half scaled by `jitter` ∈ [0, 1), so retries of many notifications spread out.
-pub fn backoff(attempt: u32, min: Duration, max: Duration, jitter: f64) -> Duration {
-    let exp = attempt.saturating_sub(1).min(32);
-    let base = min.saturating_mul(1u32 << exp.min(31)).min(max);
-    let half = base / 2;
-    half + half.mul_f64(jitter.clamp(0.0, 1.0))
-}
+/// The delay before a notification's attempt `attempt + 1` ([`crate::backoff::jittered`]).
+pub use crate::backoff::jittered as backoff;
 
 /// What the worker does next with the pending notifications it read.
 #[derive(Debug, Clone, PartialEq)]

@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 
 use super::decode::{DecodeError, Decoder, Limits};
 use super::external::{AckToken, Client, Connection, Incoming, PollError};
+use crate::backoff::Backoff;
 use crate::broker::Link;
 use crate::config::{BrokerConfig, BrokerUrl, Config, IngestConfig, Tls};
 use crate::control::ControlRequest;
@@ -436,7 +437,7 @@ pub async fn run_external(
     let mut ing = Ingest::new(setup, stats.clone(), control);
     let filters = setup.ingest.filters();
     let mut ever_connected = false;
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
     let mut acks = Acks::default();
     loop {
         let due = !ing.batch.is_empty() || acks.due();
@@ -446,7 +447,7 @@ pub async fn run_external(
             ev = conn.poll() => match ev {
                 Ok(Incoming::Connected { session_present }) => {
                     ever_connected = true;
-                    backoff = Duration::from_millis(200);
+                    backoff.reset();
                     stats.connected.store(true, Ordering::Relaxed);
                     tracing::info!(%url, protocol, session_present, "connected to the MQTT broker");
                     // Subscribing again is harmless and covers a broker that lost our session.
@@ -471,7 +472,7 @@ pub async fn run_external(
                     if !ever_connected {
                         return Err(SourceError::Refused { url: url.to_string(), reason });
                     }
-                    tracing::error!(%url, reason, retry_in = ?backoff, "the MQTT broker refused the connection");
+                    tracing::error!(%url, reason, retry_in = ?backoff.current(), "the MQTT broker refused the connection");
                     if !hand_off(&mut ing, &out, &mut acks, &conn.client).await {
                         break;
                     }
@@ -485,12 +486,12 @@ pub async fn run_external(
                         if !ever_connected {
                             return Err(SourceError::Certificate(problem));
                         }
-                        tracing::error!(%url, retry_in = ?backoff, "{problem}");
+                        tracing::error!(%url, retry_in = ?backoff.current(), "{problem}");
                     } else if !ever_connected && closed_early {
                         // A broker that closes the connection before CONNACK is refusing us.
                         return Err(SourceError::Refused { url: url.to_string(), reason: format!("connection closed before CONNACK ({error}); check username and password") });
                     } else {
-                        tracing::warn!(%url, error = %error, retry_in = ?backoff, "MQTT connection lost; reconnecting");
+                        tracing::warn!(%url, error = %error, retry_in = ?backoff.current(), "MQTT connection lost; reconnecting");
                     }
                     // What was read before the loss is handed on; its acknowledgements
                     // go out on the next connection (the broker delivers it again with
@@ -602,12 +603,11 @@ async fn drain(conn: &mut Connection, acks: &mut Acks) {
     }
 }
 
-async fn sleep_or_stop(backoff: &mut Duration, stop: &mut Shutdown) {
+async fn sleep_or_stop(backoff: &mut Backoff, stop: &mut Shutdown) {
     tokio::select! {
-        _ = tokio::time::sleep(*backoff) => {}
+        _ = tokio::time::sleep(backoff.failed()) => {}
         _ = stop.recv() => {}
     }
-    *backoff = (*backoff * 2).min(Duration::from_secs(30));
 }
 
 #[cfg(test)]

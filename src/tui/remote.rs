@@ -353,11 +353,11 @@ async fn poll(
     subs: Vec<String>,
     tx: mpsc::Sender<Incoming>,
 ) {
-    let mut backoff = BACKOFF_MIN;
+    let mut backoff = crate::backoff::Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
     loop {
         match eventloop.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(ack))) if ack.code == ConnectReturnCode::Success => {
-                backoff = BACKOFF_MIN;
+                backoff.reset();
                 // The request channel is empty right after a connect, so this fits.
                 let filters = subs
                     .iter()
@@ -388,15 +388,14 @@ async fn poll(
                 if tx
                     .send(Incoming::Lost {
                         error,
-                        retry_in: backoff,
+                        retry_in: backoff.current(),
                     })
                     .await
                     .is_err()
                 {
                     return;
                 }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(BACKOFF_MAX);
+                tokio::time::sleep(backoff.failed()).await;
             }
         }
     }

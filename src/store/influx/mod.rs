@@ -199,7 +199,7 @@ pub struct InfluxSink {
     up: bool,
     /// While down: when to try again.
     retry_at: Instant,
-    backoff: Duration,
+    backoff: crate::backoff::Backoff,
     /// Alternates live and backlog batches while both wait.
     replay_turn: bool,
     warned_encode: bool,
@@ -232,7 +232,7 @@ impl InfluxSink {
             inflight_backlog: None,
             up: true,
             retry_at: Instant::now(),
-            backoff: BACKOFF_MIN,
+            backoff: crate::backoff::Backoff::new(BACKOFF_MIN, BACKOFF_MAX),
             replay_turn: false,
             warned_encode: false,
         })
@@ -503,7 +503,7 @@ impl InfluxSink {
                 }
                 self.up = true;
                 self.stats.up.store(true, Ordering::Relaxed);
-                self.backoff = BACKOFF_MIN;
+                self.backoff.reset();
             }
             Err(e) if e.is_retryable() => {
                 InfluxStats::add(&self.stats.failed_writes, 1);
@@ -514,8 +514,7 @@ impl InfluxSink {
                 }
                 self.up = false;
                 self.stats.up.store(false, Ordering::Relaxed);
-                self.retry_at = Instant::now() + self.backoff;
-                self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+                self.retry_at = Instant::now() + self.backoff.failed();
                 if batch.backlog_id.is_none() {
                     self.spill(batch).await?;
                 }

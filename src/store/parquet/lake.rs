@@ -304,12 +304,8 @@ impl Lake {
             Some(e) => {
                 s.write_errors.fetch_add(1, Ordering::Relaxed);
                 self.attempt += 1;
-                let wait = crate::notify::worker::backoff(
-                    self.attempt,
-                    Duration::from_secs(1),
-                    RETRY_MAX,
-                    0.1,
-                );
+                let wait =
+                    crate::backoff::jittered(self.attempt, Duration::from_secs(1), RETRY_MAX, 0.1);
                 self.retry_at = Some(Instant::now() + wait);
                 // The rows that came back are older than any that arrived meanwhile.
                 self.oldest = f.oldest.or(self.oldest);
