@@ -15,33 +15,18 @@
 //!
 //! tests/influx.rs runs every query against a real InfluxDB filled by the sink.
 
+mod support;
+
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use centinela::model::{AlertEvent, AlertState, Reading, Severity};
 use centinela::store::influx::line::{encode_event, encode_reading};
 use serde_json::Value;
-
-fn grafana_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("grafana")
-}
+use support::grafana::grafana_dir;
 
 fn dashboards() -> Vec<(String, Value)> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(grafana_dir().join("dashboards")).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().is_some_and(|e| e == "json") {
-            let text = std::fs::read_to_string(&path).unwrap();
-            let json: Value =
-                serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-            out.push((
-                path.file_name().unwrap().to_string_lossy().into_owned(),
-                json,
-            ));
-        }
-    }
-    out.sort_by(|a, b| a.0.cmp(&b.0));
+    let out = support::grafana::dashboards();
     assert!(out.len() >= 2, "dashboards: {out:?}");
     out
 }

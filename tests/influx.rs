@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use support::grafana::{dashboards, grafana_dir};
 use support::influx_servers;
 
 use centinela::config::{Duration as CfgDuration, InfluxApi, InfluxConfig};
@@ -606,28 +607,6 @@ async fn full_backlog_drops_the_oldest_counts_them_and_keeps_the_rest_across_res
 }
 
 const DATASOURCE_UID: &str = "centinela-influxdb";
-
-fn grafana_dir() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("grafana")
-}
-
-fn dashboards() -> Vec<(String, Value)> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(grafana_dir().join("dashboards")).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().is_some_and(|e| e == "json") {
-            let text = std::fs::read_to_string(&path).unwrap();
-            let json =
-                serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-            out.push((
-                path.file_name().unwrap().to_string_lossy().into_owned(),
-                json,
-            ));
-        }
-    }
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    out
-}
 
 /// Every `datasource` object anywhere in `v`.
 fn datasource_refs<'a>(v: &'a Value, out: &mut Vec<&'a Value>) {

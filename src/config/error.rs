@@ -96,13 +96,7 @@ pub(super) fn dotted(path: &[PathPart]) -> String {
 }
 
 pub(super) fn from_toml_error(e: &toml::de::Error, text: &str, file: &str) -> ConfigError {
-    let (line, col) = match e.span() {
-        Some(span) => {
-            let (l, c) = line_col(text, span.start);
-            (Some(l), Some(c))
-        }
-        None => (None, None),
-    };
+    let (line, col) = position(text, e.span());
     ConfigError {
         file: file.into(),
         line,
@@ -113,6 +107,14 @@ pub(super) fn from_toml_error(e: &toml::de::Error, text: &str, file: &str) -> Co
 }
 
 /// 1-based line and column of a byte offset.
+/// Line and column (from 1) where `span` starts in `text`, when there is a span.
+fn position(text: &str, span: Option<std::ops::Range<usize>>) -> (Option<usize>, Option<usize>) {
+    match span.map(|s| line_col(text, s.start)) {
+        Some((l, c)) => (Some(l), Some(c)),
+        None => (None, None),
+    }
+}
+
 pub(super) fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
@@ -161,13 +163,7 @@ pub(super) fn place(problem: Invalid, text: &str, file: &str) -> ConfigError {
             }
             best
         });
-    let (line, col) = match span {
-        Some(s) => {
-            let (l, c) = line_col(text, s.start);
-            (Some(l), Some(c))
-        }
-        None => (None, None),
-    };
+    let (line, col) = position(text, span);
     ConfigError {
         file: file.into(),
         line,

@@ -6,6 +6,7 @@
 )]
 
 pub mod clock;
+pub mod grafana;
 pub mod http;
 pub mod influx_servers;
 #[cfg(feature = "kafka")]
